@@ -1,0 +1,362 @@
+"""The session contract: map a user's table onto roles, check types, quarantine bad rows.
+
+A dataset config (`conf/data/*.yaml`) names which of the user's columns plays each role. Only
+the session id (which may also be the row number) and, for training, the label are required;
+every other role is optional. `to_contract` returns the sessions in canonical role names with
+canonical types, plus the rejected rows with the reason each was rejected:
+rows in = rows kept + rows rejected, always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+# role -> kind; the kinds decide type checks and features
+ROLES: dict[str, str] = {
+    "session_id": "id",
+    "journey_id": "id",
+    "started_at": "timestamp",
+    "utc_offset_min": "numeric",
+    "device": "categorical",
+    "channel": "categorical",
+    "latitude": "numeric",
+    "longitude": "numeric",
+    "region": "categorical",
+    "dwell_time_s": "numeric",
+    "page_views": "numeric",
+    "returning_visitor": "bool",
+    "touchpoint": "categorical",
+    "touchpoint_propensity": "numeric",
+    "converted": "bool",
+}
+LABEL = "label"
+REJECT_REASON = "reject_reason"
+SOURCE_ROW = "source_row"
+
+
+class ContractError(ValueError):
+    """The input cannot be read as sessions at all (a missing column, a column of the wrong type)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a user's table maps onto the session contract (the `data` config, minus paths)."""
+
+    columns: Mapping[str, str | None] = field(default_factory=dict)  # role -> user column
+    page_counts: Mapping[str, str] = field(default_factory=dict)  # page type -> user column
+    label_column: str | None = None
+    classes: tuple[str, ...] = ("know", "go", "do", "buy")
+    label_mapping: Mapping[str, str] = field(default_factory=dict)  # raw label text -> class
+    extra_numeric: tuple[str, ...] = ()
+    extra_categorical: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.columns) - set(ROLES)
+        if unknown:
+            raise ValueError(
+                f"data.columns names unknown roles {sorted(unknown)}; known roles: {sorted(ROLES)}"
+            )
+        if len(self.classes) < 2:
+            raise ValueError(
+                f"data.label.classes needs at least two classes, got {list(self.classes)}"
+            )
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.label.classes has duplicates: {list(self.classes)}")
+        bad = set(self.label_mapping.values()) - set(self.classes)
+        if bad:
+            raise ValueError(
+                f"data.label.mapping maps onto {sorted(bad)}, which are not in data.label.classes"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> DatasetSpec:
+        label = cfg.get("label") or {}
+        return cls(
+            columns={k: v for k, v in (cfg.get("columns") or {}).items()},
+            page_counts=dict(cfg.get("page_counts") or {}),
+            label_column=label.get("column"),
+            classes=tuple(str(c) for c in label.get("classes", ("know", "go", "do", "buy"))),
+            label_mapping={str(k): str(v) for k, v in (label.get("mapping") or {}).items()},
+            extra_numeric=tuple(cfg.get("extra_numeric") or ()),
+            extra_categorical=tuple(cfg.get("extra_categorical") or ()),
+        )
+
+    def role_columns(self) -> dict[str, str]:
+        """Roles this dataset provides -> the user's column names."""
+        return {role: col for role, col in self.columns.items() if col}
+
+    @property
+    def page_roles(self) -> dict[str, str]:
+        return {f"pages_{t}": col for t, col in self.page_counts.items()}
+
+    def input_columns(self, with_label: bool) -> list[str]:
+        """Every user column the contract reads, in a stable order."""
+        cols = list(self.role_columns().values()) + list(self.page_counts.values())
+        cols += list(self.extra_numeric) + list(self.extra_categorical)
+        if with_label and self.label_column:
+            cols.append(self.label_column)
+        return list(dict.fromkeys(cols))
+
+
+def _kind_of(role: str) -> str:
+    return "numeric" if role.startswith("pages_") else ROLES[role]
+
+
+def _type_error(
+    source: str, col: str, role: str, expected: str, series: pd.Series
+) -> ContractError:
+    sample = series.dropna().astype(str).unique()[:3].tolist()
+    return ContractError(
+        f"{source}: column '{col}' (role {role}) must be {expected}, found {series.dtype} (e.g. {sample})"
+    )
+
+
+def _as_numeric(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float)
+    if pd.api.types.is_numeric_dtype(series):
+        return series.astype(float)
+    if series.isna().all():
+        return pd.Series(np.nan, index=series.index, dtype=float)
+    raise _type_error(source, col, role, "numeric", series)
+
+
+def _as_bool(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype("boolean")
+    if pd.api.types.is_numeric_dtype(series):
+        values = set(series.dropna().unique().tolist())
+        if values <= {0, 1}:
+            return series.astype("Float64").astype("boolean")
+    else:
+        text = series.astype("string").str.strip().str.lower()
+        mapped = text.map(
+            {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+        )
+        if (mapped.notna() | text.isna()).all():
+            return mapped.astype("boolean")
+    raise _type_error(source, col, role, "boolean (true/false or 0/1)", series)
+
+
+def _as_timestamp(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return series.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if pd.api.types.is_datetime64_dtype(series):
+        # naive timestamps are read as UTC, which the contract asks them to be
+        return series.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+    if pd.api.types.is_numeric_dtype(series) and not series.isna().all():
+        raise _type_error(source, col, role, "a timestamp (ISO 8601 text or datetime)", series)
+    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601").astype(
+        "datetime64[ns, UTC]"
+    )
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Category values as text; numbers such as browser codes become their digits."""
+    out = series.astype("string")
+    if pd.api.types.is_float_dtype(series):
+        whole = series.dropna()
+        if (whole == np.floor(whole)).all():
+            out = series.astype("Int64").astype("string")
+    return out.astype(object).where(out.notna(), None)
+
+
+def _row_schema(spec: DatasetSpec, with_label: bool) -> pa.DataFrameSchema:
+    """Row-level checks on the canonical frame; failures are quarantined, not raised."""
+    non_negative = [pa.Check.ge(0, error="must be >= 0")]
+    cols = {
+        "session_id": pa.Column(
+            object, nullable=False, unique=True, report_duplicates="exclude_first", coerce=False
+        ),
+        "latitude": pa.Column(
+            float,
+            pa.Check.in_range(-90, 90, error="must be within [-90, 90]"),
+            nullable=True,
+            required=False,
+        ),
+        "longitude": pa.Column(
+            float,
+            pa.Check.in_range(-180, 180, error="must be within [-180, 180]"),
+            nullable=True,
+            required=False,
+        ),
+        "dwell_time_s": pa.Column(float, non_negative, nullable=True, required=False),
+        "page_views": pa.Column(float, non_negative, nullable=True, required=False),
+        "touchpoint_propensity": pa.Column(
+            float,
+            pa.Check.in_range(0, 1, include_min=False, error="must be within (0, 1]"),
+            nullable=True,
+            required=False,
+        ),
+    }
+    for role in spec.page_roles:
+        cols[role] = pa.Column(float, non_negative, nullable=True, required=False)
+    if with_label:
+        cols[LABEL] = pa.Column(
+            object,
+            pa.Check.isin(list(spec.classes), error=f"must be one of {list(spec.classes)}"),
+            nullable=False,
+        )
+    return pa.DataFrameSchema(cols, strict=False)
+
+
+def _check_names(failure_cases: pd.DataFrame) -> pd.Series:
+    """One readable reason per failure case: column, rule and the offending value."""
+    rows = []
+    for case in failure_cases.itertuples(index=False):
+        check = str(case.check)
+        if check == "field_uniqueness" or "unique" in check:
+            check = "duplicate value"
+        elif check == "not_nullable":
+            check = "missing value"
+        rows.append(f"{case.column} {check} (got {case.failure_case!r})")
+    return pd.Series(rows, index=failure_cases.index)
+
+
+@dataclass
+class ContractResult:
+    sessions: pd.DataFrame  # canonical, kept rows
+    rejects: pd.DataFrame  # the user's columns of rejected rows, with reject_reason and source_row
+
+    @property
+    def kept_rows(self) -> np.ndarray:
+        """Positions in the input of the kept rows, in order."""
+        n = len(self.sessions) + len(self.rejects)
+        return np.setdiff1d(np.arange(n), self.rejects[SOURCE_ROW].to_numpy(dtype=np.int64))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        kept, rejected = len(self.sessions), len(self.rejects)
+        return {"rows_in": kept + rejected, "rows_kept": kept, "rows_rejected": rejected}
+
+
+def to_contract(
+    raw: pd.DataFrame,
+    spec: DatasetSpec,
+    source: str = "<frame>",
+    with_label: bool = True,
+    all_columns: bool = True,
+) -> ContractResult:
+    """Map `raw` onto the session contract; raise `ContractError` if it cannot be read at all.
+
+    Rows that break a rule (negative dwell, latitude outside +-90, a label outside the class set,
+    a duplicate session id, an unreadable timestamp, ...) go to `rejects` with the reason.
+    `source` names the file in messages. With `all_columns=False` (scoring), configured columns
+    that are absent are treated as unavailable; only the session id (and label) must be there.
+    """
+    if not all_columns:
+        present = set(raw.columns)
+        spec = replace(
+            spec,
+            columns={
+                r: c for r, c in spec.columns.items() if c and (c in present or r == "session_id")
+            },
+            page_counts={t: c for t, c in spec.page_counts.items() if c in present},
+            extra_numeric=tuple(c for c in spec.extra_numeric if c in present),
+            extra_categorical=tuple(c for c in spec.extra_categorical if c in present),
+        )
+    roles = spec.role_columns()
+    needed = dict(roles)
+    needed.update(spec.page_roles)
+    for col in spec.extra_numeric + spec.extra_categorical:
+        needed[f"extra:{col}"] = col
+    if with_label:
+        if not spec.label_column:
+            raise ContractError(
+                f"{source}: no label column configured (data.label.column) for training"
+            )
+        needed[LABEL] = spec.label_column
+    missing = [(role, col) for role, col in needed.items() if col not in raw.columns]
+    if missing:
+        role, col = missing[0]
+        others = (
+            f" (and {len(missing) - 1} more: {[c for _, c in missing[1:]]})"
+            if len(missing) > 1
+            else ""
+        )
+        raise ContractError(
+            f"{source}: required column '{col}' (role {role.removeprefix('extra:')}) is missing{others}; "
+            f"columns found: {list(raw.columns)[:30]}"
+        )
+
+    raw = raw.reset_index(drop=True)
+    out: dict[str, pd.Series] = {}
+    bad_rows: dict[int, list[str]] = {}
+
+    if "session_id" in roles:
+        out["session_id"] = _as_text(raw[roles["session_id"]])
+    else:
+        # no id column: the row number in the source is the id
+        out["session_id"] = pd.Series([f"row-{i}" for i in range(len(raw))], dtype=object)
+    for role, col in list(roles.items()) + list(spec.page_roles.items()):
+        if role == "session_id":
+            continue
+        kind = _kind_of(role)
+        series = raw[col]
+        if kind in ("id", "categorical"):
+            out[role] = _as_text(series)
+        elif kind == "numeric":
+            out[role] = _as_numeric(series, source, col, role)
+        elif kind == "bool":
+            out[role] = _as_bool(series, source, col, role)
+        elif kind == "timestamp":
+            parsed = _as_timestamp(series, source, col, role)
+            unreadable = parsed.isna() & series.notna()
+            for i in np.flatnonzero(unreadable.to_numpy()):
+                bad_rows.setdefault(i, []).append(
+                    f"{role} unreadable timestamp (got {series.iloc[i]!r})"
+                )
+            out[role] = parsed
+    for col in spec.extra_numeric:
+        out[col] = _as_numeric(raw[col], source, col, "extra numeric")
+    for col in spec.extra_categorical:
+        out[col] = _as_text(raw[col])
+    if with_label:
+        label = _as_text(raw[spec.label_column])
+        if spec.label_mapping:
+            label = label.map(lambda v: spec.label_mapping.get(v, v) if v is not None else None)
+        out[LABEL] = label.astype(object)
+    df = pd.DataFrame(out)
+
+    try:
+        _row_schema(spec, with_label).validate(df, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        row_cases = cases[cases["index"].notna()]
+        table_cases = cases[cases["index"].isna()]
+        if len(table_cases):
+            first = table_cases.iloc[0]
+            raise ContractError(
+                f"{source}: column '{first['column']}' failed {first['check']}: {first['failure_case']}"
+            ) from None
+        reasons = _check_names(row_cases)
+        for i, reason in zip(row_cases["index"].astype(int), reasons, strict=True):
+            bad_rows.setdefault(i, []).append(reason)
+    if with_label:
+        missing_label = df[LABEL].isna().to_numpy()
+        for i in np.flatnonzero(missing_label):
+            reasons = bad_rows.setdefault(i, [])
+            if not any(r.startswith(f"{LABEL} missing") for r in reasons):
+                reasons.append(f"{LABEL} missing value (column {spec.label_column})")
+
+    if not bad_rows:
+        return ContractResult(df, _empty_rejects(raw))
+    bad_idx = np.array(sorted(bad_rows))
+    keep = np.ones(len(df), dtype=bool)
+    keep[bad_idx] = False
+    rejects = raw.iloc[bad_idx].copy()
+    rejects[REJECT_REASON] = ["; ".join(dict.fromkeys(bad_rows[i])) for i in bad_idx]
+    rejects[SOURCE_ROW] = bad_idx
+    return ContractResult(df[keep].reset_index(drop=True), rejects.reset_index(drop=True))
+
+
+def _empty_rejects(raw: pd.DataFrame) -> pd.DataFrame:
+    empty = raw.iloc[0:0].copy()
+    empty[REJECT_REASON] = pd.Series(dtype=object)
+    empty[SOURCE_ROW] = pd.Series(dtype=np.int64)
+    return empty

@@ -1,0 +1,223 @@
+"""Splits, the LightGBM intent model, baselines and evaluation metrics (no I/O, no tracking)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+SPLITS = ("train", "val", "test")
+
+
+def _unit_hash(keys: pd.Series, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per key, stable across runs, machines and input order."""
+    salted = keys.astype(str) + f"#{seed}"
+    h = pd.util.hash_pandas_object(salted, index=False).to_numpy()
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def split_sessions(
+    sessions: pd.DataFrame, val_size: float, test_size: float, by: str = "journey", seed: int = 0
+) -> pd.Series:
+    """Assign each session to train, val or test, keeping every journey on one side.
+
+    `by="journey"` assigns journeys at random (seeded hash of the journey id); `by="time"` puts the
+    journeys that started last in test and the ones before them in val: train on the past,
+    evaluate on the latest window.
+    """
+    if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
+        raise ValueError(
+            f"split sizes must be in (0, 1) and sum below 1, got val={val_size}, test={test_size}"
+        )
+    journey = sessions["journey_id"] if "journey_id" in sessions else sessions["session_id"]
+    journey = journey.where(journey.notna(), sessions["session_id"]).astype(str)
+    if by == "journey":
+        keys = pd.Series(journey.unique())
+        u = pd.Series(_unit_hash(keys, seed), index=keys.to_numpy())
+    elif by == "time":
+        if "started_at" not in sessions or sessions["started_at"].isna().all():
+            raise ValueError("split.by=time needs a started_at column with values")
+        first_start = sessions.groupby(journey.to_numpy())["started_at"].min()
+        # rank journeys by start (ties broken by id) so the fractions hold exactly
+        ranked = first_start.reset_index().sort_values(["started_at", "index"], na_position="first")
+        u = pd.Series(
+            (np.arange(len(ranked)) + 0.5) / len(ranked), index=ranked["index"].to_numpy()
+        )
+        u = 1.0 - u  # latest journeys get the smallest numbers, i.e. land in test
+    else:
+        raise ValueError(f"split.by must be 'journey' or 'time', got {by!r}")
+    v = u.reindex(journey.to_numpy()).to_numpy()
+    side = np.where(v < test_size, "test", np.where(v < test_size + val_size, "val", "train"))
+    return pd.Series(side, index=sessions.index, name="split")
+
+
+def lgb_params(model_cfg: Mapping, n_classes: int, threads: int, seed: int) -> dict:
+    """LightGBM parameters for the class count, with threads and seed from the runtime config."""
+    params = {k: v for k, v in model_cfg.get("params", {}).items()}
+    if n_classes == 2:
+        params.update(objective="binary", metric="binary_logloss")
+    else:
+        params.update(objective="multiclass", metric="multi_logloss", num_class=n_classes)
+    params.update(num_threads=int(threads), seed=int(seed), deterministic=True, verbosity=-1)
+    return params
+
+
+def fit_lightgbm(
+    X_train: pd.DataFrame,
+    y_train: np.ndarray,
+    X_val: pd.DataFrame,
+    y_val: np.ndarray,
+    params: Mapping,
+    categorical: Sequence[str],
+    num_boost_round: int,
+    early_stopping_rounds: int,
+) -> lgb.Booster:
+    """Train with early stopping on the validation split; the booster keeps its best iteration."""
+    train_set = lgb.Dataset(
+        X_train, label=y_train, categorical_feature=list(categorical), free_raw_data=False
+    )
+    val_set = lgb.Dataset(
+        X_val, label=y_val, reference=train_set, categorical_feature=list(categorical)
+    )
+    booster = lgb.train(
+        dict(params),
+        train_set,
+        num_boost_round=num_boost_round,
+        valid_sets=[val_set],
+        valid_names=["val"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
+    return booster
+
+
+def booster_proba(
+    booster: lgb.Booster, X: pd.DataFrame, n_classes: int, threads: int | None = None
+) -> np.ndarray:
+    """Class probabilities (n, n_classes) from a trained booster, binary included."""
+    kwargs = {"num_iteration": booster.best_iteration or None}
+    if threads is not None:
+        kwargs["num_threads"] = int(threads)
+    p = booster.predict(X, **kwargs)
+    if n_classes == 2:
+        p = np.column_stack([1 - p, p])
+    return np.asarray(p, dtype=float)
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: the gap between confidence and accuracy, weighted over confidence bins."""
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
+    return float(ece)
+
+
+def classification_metrics(
+    y: np.ndarray, proba: np.ndarray, classes: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy, macro-F1, log-loss, ECE and per-class precision/recall/F1."""
+    labels = np.arange(len(classes))
+    pred = proba.argmax(axis=1)
+    eps = 1e-15
+    clipped = np.clip(proba, eps, 1)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    out = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "logloss": float(log_loss(y, clipped, labels=labels)),
+        "ece": expected_calibration_error(y, proba),
+    }
+    prec, rec, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    for i, c in enumerate(classes):
+        out[f"precision_{c}"] = float(prec[i])
+        out[f"recall_{c}"] = float(rec[i])
+        out[f"f1_{c}"] = float(f1[i])
+        out[f"support_{c}"] = float(support[i])
+    return out
+
+
+def normalised_confusion(y: np.ndarray, proba: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = confusion_matrix(y, proba.argmax(axis=1), labels=np.arange(n_classes)).astype(float)
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def majority_proba(y_train: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+    """The majority-class baseline: always the most frequent training class, with the training class mix as probabilities."""
+    freq = np.bincount(y_train, minlength=n_classes).astype(float)
+    prior = freq / freq.sum()
+    # predict the majority class; its probabilities are the class prior (a fair log-loss)
+    return np.broadcast_to(prior, (n_rows, n_classes)).copy()
+
+
+def fit_logistic_baseline(
+    X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str], seed: int, max_iter: int = 300
+):
+    """Multinomial logistic regression on the same features: one-hot categories, scaled numbers."""
+    categorical = [c for c in categorical if c in X.columns]
+    numeric = [c for c in X.columns if c not in categorical]
+    pre = ColumnTransformer(
+        [
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="__missing__"),
+                    OneHotEncoder(handle_unknown="ignore", min_frequency=5),
+                ),
+                categorical,
+            ),
+            (
+                "num",
+                make_pipeline(
+                    SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                    StandardScaler(),
+                ),
+                numeric,
+            ),
+        ]
+    )
+    model = make_pipeline(pre, LogisticRegression(max_iter=max_iter, random_state=seed))
+    model.fit(_for_sklearn(X, categorical), y)
+    return model
+
+
+def logistic_proba(model, X: pd.DataFrame, categorical: Sequence[str]) -> np.ndarray:
+    categorical = [c for c in categorical if c in X.columns]
+    return model.predict_proba(_for_sklearn(X, categorical))
+
+
+def _for_sklearn(X: pd.DataFrame, categorical: Sequence[str]) -> pd.DataFrame:
+    out = X.copy()
+    for c in categorical:
+        out[c] = out[c].astype(object).where(out[c].notna(), "__missing__").astype(str)
+    return out
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of a frame (row order and column order included)."""
+    h = hashlib.sha256()
+    h.update(",".join(map(str, frame.columns)).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]

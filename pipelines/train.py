@@ -1,0 +1,345 @@
+"""`micromoment train`: sessions -> contract -> features -> LightGBM -> evaluate -> MLflow.
+
+`train(cfg)` is the recipe and touches neither MLflow nor Hydra; `main` is the Hydra entry point
+that logs what `train` returns and registers the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines import modelling, plots
+from pipelines.config import CONF_DIR
+from pipelines.contract import LABEL, ContractResult, DatasetSpec, to_contract
+from pipelines.features import SessionFeaturizer
+from pipelines.io import read_sessions
+from pipelines.scorer import IntentModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; `main` logs it."""
+
+    metrics: dict[str, float]
+    model: IntentModel
+    contract: ContractResult
+    fingerprint: str
+    figures: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    input_example: pd.DataFrame | None = None
+    test_frame: pd.DataFrame | None = (
+        None  # test rows with labels, model and reference probabilities
+    )
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def load_stores(path: str | None) -> list[list[float]] | None:
+    """Store coordinates from a CSV or parquet table with latitude and longitude columns."""
+    if not path:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{p}: store table not found (data.stores_path); set it to null to train without store features"
+        )
+    table = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
+    for col in ("latitude", "longitude"):
+        if col not in table.columns:
+            raise KeyError(f"{p}: store table needs a '{col}' column, found {list(table.columns)}")
+    return table[["latitude", "longitude"]].astype(float).to_numpy().tolist()
+
+
+def train(cfg: Mapping, sessions: pd.DataFrame | None = None) -> TrainResult:
+    """Train and evaluate the intent model described by `cfg` (a plain dict of the train config).
+
+    Reads `cfg["data"]["path"]` unless `sessions` (raw, the user's columns) is given.
+    """
+    timings: dict[str, float] = {}
+    data_cfg = cfg["data"]
+    spec = DatasetSpec.from_config(data_cfg)
+    threads, seed = int(cfg["runtime"]["threads"]), int(cfg["runtime"]["seed"])
+    source = str(data_cfg.get("path") or "<frame>")
+
+    with _timed(timings, "read"):
+        raw = (
+            read_sessions(data_cfg["path"]) if sessions is None else sessions.reset_index(drop=True)
+        )
+    with _timed(timings, "validate"):
+        contract = to_contract(raw, spec, source=source, with_label=True)
+        canon = contract.sessions
+        if len(canon) == 0:
+            raise ValueError(
+                f"{source}: no valid sessions left after validation ({len(contract.rejects)} rejected)"
+            )
+        fingerprint = modelling.data_fingerprint(canon)
+        classes = list(spec.classes)
+        y_all = pd.Categorical(canon[LABEL], categories=classes).codes.astype(int)
+        split = modelling.split_sessions(
+            canon,
+            cfg["split"]["val_size"],
+            cfg["split"]["test_size"],
+            by=cfg["split"]["by"],
+            seed=seed,
+        )
+        for side in modelling.SPLITS:
+            if not (split == side).any():
+                raise ValueError(
+                    f"{source}: the {side} split is empty; use more journeys or larger split sizes"
+                )
+
+    with _timed(timings, "features"):
+        feat_cfg = cfg["features"]
+        featurizer = SessionFeaturizer(
+            page_types=list(spec.page_counts),
+            extra_numeric=list(spec.extra_numeric),
+            extra_categorical=list(spec.extra_categorical),
+            stores=load_stores(data_cfg.get("stores_path")),
+            near_store_km=float(feat_cfg["near_store_km"]),
+            history=bool(feat_cfg["history"]),
+            min_category_count=int(feat_cfg["min_category_count"]),
+        )
+        parts = {side: canon[split.to_numpy() == side] for side in modelling.SPLITS}
+        featurizer.fit(parts["train"])
+        X = {side: featurizer.transform(part) for side, part in parts.items()}
+        y = {side: y_all[split.to_numpy() == side] for side in modelling.SPLITS}
+
+    with _timed(timings, "train"):
+        model_cfg = cfg["model"]
+        params = modelling.lgb_params(model_cfg, len(classes), threads, seed)
+        booster = modelling.fit_lightgbm(
+            X["train"],
+            y["train"],
+            X["val"],
+            y["val"],
+            params,
+            featurizer.categorical_features_,
+            num_boost_round=int(model_cfg["num_boost_round"]),
+            early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
+        )
+    model = IntentModel(spec, featurizer, booster, threads=threads)
+
+    with _timed(timings, "evaluate"):
+        metrics: dict[str, float] = {}
+        proba = {side: model.predict_features(X[side]) for side in ("val", "test")}
+        for key, value in modelling.classification_metrics(
+            y["test"], proba["test"], classes
+        ).items():
+            metrics[f"test/{key}"] = value
+        metrics["val/logloss"] = modelling.classification_metrics(y["val"], proba["val"], classes)[
+            "logloss"
+        ]
+        metrics["train/best_iteration"] = float(
+            booster.best_iteration or booster.current_iteration()
+        )
+        figures = {
+            "confusion": (
+                modelling.normalised_confusion(y["test"], proba["test"], len(classes)),
+                classes,
+            ),
+            "reliability": (y["test"], proba["test"], classes),
+            "importance": (
+                featurizer.feature_names_,
+                booster.feature_importance(importance_type="gain"),
+            ),
+        }
+        test_frame = pd.DataFrame(
+            {"session_id": parts["test"]["session_id"].to_numpy(), "label": y["test"]}
+        )
+        for j, c in enumerate(classes):
+            test_frame[f"p_{c}"] = proba["test"][:, j]
+
+        if cfg.get("baselines", True):
+            maj = modelling.majority_proba(y["train"], len(y["test"]), len(classes))
+            for key in ("accuracy", "macro_f1", "logloss", "ece"):
+                metrics[f"test/majority/{key}"] = modelling.classification_metrics(
+                    y["test"], maj, classes
+                )[key]
+            with _timed(timings, "baseline_logreg"):
+                cap = int(cfg.get("logreg_max_rows", 200_000))
+                rng = np.random.default_rng(seed)
+                take = np.sort(
+                    rng.choice(len(y["train"]), size=min(cap, len(y["train"])), replace=False)
+                )
+                logreg = modelling.fit_logistic_baseline(
+                    X["train"].iloc[take], y["train"][take], featurizer.categorical_features_, seed
+                )
+                lr = modelling.logistic_proba(logreg, X["test"], featurizer.categorical_features_)
+            for key in ("accuracy", "macro_f1", "logloss", "ece"):
+                metrics[f"test/logreg/{key}"] = modelling.classification_metrics(
+                    y["test"], lr, classes
+                )[key]
+
+        # the generator's Bayes-optimal posterior, when the data carries it
+        prefix = data_cfg.get("reference_posterior_prefix")
+        ref_cols = [f"{prefix}{c}" for c in classes] if prefix else []
+        if ref_cols and all(c in raw.columns for c in ref_cols):
+            kept = contract.kept_rows
+            ref_all = raw[ref_cols].to_numpy(dtype=float)[kept]
+            ref = ref_all[split.to_numpy() == "test"]
+            bayes = modelling.classification_metrics(y["test"], ref, classes)
+            for key in ("accuracy", "macro_f1", "logloss", "ece"):
+                metrics[f"test/bayes/{key}"] = bayes[key]
+            metrics["test/ratio_to_bayes/accuracy"] = metrics["test/accuracy"] / bayes["accuracy"]
+            metrics["test/ratio_to_bayes/macro_f1"] = metrics["test/macro_f1"] / bayes["macro_f1"]
+            metrics["test/ratio_to_bayes/logloss"] = metrics["test/logloss"] / bayes["logloss"]
+            for j, c in enumerate(classes):
+                test_frame[f"bayes_p_{c}"] = ref[:, j]
+
+    counts = contract.counts
+    for key, value in counts.items():
+        metrics[f"data/{key}"] = float(value)
+    for side in modelling.SPLITS:
+        metrics[f"data/{side}_rows"] = float(len(y[side]))
+    kept_raw = raw.iloc[contract.kept_rows[:5]]
+    return TrainResult(
+        metrics=metrics,
+        model=model,
+        contract=contract,
+        fingerprint=fingerprint,
+        figures=figures,
+        timings=timings,
+        input_example=kept_raw,
+        test_frame=test_frame,
+    )
+
+
+def render_figures(result: TrainResult) -> dict:
+    """Matplotlib figures of a training result, keyed by artifact path."""
+    cm, classes = result.figures["confusion"]
+    y, proba, classes = result.figures["reliability"]
+    names, gain = result.figures["importance"]
+    return {
+        "plots/confusion_matrix.png": plots.confusion_figure(cm, classes),
+        "plots/reliability.png": plots.reliability_figure(y, proba, classes),
+        "plots/feature_importance.png": plots.importance_figure(
+            list(names), np.asarray(gain, dtype=float)
+        ),
+    }
+
+
+def log_and_register(
+    cfg: Mapping, result: TrainResult, overrides: list[str], output_dir: str | None
+) -> dict:
+    """Log a finished training run to MLflow and register its model; returns a summary."""
+    import mlflow
+
+    from pipelines import tracking
+    from pipelines.io import write_rejects
+
+    start = time.perf_counter()
+    experiment_id = tracking.setup(cfg["tracking"])
+    reg = cfg["registry"]
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=cfg["tracking"].get("run_name"),
+        nested=mlflow.active_run() is not None,
+    ) as run:
+        tracking.log_run_config(cfg, overrides)
+        mlflow.set_tags(
+            {
+                "data_fingerprint": result.fingerprint,
+                "dataset": cfg["data"].get("name", "?"),
+                "stage": "train",
+            }
+        )
+        mlflow.log_param("data_fingerprint", result.fingerprint)
+        mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"time/{k}_s": v for k, v in result.timings.items()})
+        for path, fig in render_figures(result).items():
+            tracking.log_figure(fig, path)
+        tracking.write_json_artifact(result.model.describe(), "model_contract.json")
+        if len(result.contract.rejects):
+            target = Path(output_dir or ".") / "rejects.parquet"
+            write_rejects(result.contract.rejects, target)
+            mlflow.log_artifact(str(target), "rejects")
+            log.warning("%d rows rejected; reasons in %s", len(result.contract.rejects), target)
+        info = tracking.log_intent_model(
+            result.model,
+            result.input_example,
+            reg["model_name"] if reg.get("register", True) else None,
+        )
+        version = getattr(info, "registered_model_version", None)
+        if version is not None and reg.get("alias"):
+            tracking.set_alias(reg["model_name"], version, reg["alias"])
+        mlflow.log_metric("time/log_s", time.perf_counter() - start)
+        uri = tracking.resolve_tracking_uri(cfg["tracking"].get("uri"))
+        return {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "model_uri": info.model_uri,
+            "registered_version": version,
+            "tracking_uri": tracking.redact(uri),
+        }
+
+
+def print_summary(result: TrainResult, summary: Mapping) -> None:
+    m = result.metrics
+    lines = [
+        "",
+        f"run id:         {summary['run_id']}",
+        f"registered:     micro_moment_intent version {summary['registered_version']}"
+        if summary.get("registered_version")
+        else "registered:     (not registered)",
+        f"rows:           {int(m['data/rows_in'])} in, {int(m['data/rows_kept'])} kept, {int(m['data/rows_rejected'])} rejected",
+        f"test accuracy:  {m['test/accuracy']:.4f}   macro-F1: {m['test/macro_f1']:.4f}   log-loss: {m['test/logloss']:.4f}",
+    ]
+    if "test/bayes/accuracy" in m:
+        lines.append(
+            f"Bayes-optimal:  accuracy {m['test/bayes/accuracy']:.4f} (model at {m['test/ratio_to_bayes/accuracy']:.1%}), log-loss {m['test/bayes/logloss']:.4f}"
+        )
+    if "test/logreg/accuracy" in m:
+        lines.append(
+            f"baselines:      logistic regression {m['test/logreg/accuracy']:.4f}, majority class {m['test/majority/accuracy']:.4f}"
+        )
+    uri = summary["tracking_uri"]
+    lines.append(
+        f"see the run:    mlflow ui --backend-store-uri {uri}"
+        + ("" if uri.startswith("sqlite") else "  (or open the server)")
+    )
+    print("\n".join(lines), flush=True)
+
+
+def run_train(
+    cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | None = None
+) -> float:
+    """Train, log and register; returns the validation log-loss (what sweepers minimise)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    logging.getLogger("pipelines").setLevel(container["runtime"].get("log_level", "INFO"))
+    result = train(container)
+    summary = log_and_register(
+        container, result, overrides or [], output_dir or container.get("output_dir")
+    )
+    print_summary(result, summary)
+    return float(result.metrics["val/logloss"])
+
+
+def task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return run_train(cfg, task_overrides())
