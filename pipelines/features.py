@@ -114,7 +114,9 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         raw = raw[self.feature_names_]
         for col, levels in self.categories_.items():
             # unseen levels become missing: LightGBM sends them down the "other" branch
-            raw[col] = pd.Categorical(raw[col].astype(object), categories=levels)
+            values = raw[col].astype(object)
+            values = values.where(values.isin(levels), None)
+            raw[col] = pd.Categorical(values, categories=levels)
         return raw
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
@@ -149,8 +151,8 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
             if col("utc_offset_min") is not None:
                 local = local + pd.to_timedelta(X["utc_offset_min"].fillna(0), unit="m")
             f["local_hour"] = local.dt.hour.astype(float)
-            f["weekday"] = local.dt.weekday.astype(float)
-            f["weekend"] = (local.dt.weekday >= 5).astype(float).where(local.notna())
+            f["weekday"] = local.dt.day_of_week.astype(float)
+            f["weekend"] = (local.dt.day_of_week >= 5).astype(float).where(local.notna())
 
         # location
         lat, lon = col("latitude"), col("longitude")

@@ -1,0 +1,65 @@
+"""Shared fixtures: composed configs, small data on disk, a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipelines.config import CONF_DIR
+from tests.fixtures import synthetic_sessions
+
+# LightGBM and BLAS threads: one per test process, whatever the machine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def compose_config(config_name: str, overrides: list[str] | None = None) -> dict:
+    """A primary config composed as the CLI would, resolved into a plain dict."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides or []))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """Generated sessions and stores on disk, as `micromoment generate` writes them."""
+    from pipelines.generate import generate
+    from tests.fixtures import generator_params  # noqa: F401  (keeps the import cost here)
+
+    out = tmp_path_factory.mktemp("synthetic")
+    gen = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/generator/default.yaml"))
+    generate(
+        {
+            "out_dir": str(out),
+            "n_journeys": 600,
+            "chunk_journeys": 250,
+            "seed": 11,
+            "posterior": True,
+        },
+        gen,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_sessions():
+    return synthetic_sessions(300, seed=3)
+
+
+@pytest.fixture
+def train_config(synthetic_dir, tmp_path):
+    """The train config on the small generated data, one thread, a throwaway MLflow store."""
+    return compose_config(
+        "train",
+        [
+            f"data.path={synthetic_dir}/sessions",
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"output_dir={tmp_path}",
+            "runtime.threads=1",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "model.num_boost_round=200",
+            "model.early_stopping_rounds=20",
+        ],
+    )

@@ -1,0 +1,177 @@
+"""The `micromoment` command, its configs, and the MLflow record of a run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import COMMANDS, main
+from pipelines.config import CONF_DIR
+from pipelines.train import log_and_register, train
+from tests.conftest import compose_config
+
+
+@pytest.mark.parametrize("name", ["generate", "train", "run"])
+def test_every_primary_config_composes(name):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(name)
+    assert "runtime" in cfg and cfg.runtime.threads >= 1
+
+
+@pytest.mark.parametrize("override", ["data=web_analytics", "split=time", "features.history=false"])
+def test_config_groups_compose(override):
+    cfg = compose_config("train", [override, "output_dir=/tmp", "data.path=x.csv"])
+    assert cfg["model"]["num_boost_round"] > 0
+
+
+def test_run_config_reads_what_generate_writes():
+    cfg = compose_config("run", ["output_dir=/tmp", "generate.out_dir=/data/x"])
+    assert cfg["data"]["path"] == "/data/x/sessions"
+    assert cfg["data"]["stores_path"] == "/data/x/stores.csv"
+
+
+def test_usage_lists_every_command(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_training_run_is_logged_and_registered(train_config, tmp_path):
+    result = train(train_config)
+    summary = log_and_register(train_config, result, ["runtime.threads=1"], str(tmp_path))
+    client = MlflowClient(
+        train_config["tracking"]["uri"], registry_uri=train_config["tracking"]["uri"]
+    )
+    run = client.get_run(summary["run_id"])
+    assert run.data.metrics["test/accuracy"] == pytest.approx(result.metrics["test/accuracy"])
+    assert "test/bayes/accuracy" in run.data.metrics and "data/rows_rejected" in run.data.metrics
+    assert run.data.params["model.params.learning_rate"] == "0.05"
+    assert run.data.tags["data_fingerprint"] == result.fingerprint
+    assert run.data.tags["overrides"] == "runtime.threads=1"
+    assert run.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "plots")}
+    assert artifacts == {
+        "plots/confusion_matrix.png",
+        "plots/reliability.png",
+        "plots/feature_importance.png",
+    }
+    assert {a.path for a in client.list_artifacts(summary["run_id"], "config")} == {
+        "config/resolved.yaml",
+        "config/overrides.txt",
+    }
+    version = client.get_model_version_by_alias("micro_moment_intent", "challenger")
+    assert version.run_id == summary["run_id"]
+    assert str(summary["registered_version"]) == str(version.version)
+
+
+def test_secrets_in_tracking_uri_are_redacted():
+    from pipelines.tracking import flatten, redact
+
+    uri = "postgresql://mlflow:s3cr3t@db.internal:5432/mlflow"
+    assert redact(uri) == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert "s3cr3t" not in str(flatten({"tracking": {"uri": uri}}))
+
+
+def _cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
+    """The README's main job on tiny data, in a fresh working directory with the embedded store."""
+    proc = _cli(
+        ["run", "generate.n_journeys=500", "runtime.threads=1", "model.num_boost_round=150"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run id:" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    db = tmp_path / "mlflow.db"
+    assert db.exists() and (tmp_path / "mlartifacts").is_dir()
+    assert len(list((tmp_path / "data" / "synthetic" / "sessions").glob("part-*.parquet"))) == 1
+
+    client = MlflowClient(f"sqlite:///{db}", registry_uri=f"sqlite:///{db}")
+    version = client.get_model_version_by_alias("micro_moment_intent", "challenger")
+    assert str(version.version) == "1"
+    run = client.get_run(version.run_id)
+    for key in (
+        "test/accuracy",
+        "test/macro_f1",
+        "test/logloss",
+        "test/ece",
+        "test/bayes/accuracy",
+        "test/logreg/accuracy",
+    ):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test/accuracy"] > 0.7
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "plots",
+        "config",
+        "model_contract.json",
+    }
+
+    # a consumer in a fresh process, in another directory, with only the tracking URI
+    elsewhere = tmp_path / "consumer"
+    elsewhere.mkdir()
+    code = (
+        "import mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/micro_moment_intent@challenger')\n"
+        "raw = pd.DataFrame({'session_id': ['a', 'b'], 'device': ['mobile', 'smartwatch'],"
+        " 'dwell_time_s': [45.0, 600.0], 'pages_store_locator': [3, 0], 'pages_how_to': [0, 6]})\n"
+        "out = m.predict(raw)\n"
+        "print(out['intent'].tolist(), round(float(out[['p_know','p_go','p_do','p_buy']].sum(axis=1).max()), 6))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    consumer = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert consumer.returncode == 0, consumer.stderr[-3000:]
+    assert consumer.stdout.strip().endswith("1.0")
+
+
+@pytest.mark.slow
+def test_train_sweep_runs_every_job(tmp_path):
+    gen = _cli(["generate", "generate.n_journeys=300", "runtime.threads=1"], cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    proc = _cli(
+        [
+            "train",
+            "-m",
+            "model.params.learning_rate=0.05,0.2",
+            "runtime.threads=1",
+            "model.num_boost_round=60",
+            "baselines=false",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("micromoment")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["model.params.learning_rate"] for r in runs) == ["0.05", "0.2"]

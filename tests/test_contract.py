@@ -1,0 +1,161 @@
+"""The session contract: required columns, types, and quarantine of impossible rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError, DatasetSpec, to_contract
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def spec() -> DatasetSpec:
+    cfg = compose_config("train", ["output_dir=/tmp"])
+    return DatasetSpec.from_config(cfg["data"])
+
+
+def test_clean_sessions_are_all_kept(small_sessions, spec):
+    result = to_contract(small_sessions, spec, source="clean.parquet")
+    assert result.counts == {
+        "rows_in": len(small_sessions),
+        "rows_kept": len(small_sessions),
+        "rows_rejected": 0,
+    }
+    assert str(result.sessions["started_at"].dtype) == "datetime64[ns, UTC]"
+    assert set(result.sessions["label"]) <= set(spec.classes)
+
+
+def test_missing_required_column_names_column_and_file(small_sessions, spec):
+    with pytest.raises(
+        ContractError,
+        match=r"sessions\.csv: required column 'session_id' \(role session_id\) is missing",
+    ):
+        to_contract(small_sessions.drop(columns=["session_id"]), spec, source="sessions.csv")
+
+
+def test_missing_label_column_is_an_error_for_training_only(small_sessions, spec):
+    raw = small_sessions.drop(columns=["intent"])
+    with pytest.raises(ContractError, match="'intent' \\(role label\\)"):
+        to_contract(raw, spec, source="x.parquet")
+    assert len(to_contract(raw, spec, with_label=False).sessions) == len(raw)
+
+
+def test_wrong_type_names_column_expected_and_found(small_sessions, spec):
+    raw = small_sessions.copy()
+    raw["dwell_time_s"] = raw["dwell_time_s"].astype(str)
+    raw.loc[3, "dwell_time_s"] = "about a minute"
+    with pytest.raises(ContractError) as err:
+        to_contract(raw, spec, source="export.csv")
+    message = str(err.value)
+    assert "export.csv" in message and "'dwell_time_s'" in message
+    assert "must be numeric" in message and "found" in message
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("dwell_time_s", -5.0, "dwell_time_s must be >= 0"),
+        ("latitude", 123.0, "latitude must be within [-90, 90]"),
+        ("longitude", -200.0, "longitude must be within [-180, 180]"),
+        ("intent", "browse", "label must be one of"),
+        ("pages_cart", -1, "pages_cart must be >= 0"),
+        ("started_at", "not a time", "started_at unreadable timestamp"),
+    ],
+)
+def test_impossible_values_are_quarantined_with_reason(small_sessions, spec, column, value, reason):
+    raw = small_sessions.copy()
+    if column == "started_at":
+        raw[column] = raw[column].astype(str).astype(object)
+    elif column == "pages_cart":
+        raw[column] = raw[column].astype(float)
+    raw.loc[7, column] = value
+    result = to_contract(raw, spec, source="s.parquet")
+    assert result.counts["rows_rejected"] == 1
+    assert result.counts["rows_in"] == result.counts["rows_kept"] + result.counts["rows_rejected"]
+    rejected = result.rejects.iloc[0]
+    assert rejected[SOURCE_ROW] == 7
+    assert reason in rejected[REJECT_REASON]
+    assert rejected["session_id"] == raw.loc[7, "session_id"]
+    assert raw.loc[7, "session_id"] not in set(result.sessions["session_id"])
+
+
+def test_duplicate_session_ids_keep_the_first_and_reject_repeats(small_sessions, spec):
+    raw = pd.concat([small_sessions, small_sessions.iloc[[0, 5]]], ignore_index=True)
+    result = to_contract(raw, spec)
+    assert result.counts == {
+        "rows_in": len(raw),
+        "rows_kept": len(small_sessions),
+        "rows_rejected": 2,
+    }
+    assert list(result.rejects[SOURCE_ROW]) == [len(small_sessions), len(small_sessions) + 1]
+    assert all("duplicate" in r for r in result.rejects[REJECT_REASON])
+
+
+def test_several_problems_on_one_row_are_all_named(small_sessions, spec):
+    raw = small_sessions.copy()
+    raw.loc[2, "dwell_time_s"] = -1.0
+    raw.loc[2, "latitude"] = 95.0
+    result = to_contract(raw, spec)
+    reason = result.rejects.loc[0, REJECT_REASON]
+    assert "dwell_time_s" in reason and "latitude" in reason
+
+
+def test_missing_label_value_is_rejected(small_sessions, spec):
+    raw = small_sessions.copy()
+    raw["intent"] = raw["intent"].astype(object)
+    raw.loc[4, "intent"] = None
+    result = to_contract(raw, spec)
+    assert result.counts["rows_rejected"] == 1
+    assert "label" in result.rejects.loc[0, REJECT_REASON]
+
+
+def test_scoring_tolerates_absent_optional_roles(spec):
+    raw = pd.DataFrame({"session_id": ["a", "b"], "device": ["mobile", "smartwatch"]})
+    result = to_contract(raw, spec, with_label=False, all_columns=False)
+    assert list(result.sessions.columns) == ["session_id", "device"]
+    assert result.counts["rows_kept"] == 2
+
+
+def test_naive_timestamps_are_read_as_utc_and_aware_ones_converted(spec):
+    raw = pd.DataFrame(
+        {
+            "session_id": ["a", "b"],
+            "started_at": ["2026-03-01T10:00:00+01:00", "2026-03-01T10:00:00"],
+        }
+    )
+    result = to_contract(raw, spec, with_label=False, all_columns=False)
+    assert list(result.sessions["started_at"].dt.hour) == [9, 10]
+
+
+def test_booleans_accept_text_and_numbers(spec):
+    raw = pd.DataFrame(
+        {"session_id": ["a", "b", "c"], "returning_visitor": ["true", "False", None]}
+    )
+    result = to_contract(raw, spec, with_label=False, all_columns=False)
+    assert result.sessions["returning_visitor"].tolist()[:2] == [True, False]
+    bad = pd.DataFrame({"session_id": ["a"], "returning_visitor": ["sometimes"]})
+    with pytest.raises(ContractError, match="returning_visitor.*boolean"):
+        to_contract(bad, spec, with_label=False, all_columns=False)
+
+
+def test_dataset_spec_rejects_unknown_roles_and_bad_class_sets():
+    with pytest.raises(ValueError, match="unknown roles \\['devise'\\]"):
+        DatasetSpec(columns={"devise": "device"})
+    with pytest.raises(ValueError, match="at least two classes"):
+        DatasetSpec(classes=("buy",))
+    with pytest.raises(ValueError, match="not in data.label.classes"):
+        DatasetSpec(classes=("a", "b"), label_mapping={"1": "c"})
+
+
+def test_row_counts_add_up_on_random_corruption(small_sessions, spec):
+    rng = np.random.default_rng(0)
+    raw = small_sessions.copy()
+    bad = rng.choice(len(raw), size=40, replace=False)
+    raw.loc[bad[:20], "dwell_time_s"] = -1.0
+    raw.loc[bad[20:], "intent"] = "unknown"
+    result = to_contract(raw, spec)
+    assert result.counts["rows_rejected"] == 40
+    assert len(result.sessions) + len(result.rejects) == len(raw)
+    assert sorted(result.rejects[SOURCE_ROW]) == sorted(bad)
