@@ -7,11 +7,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.config import CONF_DIR
+from pipelines.config import hydra_main
 from pipelines.io import atomic_path
 from pipelines.synthetic import GeneratorParams, generate_chunks
 
@@ -57,6 +56,6 @@ def run_generate(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(config_path=CONF_DIR, config_name="generate", version_base="1.3")
+@hydra_main("generate")
 def main(cfg: DictConfig) -> None:
     run_generate(cfg)

@@ -123,8 +123,7 @@ def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered
     wrapper = IntentPyfunc(model)
     example = signature_inputs(input_example.reset_index(drop=True), model)
     output = wrapper.predict(None, example)
-    signature = infer_signature(example, output)
-    signature = ModelSignature(inputs=input_schema(model), outputs=signature.outputs)
+    signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=wrapper,

@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import modelling, plots
-from pipelines.config import CONF_DIR
+from pipelines.config import hydra_main
 from pipelines.contract import LABEL, ContractResult, DatasetSpec, to_contract
 from pipelines.features import SessionFeaturizer
 from pipelines.io import read_sessions
@@ -340,6 +339,6 @@ def task_overrides() -> list[str]:
         return []
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@hydra_main("train")
 def main(cfg: DictConfig) -> float:
     return run_train(cfg, task_overrides())

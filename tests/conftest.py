@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
+from pipelines.schema import register_configs
 from tests.fixtures import synthetic_sessions
 
 # LightGBM and BLAS threads: one per test process, whatever the machine
@@ -17,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> dict:
     """A primary config composed as the CLI would, resolved into a plain dict."""
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides or []))
     return OmegaConf.to_container(cfg, resolve=True)

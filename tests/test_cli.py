@@ -175,3 +175,12 @@ def test_train_sweep_runs_every_job(tmp_path):
     exp = client.get_experiment_by_name("micromoment")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.params["model.params.learning_rate"] for r in runs) == ["0.05", "0.2"]
+
+
+def test_config_typos_fail_at_compose_time():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="devise"):
+        compose_config("train", ["output_dir=/tmp", "data.columns.devise=device"])
+    with pytest.raises(ConfigCompositionException, match="threads"):
+        compose_config("train", ["output_dir=/tmp", "runtime.threads=two"])

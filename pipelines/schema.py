@@ -1,0 +1,126 @@
+"""Structured config schemas: a typo or a wrong type in a config fails when Hydra composes it.
+
+Each group's YAML files extend their schema (`defaults: [schema, _self_]`), so
+`micromoment train data.columns.devise=device` or `runtime.threads=two` is refused up front with
+the key and the expected type, instead of deep inside a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ColumnsSchema:
+    """Role -> the user's column name; None (null) when the table does not have it."""
+
+    session_id: str | None = None
+    journey_id: str | None = None
+    started_at: str | None = None
+    utc_offset_min: str | None = None
+    device: str | None = None
+    channel: str | None = None
+    latitude: str | None = None
+    longitude: str | None = None
+    region: str | None = None
+    dwell_time_s: str | None = None
+    page_views: str | None = None
+    returning_visitor: str | None = None
+    touchpoint: str | None = None
+    touchpoint_propensity: str | None = None
+    converted: str | None = None
+
+
+@dataclass
+class LabelSchema:
+    column: str | None = None
+    classes: list[str] = field(default_factory=lambda: ["know", "go", "do", "buy"])
+    mapping: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DataSchema:
+    name: str = MISSING
+    path: str = MISSING
+    stores_path: str | None = None
+    columns: ColumnsSchema = field(default_factory=ColumnsSchema)
+    page_counts: dict[str, str] = field(default_factory=dict)
+    label: LabelSchema = field(default_factory=LabelSchema)
+    extra_numeric: list[str] = field(default_factory=list)
+    extra_categorical: list[str] = field(default_factory=list)
+    reference_posterior_prefix: str | None = None
+
+
+@dataclass
+class FeaturesSchema:
+    history: bool = True
+    near_store_km: float = 1.0
+    min_category_count: int = 5
+
+
+@dataclass
+class ModelSchema:
+    num_boost_round: int = 2000
+    early_stopping_rounds: int = 50
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SplitSchema:
+    by: str = "journey"
+    val_size: float = 0.15
+    test_size: float = 0.15
+
+
+@dataclass
+class TrackingSchema:
+    uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "micromoment"
+    run_name: str | None = None
+
+
+@dataclass
+class RegistrySchema:
+    register: bool = True
+    model_name: str = "micro_moment_intent"
+    alias: str | None = "challenger"
+
+
+@dataclass
+class RuntimeSchema:
+    threads: int = 2
+    seed: int = 42
+    log_level: str = "INFO"
+
+
+@dataclass
+class GenerateSchema:
+    out_dir: str = "data/synthetic"
+    n_journeys: int = 20000
+    chunk_journeys: int = 50000
+    seed: int = 7
+    posterior: bool = True
+
+
+SCHEMAS = {
+    "data": DataSchema,
+    "features": FeaturesSchema,
+    "model": ModelSchema,
+    "split": SplitSchema,
+    "tracking": TrackingSchema,
+    "registry": RegistrySchema,
+    "runtime": RuntimeSchema,
+    "generate": GenerateSchema,
+}
+
+
+def register_configs() -> None:
+    """Put every schema in Hydra's ConfigStore as `<group>/schema` (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, node in SCHEMAS.items():
+        cs.store(group=group, name="schema", node=node)
