@@ -6,9 +6,25 @@ import importlib
 import sys
 
 COMMANDS = {
-    "generate": ("pipelines.generate", "synthetic journeys with their Bayes-optimal posterior"),
-    "train": ("pipelines.train", "features -> LightGBM -> evaluate -> log -> register"),
-    "run": ("pipelines.run", "the whole chain on the embedded default (generate, then train)"),
+    "generate": (
+        "pipelines.generate:main",
+        "synthetic journeys with their Bayes-optimal posterior",
+    ),
+    "train": (
+        "pipelines.train:main",
+        "features -> LightGBM -> evaluate -> log -> register as @challenger",
+    ),
+    "promote": ("pipelines.promote:main", "the champion/challenger gate on held-out data"),
+    "rollback": ("pipelines.promote:rollback_main", "point @champion back at an earlier version"),
+    "score": ("pipelines.score:main", "batch-score sessions and journeys with a registered model"),
+    "export": (
+        "pipelines.promote:export_main",
+        "write a registered model to models/ as a standalone folder",
+    ),
+    "run": (
+        "pipelines.run:main",
+        "the whole chain on the embedded default (generate, train, gate)",
+    ),
 }
 
 USAGE = """usage: micromoment <command> [hydra overrides] [-m for a sweep]
@@ -21,6 +37,10 @@ examples:
   micromoment generate generate.n_journeys=100000
   micromoment train model.params.num_leaves=63 split=time
   micromoment train -m model.params.learning_rate=0.03,0.1
+  micromoment promote                        (judge @challenger against @champion)
+  micromoment score score.input=data/new_sessions.parquet score.output=scores/today
+  micromoment rollback                       (or rollback.to_version=3)
+  micromoment export
   micromoment train --help        (the command's config and its groups)
 """
 
@@ -40,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"micromoment: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, func = COMMANDS[name][0].split(":")
+    entry = getattr(importlib.import_module(module_name), func)
     # Hydra reads its overrides from sys.argv
     sys.argv = [f"micromoment {name}", *argv[1:]]
-    module.main()
+    entry()
     return 0
 
 

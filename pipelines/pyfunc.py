@@ -48,11 +48,41 @@ def signature_inputs(raw: pd.DataFrame, model: IntentModel) -> pd.DataFrame:
 
 
 class IntentPyfunc(mlflow.pyfunc.PythonModel):
-    """Raw sessions -> session_id, p_<intent>..., intent, confidence, margin, reject_reason."""
+    """Raw sessions -> session_id, p_<intent>..., intent, confidence, margin, reject_reason,
+    model_name, model_version.
 
-    def __init__(self, model: IntentModel):
+    The registry assigns the version after the model is logged, so a model loaded from the registry
+    looks its version up by run id when it is loaded; an exported model carries it in its config.
+    """
+
+    def __init__(
+        self, model: IntentModel, model_name: str | None = None, model_version: str | None = None
+    ):
         self.model = model
+        self.model_name = model_name
+        self.model_version = model_version
+
+    def load_context(self, context) -> None:
+        config = dict(getattr(context, "model_config", None) or {})
+        self.model_name = config.get("model_name", self.model_name)
+        self.model_version = config.get("model_version") or self.model_version
+        if self.model_version is None and config.get("run_id") and self.model_name:
+            self.model_version = _registered_version(self.model_name, config["run_id"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.model.predict(frame, source="model input")
+        out = self.model.predict(frame, source="model input")
+        out["model_name"] = self.model_name
+        out["model_version"] = None if self.model_version is None else str(self.model_version)
+        return out
+
+
+def _registered_version(name: str, run_id: str) -> str | None:
+    """The registry version of `name` logged by `run_id`, or None when it cannot be found."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except Exception:  # a consumer without a reachable registry still gets predictions
+        return None
+    return str(max(int(v.version) for v in found)) if found else None

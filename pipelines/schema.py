@@ -89,6 +89,14 @@ class RegistrySchema:
     register: bool = True
     model_name: str = "micro_moment_intent"
     alias: str | None = "challenger"
+    gate: bool = False
+
+
+@dataclass
+class GateSchema:
+    metric: str = "macro_f1"
+    min_improvement: float = 0.0
+    max_class_f1_drop: float = 0.02
 
 
 @dataclass
@@ -115,6 +123,7 @@ SCHEMAS = {
     "tracking": TrackingSchema,
     "registry": RegistrySchema,
     "runtime": RuntimeSchema,
+    "gate": GateSchema,
     "generate": GenerateSchema,
 }
 

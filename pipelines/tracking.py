@@ -120,7 +120,8 @@ def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered
     """Log the scorer as a pyfunc model that takes raw sessions; register it when a name is given."""
     from pipelines.pyfunc import IntentPyfunc, input_schema, signature_inputs
 
-    wrapper = IntentPyfunc(model)
+    run = mlflow.active_run()
+    wrapper = IntentPyfunc(model, model_name=registered_name)
     example = signature_inputs(input_example.reset_index(drop=True), model)
     output = wrapper.predict(None, example)
     signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
@@ -132,6 +133,7 @@ def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered
         input_example=example,
         registered_model_name=registered_name,
         pip_requirements=_requirements(),
+        model_config={"model_name": registered_name, "run_id": run.info.run_id if run else None},
     )
     return info
 

@@ -38,9 +38,11 @@ class TrainResult:
     figures: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     input_example: pd.DataFrame | None = None
-    test_frame: pd.DataFrame | None = (
-        None  # test rows with labels, model and reference probabilities
-    )
+    # test rows with labels, model and reference probabilities
+    test_frame: pd.DataFrame | None = None
+    test_raw: pd.DataFrame | None = None  # the test split as it came in (the user's columns)
+    test_labels: pd.Series | None = None
+    test_fingerprint: str = ""
 
 
 @contextmanager
@@ -208,7 +210,11 @@ def train(cfg: Mapping, sessions: pd.DataFrame | None = None) -> TrainResult:
     for side in modelling.SPLITS:
         metrics[f"data/{side}_rows"] = float(len(y[side]))
     kept_raw = raw.iloc[contract.kept_rows[:5]]
+    is_test = split.to_numpy() == "test"
     return TrainResult(
+        test_raw=raw.iloc[contract.kept_rows[is_test]].reset_index(drop=True),
+        test_labels=canon.loc[is_test, LABEL].reset_index(drop=True),
+        test_fingerprint=modelling.data_fingerprint(canon[is_test]),
         metrics=metrics,
         model=model,
         contract=contract,
@@ -279,8 +285,31 @@ def log_and_register(
         if version is not None and reg.get("alias"):
             tracking.set_alias(reg["model_name"], version, reg["alias"])
         mlflow.log_metric("time/log_s", time.perf_counter() - start)
+        decision = None
+        if version is not None and reg.get("gate"):
+            from mlflow.tracking import MlflowClient
+
+            from pipelines.promote import gate, policy_from
+
+            decision = gate(
+                MlflowClient(),
+                reg["model_name"],
+                str(version),
+                result.test_raw,
+                result.test_labels,
+                result.test_fingerprint,
+                policy_from(cfg["gate"]),
+                int(cfg["runtime"]["threads"]),
+            )
+            mlflow.set_tags(
+                {
+                    "gate.decision": "promoted" if decision.promote else "kept_champion",
+                    "gate.reason": decision.reason[:5000],
+                }
+            )
         uri = tracking.resolve_tracking_uri(cfg["tracking"].get("uri"))
         return {
+            "gate": decision,
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
             "model_uri": info.model_uri,
@@ -308,6 +337,11 @@ def print_summary(result: TrainResult, summary: Mapping) -> None:
         lines.append(
             f"baselines:      logistic regression {m['test/logreg/accuracy']:.4f}, majority class {m['test/majority/accuracy']:.4f}"
         )
+    if summary.get("gate") is not None:
+        verdict = (
+            "promoted to @champion" if summary["gate"].promote else "kept the current @champion"
+        )
+        lines.append(f"gate:           {verdict} ({summary['gate'].reason})")
     uri = summary["tracking_uri"]
     lines.append(
         f"see the run:    mlflow ui --backend-store-uri {uri}"

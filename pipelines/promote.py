@@ -1,0 +1,282 @@
+"""`micromoment promote`, `rollback` and `export`: the registry side of the scorer.
+
+- promote: score challenger and champion on the same held-out rows, apply the gate, record the
+  decision as tags on the challenger's version, and move the `champion` alias only when it passes.
+- rollback: point `champion` back at an earlier version (by default the one it replaced).
+- export: write a registered model as a standalone MLflow model folder under `models/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines import modelling
+from pipelines.config import hydra_main
+from pipelines.contract import LABEL, DatasetSpec, to_contract
+from pipelines.gate import Decision, GatePolicy, decide
+from pipelines.io import atomic_path, read_sessions
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+
+
+def resolve_version(client: MlflowClient, name: str, ref: str | int) -> str | None:
+    """A version number from an alias or a number; None when the alias is not set."""
+    ref = str(ref)
+    if ref.isdigit():
+        client.get_model_version(name, ref)  # raises when it does not exist
+        return ref
+    try:
+        return str(client.get_model_version_by_alias(name, ref).version)
+    except MlflowException:
+        return None
+
+
+def holdout(
+    raw: pd.DataFrame, spec: DatasetSpec, split_cfg: Mapping, seed: int, source: str
+) -> tuple[pd.DataFrame, pd.Series, str]:
+    """The held-out rows of a labelled table (its test split), their labels and a fingerprint."""
+    contract = to_contract(raw, spec, source=source, with_label=True)
+    side = modelling.split_sessions(
+        contract.sessions,
+        split_cfg["val_size"],
+        split_cfg["test_size"],
+        by=split_cfg["by"],
+        seed=seed,
+    )
+    test = (side == "test").to_numpy()
+    rows = raw.iloc[contract.kept_rows[test]].reset_index(drop=True)
+    labels = contract.sessions.loc[test, LABEL].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(
+            f"{source}: the held-out split is empty; the gate needs labelled rows to compare on"
+        )
+    return rows, labels, modelling.data_fingerprint(contract.sessions[test])
+
+
+def score_metrics(
+    model, rows: pd.DataFrame, labels: pd.Series, classes: list[str]
+) -> dict[str, float]:
+    out = model.predict(rows, source="held-out data")
+    ok = out["reject_reason"].isna().to_numpy()
+    if not ok.any():
+        raise ValueError(
+            "the model rejected every held-out row; check its input mapping against the data"
+        )
+    proba = out.loc[ok, [f"p_{c}" for c in classes]].to_numpy(dtype=float)
+    y = pd.Categorical(labels[ok], categories=classes).codes
+    metrics = modelling.classification_metrics(y, proba, classes)
+    metrics["rows"] = float(ok.sum())
+    return metrics
+
+
+def gate(
+    client: MlflowClient,
+    name: str,
+    challenger_version: str,
+    rows: pd.DataFrame,
+    labels: pd.Series,
+    fingerprint: str,
+    policy: GatePolicy,
+    threads: int = 1,
+) -> Decision:
+    """Compare a challenger version with the champion on the same rows; promote if it passes."""
+    from pipelines.score import load_scorer
+
+    champion_version = resolve_version(client, name, CHAMPION)
+    challenger, _ = load_scorer(f"models:/{name}/{challenger_version}", threads)
+    classes = list(challenger.classes)
+    ch_metrics = score_metrics(challenger, rows, labels, classes)
+    champ_metrics = None
+    if champion_version == challenger_version:
+        decision = Decision(
+            False,
+            f"version {challenger_version} is already the champion",
+            ch_metrics[policy.metric],
+            ch_metrics[policy.metric],
+            0.0,
+        )
+    else:
+        if champion_version is not None:
+            champion, _ = load_scorer(f"models:/{name}/{champion_version}", threads)
+            if list(champion.classes) != classes:
+                raise ValueError(
+                    f"champion classes {list(champion.classes)} differ from the challenger's {classes}; they cannot be compared"
+                )
+            champ_metrics = score_metrics(champion, rows, labels, classes)
+        decision = decide(policy, ch_metrics, champ_metrics, classes)
+
+    tags = {
+        "gate.decision": "promoted" if decision.promote else "kept_champion",
+        "gate.reason": decision.reason[:5000],
+        "gate.metric": policy.metric,
+        "gate.challenger_score": f"{decision.challenger_score:.6f}",
+        "gate.champion_score": ""
+        if decision.champion_score is None
+        else f"{decision.champion_score:.6f}",
+        "gate.champion_version": champion_version or "",
+        "gate.data_fingerprint": fingerprint,
+        "gate.rows": str(int(ch_metrics["rows"])),
+        "gate.evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, challenger_version, key, value)
+    if decision.promote:
+        if champion_version is not None:
+            client.set_model_version_tag(
+                name, challenger_version, "gate.previous_champion", champion_version
+            )
+        client.set_registered_model_alias(name, CHAMPION, challenger_version)
+    log.info("gate: %s (%s)", tags["gate.decision"], decision.reason)
+    return decision
+
+
+def rollback(
+    client: MlflowClient, name: str, to_version: str | int | None = None
+) -> tuple[str | None, str]:
+    """Point `champion` at `to_version`, or at the version the current champion replaced."""
+    current = resolve_version(client, name, CHAMPION)
+    if to_version is None:
+        if current is None:
+            raise ValueError(f"{name} has no champion to roll back from")
+        previous = client.get_model_version(name, current).tags.get("gate.previous_champion")
+        if not previous:
+            raise ValueError(
+                f"{name} version {current} replaced no earlier champion; name one with rollback.to_version=N"
+            )
+        to_version = previous
+    target = resolve_version(client, name, to_version)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, target, "rollback.from_version", current or "")
+    client.set_model_version_tag(
+        name, target, "rollback.at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    return current, target
+
+
+def export(model_uri: str, out_dir: str | Path) -> Path:
+    """Write a registered model as a standalone MLflow model folder that loads by path."""
+    import mlflow
+
+    from pipelines.pyfunc import IntentPyfunc
+    from pipelines.tracking import PACKAGE_DIR, _requirements
+
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    wrapper = pyfunc.unwrap_python_model()
+    name, version = wrapper.model_name or "micro_moment_intent", wrapper.model_version
+    target = Path(out_dir) / (f"{name}-v{version}" if version else name)
+    with atomic_path(target) as tmp:
+        mlflow.pyfunc.save_model(
+            path=str(tmp),
+            python_model=IntentPyfunc(wrapper.model, model_name=name, model_version=version),
+            code_paths=[str(PACKAGE_DIR)],
+            signature=pyfunc.metadata.signature,
+            pip_requirements=_requirements(),
+            model_config={"model_name": name, "model_version": version},
+        )
+        (tmp / "export.json").write_text(
+            json.dumps(
+                {
+                    "model_name": name,
+                    "model_version": version,
+                    "source": model_uri,
+                    "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+        )
+    return target
+
+
+def policy_from(cfg: Mapping) -> GatePolicy:
+    return GatePolicy(
+        metric=cfg["metric"],
+        min_improvement=float(cfg["min_improvement"]),
+        max_class_f1_drop=float(cfg["max_class_f1_drop"]),
+    )
+
+
+def run_promote(cfg: DictConfig) -> Decision:
+    from pipelines import tracking
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tracking.setup(c["tracking"])
+    client = MlflowClient()
+    name = c["registry"]["model_name"]
+    challenger = resolve_version(client, name, c["promote"]["challenger"])
+    if challenger is None:
+        raise ValueError(f"{name} has no version with alias '{c['promote']['challenger']}'")
+    spec = DatasetSpec.from_config(c["data"])
+    source = str(c["data"]["path"])
+    rows, labels, fingerprint = holdout(
+        read_sessions(source), spec, c["split"], int(c["runtime"]["seed"]), source
+    )
+    start = time.perf_counter()
+    decision = gate(
+        client,
+        name,
+        challenger,
+        rows,
+        labels,
+        fingerprint,
+        policy_from(c["gate"]),
+        int(c["runtime"]["threads"]),
+    )
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    champ = "none" if decision.champion_score is None else f"{decision.champion_score:.4f}"
+    print(
+        f"{name} version {challenger}: {verdict}\n"
+        f"  {c['gate']['metric']}: challenger {decision.challenger_score:.4f}, champion {champ} on {len(rows)} held-out rows "
+        f"(data {fingerprint}, {time.perf_counter() - start:.1f}s)\n  reason: {decision.reason}",
+        flush=True,
+    )
+    return decision
+
+
+def run_rollback(cfg: DictConfig) -> str:
+    from pipelines import tracking
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tracking.setup(c["tracking"])
+    name = c["registry"]["model_name"]
+    current, target = rollback(MlflowClient(), name, c["rollback"]["to_version"])
+    print(f"{name}: champion moved from version {current} to version {target}", flush=True)
+    return target
+
+
+def run_export(cfg: DictConfig) -> Path:
+    from pipelines import tracking
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tracking.setup(c["tracking"])
+    path = export(c["export"]["model_uri"], c["export"]["out_dir"])
+    print(
+        f"exported {c['export']['model_uri']} to {path} (load it with mlflow.pyfunc.load_model('{path}'))",
+        flush=True,
+    )
+    return path
+
+
+@hydra_main("promote")
+def main(cfg: DictConfig) -> None:
+    run_promote(cfg)
+
+
+@hydra_main("rollback")
+def rollback_main(cfg: DictConfig) -> None:
+    run_rollback(cfg)
+
+
+@hydra_main("export")
+def export_main(cfg: DictConfig) -> None:
+    run_export(cfg)

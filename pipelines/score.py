@@ -1,0 +1,290 @@
+"""`micromoment score`: batch-score sessions and journeys with a registered (or exported) model.
+
+Input of any size streams through in bounded memory:
+1. the input (a parquet file, a folder of parquet parts, or CSV) is read in record batches and
+   each row is routed to one of N bucket files by a hash of its journey id, so every journey lands
+   whole in one bucket whatever the input order;
+2. each bucket is scored on its own (history features see the journey's earlier sessions) and its
+   predictions are appended to the output.
+Outputs appear atomically: `predictions/` (one row per scored session), `journeys.parquet` (one row
+per journey: latest intent and the intent sequence), `rejects.parquet` (rows that broke the
+contract, with the reason) and `summary.json`. Rows in = rows scored + rows rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from pipelines.config import hydra_main
+from pipelines.contract import REJECT_REASON, SOURCE_ROW
+from pipelines.io import _files, atomic_path
+from pipelines.scorer import IntentModel
+
+log = logging.getLogger(__name__)
+
+
+def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most `batch_rows` rows from parquet files or CSV files."""
+    files = _files(Path(path))
+    for f in files:
+        if f.suffix == ".csv":
+            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22))
+            for batch in reader:
+                for start in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(start, batch_rows)
+        else:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Row count from parquet metadata (None for CSV, which would need a full read)."""
+    files = _files(Path(path))
+    if any(f.suffix == ".csv" for f in files):
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
+    h = pd.util.hash_pandas_object(journeys.astype(str), index=False).to_numpy()
+    return (h % np.uint64(n_buckets)).astype(np.int64)
+
+
+def journey_summary(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per journey: its latest session's intent and probabilities, and the intent sequence."""
+    if pred.empty:
+        cols = [
+            "journey_id",
+            "sessions",
+            "latest_session_id",
+            "latest_started_at",
+            "intent",
+            *[f"p_{c}" for c in classes],
+            "intent_sequence",
+        ]
+        return pd.DataFrame(columns=cols)
+    order = pred.sort_values(
+        ["journey_id", "started_at", "session_id"], kind="mergesort", na_position="last"
+    )
+    grouped = order.groupby("journey_id", sort=False)
+    latest = grouped.tail(1).set_index("journey_id")
+    out = pd.DataFrame(
+        {
+            "journey_id": latest.index,
+            "sessions": grouped.size().reindex(latest.index).to_numpy(),
+            "latest_session_id": latest["session_id"].to_numpy(),
+            "latest_started_at": latest["started_at"].to_numpy(),
+            "intent": latest["intent"].to_numpy(),
+        }
+    )
+    for c in classes:
+        out[f"p_{c}"] = latest[f"p_{c}"].to_numpy()
+    out["intent_sequence"] = (
+        grouped["intent"].agg(lambda s: ">".join(map(str, s))).reindex(latest.index).to_numpy()
+    )
+    return out
+
+
+def score_file(
+    model: IntentModel,
+    input_path: str | Path,
+    out_dir: str | Path,
+    chunk_rows: int = 250_000,
+    model_info: Mapping | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Score every session of `input_path` into `out_dir`; returns the summary (counts, timings)."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive number, got {chunk_rows}")
+    start = time.perf_counter()
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    spec = model.spec
+    journey_col = spec.columns.get("journey_id")
+    started_col = spec.columns.get("started_at")
+    total = count_rows(input_path)
+    n_buckets = max(1, math.ceil((total or chunk_rows) / chunk_rows))
+    progress = sys.stderr.isatty() if progress is None else progress
+    info = dict(model_info or {})
+    classes = list(model.classes)
+
+    with atomic_path(out_dir) as work:
+        work.mkdir(parents=True)
+        buckets_dir = work / "_buckets"
+        buckets_dir.mkdir()
+        # pass 1: route rows to buckets by journey, remembering each row's position in the input
+        writers: dict[int, pq.ParquetWriter] = {}
+        rows_in = 0
+        try:
+            for batch in iter_batches(input_path, chunk_rows):
+                n = batch.num_rows
+                row = pa.array(np.arange(rows_in, rows_in + n, dtype=np.int64))
+                batch = pa.RecordBatch.from_arrays(
+                    [*batch.columns, row], names=[*batch.schema.names, "__row"]
+                )
+                if journey_col and journey_col in batch.schema.names:
+                    key = batch.column(journey_col).to_pandas().astype(object)
+                    key = key.where(
+                        key.notna(), pd.Series(np.arange(rows_in, rows_in + n)).astype(str)
+                    )
+                else:
+                    key = pd.Series(np.arange(rows_in, rows_in + n)).astype(str)
+                rows_in += n
+                bucket = _bucket_of(key, n_buckets)
+                for b in np.unique(bucket):
+                    part = pa.Table.from_batches(
+                        [batch.take(pa.array(np.flatnonzero(bucket == b)))]
+                    )
+                    if b not in writers:
+                        writers[b] = pq.ParquetWriter(
+                            buckets_dir / f"bucket-{b:05d}.parquet", part.schema
+                        )
+                    writers[b].write_table(part.cast(writers[b].schema))
+        finally:
+            for w in writers.values():
+                w.close()
+
+        # pass 2: score bucket by bucket
+        pred_dir = work / "predictions"
+        pred_dir.mkdir()
+        rejects_writer = None
+        rows_scored = rows_rejected = 0
+        journey_parts = []
+        bucket_files = sorted(buckets_dir.glob("bucket-*.parquet"))
+        bar = tqdm(total=rows_in, desc="score", unit="rows", disable=not progress)
+        for i, bf in enumerate(bucket_files):
+            frame = pd.read_parquet(bf)
+            rows = frame.pop("__row").to_numpy()
+            out = model.predict(frame, source=str(input_path))
+            bad = out[REJECT_REASON].notna().to_numpy()
+            scored = out[~bad].drop(columns=[REJECT_REASON]).copy()
+            scored.insert(
+                1,
+                "journey_id",
+                frame[journey_col].astype(str).to_numpy()[~bad]
+                if journey_col and journey_col in frame
+                else scored["session_id"].to_numpy(),
+            )
+            if started_col and started_col in frame:
+                scored.insert(
+                    2,
+                    "started_at",
+                    pd.to_datetime(
+                        frame[started_col], utc=True, errors="coerce", format="ISO8601"
+                    ).to_numpy()[~bad],
+                )
+            else:
+                scored.insert(2, "started_at", pd.NaT)
+            for key, value in info.items():
+                scored[key] = value
+            scored["input_row"] = rows[~bad]
+            scored.to_parquet(pred_dir / f"part-{i:05d}.parquet", index=False)
+            journey_parts.append(journey_summary(scored, classes))
+            if bad.any():
+                rejected = frame[bad].copy()
+                rejected[REJECT_REASON] = out.loc[bad, REJECT_REASON].to_numpy()
+                rejected[SOURCE_ROW] = rows[bad]
+                table = pa.Table.from_pandas(
+                    rejected.astype(
+                        {c: "string" for c in rejected.columns if rejected[c].dtype == object}
+                    ),
+                    preserve_index=False,
+                )
+                if rejects_writer is None:
+                    rejects_writer = pq.ParquetWriter(work / "rejects.parquet", table.schema)
+                rejects_writer.write_table(table.cast(rejects_writer.schema))
+            rows_scored += int((~bad).sum())
+            rows_rejected += int(bad.sum())
+            bar.update(len(frame))
+            if not progress:
+                log.info(
+                    "bucket %d/%d scored: %d rows so far of %d",
+                    i + 1,
+                    len(bucket_files),
+                    rows_scored + rows_rejected,
+                    rows_in,
+                )
+            bf.unlink()
+        bar.close()
+        if rejects_writer is not None:
+            rejects_writer.close()
+        buckets_dir.rmdir()
+        journeys = (
+            pd.concat(journey_parts, ignore_index=True)
+            if journey_parts
+            else journey_summary(pd.DataFrame(), classes)
+        )
+        for key, value in info.items():
+            journeys[key] = value
+        journeys.to_parquet(work / "journeys.parquet", index=False)
+        if rows_in != rows_scored + rows_rejected:
+            raise RuntimeError(
+                f"row accounting broke: {rows_in} in, {rows_scored} scored, {rows_rejected} rejected"
+            )
+        summary = {
+            "input": str(input_path),
+            "output": str(out_dir),
+            "rows_in": rows_in,
+            "rows_scored": rows_scored,
+            "rows_rejected": rows_rejected,
+            "journeys": int(len(journeys)),
+            "buckets": len(bucket_files),
+            "seconds": round(time.perf_counter() - start, 3),
+            **{k: (None if v is None else str(v)) for k, v in info.items()},
+        }
+        (work / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_scorer(uri: str, threads: int) -> tuple[IntentModel, dict]:
+    """The `IntentModel` behind a registered model URI (`models:/name@alias`, `models:/name/3`) or a
+    model folder, with its name and version."""
+    import mlflow
+
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    wrapper = pyfunc.unwrap_python_model()
+    model: IntentModel = wrapper.model
+    model.threads = threads
+    return model, {
+        "model_name": wrapper.model_name,
+        "model_version": wrapper.model_version,
+        "model_uri": uri,
+    }
+
+
+def run_score(cfg: DictConfig) -> dict:
+    from pipelines import tracking
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tracking.setup(c["tracking"])
+    model, info = load_scorer(c["score"]["model_uri"], int(c["runtime"]["threads"]))
+    summary = score_file(
+        model,
+        c["score"]["input"],
+        c["score"]["output"],
+        chunk_rows=int(c["score"]["chunk_rows"]),
+        model_info=info,
+    )
+    print(
+        f"scored {summary['rows_scored']} of {summary['rows_in']} sessions ({summary['rows_rejected']} rejected) "
+        f"in {summary['journeys']} journeys with {info['model_name']} version {info['model_version']} -> {summary['output']}",
+        flush=True,
+    )
+    return summary
+
+
+@hydra_main("score")
+def main(cfg: DictConfig) -> None:
+    run_score(cfg)
