@@ -47,15 +47,37 @@ def describe_source(path: str | os.PathLike) -> str:
     return str(Path(path))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove what killed runs left beside `target` (their process is gone)."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = stale.name[len(target.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
-    Works for files and folders. A crash inside the block leaves `target` as it was.
+    Works for files and folders. A crash inside the block leaves `target` as it was, and a run
+    killed outright leaves only a hidden temporary, which the next run removes.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_stale_temporaries(target)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    )
     work = tmp / target.name
     try:
         yield work

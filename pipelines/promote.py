@@ -171,8 +171,22 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
     from pipelines.pyfunc import IntentPyfunc
     from pipelines.tracking import PACKAGE_DIR, _requirements
 
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    source = mlflow.artifacts.download_artifacts(model_uri)
+    pyfunc = mlflow.pyfunc.load_model(source)
+    example = pyfunc.metadata.load_input_example(source)
     wrapper = pyfunc.unwrap_python_model()
+    if wrapper.model_version is None and model_uri.startswith("models:/"):
+        # loaded from a local copy: ask the registry which version the URI names
+        from mlflow.tracking import MlflowClient
+
+        ref = model_uri.removeprefix("models:/")
+        name_part, _, alias = ref.partition("@")
+        name_part, _, number = name_part.partition("/")
+        client = MlflowClient()
+        wrapper.model_version = number or str(
+            client.get_model_version_by_alias(name_part, alias).version
+        )
+        wrapper.model_name = wrapper.model_name or name_part
     name, version = wrapper.model_name or "micro_moment_intent", wrapper.model_version
     target = Path(out_dir) / (f"{name}-v{version}" if version else name)
     with atomic_path(target) as tmp:
@@ -181,6 +195,7 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
             python_model=IntentPyfunc(wrapper.model, model_name=name, model_version=version),
             code_paths=[str(PACKAGE_DIR)],
             signature=pyfunc.metadata.signature,
+            input_example=example,
             pip_requirements=_requirements(),
             model_config={"model_name": name, "model_version": version},
         )

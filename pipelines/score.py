@@ -183,7 +183,7 @@ def score_file(
                     "started_at",
                     pd.to_datetime(
                         frame[started_col], utc=True, errors="coerce", format="ISO8601"
-                    ).to_numpy()[~bad],
+                    ).array[~bad],
                 )
             else:
                 scored.insert(2, "started_at", pd.NaT)

@@ -65,3 +65,34 @@ def train_config(synthetic_dir, tmp_path):
             "model.early_stopping_rounds=20",
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def registry_store(synthetic_dir, tmp_path_factory):
+    """A throwaway MLflow store holding three versions, gated in turn:
+    v1 weak (first model: champion), v2 strong (promoted), v3 weak again (kept out)."""
+    from pipelines.train import log_and_register, train
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    base = [
+        f"data.path={synthetic_dir}/sessions",
+        f"data.stores_path={synthetic_dir}/stores.csv",
+        f"output_dir={root}",
+        "runtime.threads=1",
+        f"tracking.uri={uri}",
+        "registry.gate=true",
+        "baselines=false",
+    ]
+    weak = ["features.history=false", "model.params.num_leaves=2", "model.num_boost_round=3"]
+    strong = ["model.num_boost_round=200", "model.early_stopping_rounds=20"]
+    summaries = []
+    for extra in (weak, strong, weak):
+        cfg = compose_config("train", base + extra)
+        summaries.append(log_and_register(cfg, train(cfg), extra, str(root)))
+    return {
+        "uri": uri,
+        "root": root,
+        "summaries": summaries,
+        "config": compose_config("train", base),
+    }
