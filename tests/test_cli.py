@@ -156,7 +156,7 @@ def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_sweep_runs_every_job(tmp_path):
+def test_sweep_is_one_parent_run_with_a_child_per_job(tmp_path):
     gen = _cli(["generate", "generate.n_journeys=300", "runtime.threads=1"], cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr[-3000:]
     proc = _cli(
@@ -171,10 +171,26 @@ def test_train_sweep_runs_every_job(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "sweep of 2 jobs" in proc.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("micromoment")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.params["model.params.learning_rate"] for r in runs) == ["0.05", "0.2"]
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert sorted(c.data.params["model.params.learning_rate"] for c in children) == ["0.05", "0.2"]
+    best = min(children, key=lambda c: c.data.metrics["val/logloss"])
+    assert parent.data.tags["best_child_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/val/logloss"] == pytest.approx(
+        best.data.metrics["val/logloss"]
+    )
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "sweep_summary.md",
+        "sweep_summary.csv",
+    }
 
 
 def test_config_typos_fail_at_compose_time():
@@ -184,3 +200,30 @@ def test_config_typos_fail_at_compose_time():
         compose_config("train", ["output_dir=/tmp", "data.columns.devise=device"])
     with pytest.raises(ConfigCompositionException, match="threads"):
         compose_config("train", ["output_dir=/tmp", "runtime.threads=two"])
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_preset_composes_for_train_and_run(preset):
+    cfg = compose_config("train", [f"experiment={preset}", "output_dir=/tmp"])
+    assert cfg["tracking"]["run_name"] == preset
+    run_cfg = compose_config("run", [f"experiment={preset}", "output_dir=/tmp"])
+    assert run_cfg["tracking"]["run_name"] == preset
+
+
+def test_presets_change_what_they_say():
+    assert (
+        compose_config("train", ["experiment=no_history", "output_dir=/tmp"])["features"]["history"]
+        is False
+    )
+    assert (
+        compose_config("train", ["experiment=time_split", "output_dir=/tmp"])["split"]["by"]
+        == "time"
+    )
+    assert (
+        compose_config("train", ["experiment=high_capacity", "output_dir=/tmp"])["model"]["params"][
+            "num_leaves"
+        ]
+        == 127
+    )
