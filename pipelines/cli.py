@@ -14,6 +14,10 @@ COMMANDS = {
         "pipelines.train:main",
         "features -> LightGBM -> evaluate -> log -> register as @challenger",
     ),
+    "tune": (
+        "pipelines.tune:main",
+        "hyperparameter search (Optuna), one child run per trial; resumable",
+    ),
     "promote": ("pipelines.promote:main", "the champion/challenger gate on held-out data"),
     "rollback": ("pipelines.promote:rollback_main", "point @champion back at an earlier version"),
     "score": ("pipelines.score:main", "batch-score sessions and journeys with a registered model"),
@@ -37,6 +41,7 @@ examples:
   micromoment generate generate.n_journeys=100000
   micromoment train model.params.num_leaves=63 split=time
   micromoment train -m model.params.learning_rate=0.03,0.1
+  micromoment tune tune.n_trials=20          (rerun the same command to resume)
   micromoment promote                        (judge @challenger against @champion)
   micromoment score score.input=data/new_sessions.parquet score.output=scores/today
   micromoment rollback                       (or rollback.to_version=3)

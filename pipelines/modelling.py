@@ -86,6 +86,7 @@ def fit_lightgbm(
     categorical: Sequence[str],
     num_boost_round: int,
     early_stopping_rounds: int,
+    callbacks: Sequence | None = None,
 ) -> lgb.Booster:
     """Train with early stopping on the validation split; the booster keeps its best iteration."""
     train_set = lgb.Dataset(
@@ -100,7 +101,7 @@ def fit_lightgbm(
         num_boost_round=num_boost_round,
         valid_sets=[val_set],
         valid_names=["val"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False), *(callbacks or [])],
     )
     return booster
 

@@ -68,10 +68,13 @@ def load_stores(path: str | None) -> list[list[float]] | None:
     return table[["latitude", "longitude"]].astype(float).to_numpy().tolist()
 
 
-def train(cfg: Mapping, sessions: pd.DataFrame | None = None) -> TrainResult:
+def train(
+    cfg: Mapping, sessions: pd.DataFrame | None = None, callbacks: list | None = None
+) -> TrainResult:
     """Train and evaluate the intent model described by `cfg` (a plain dict of the train config).
 
-    Reads `cfg["data"]["path"]` unless `sessions` (raw, the user's columns) is given.
+    Reads `cfg["data"]["path"]` unless `sessions` (raw, the user's columns) is given. `callbacks`
+    are extra LightGBM callbacks (hyperparameter search uses one to prune bad trials early).
     """
     timings: dict[str, float] = {}
     data_cfg = cfg["data"]
@@ -134,6 +137,7 @@ def train(cfg: Mapping, sessions: pd.DataFrame | None = None) -> TrainResult:
             featurizer.categorical_features_,
             num_boost_round=int(model_cfg["num_boost_round"]),
             early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
+            callbacks=callbacks,
         )
     model = IntentModel(spec, featurizer, booster, threads=threads)
 

@@ -1,0 +1,205 @@
+"""`micromoment tune`: hyperparameter search with Optuna, one MLflow child run per trial.
+
+The search space lives in `conf/search/*.yaml`. The study is persistent (an Optuna journal file),
+so a search that is killed resumes where it stopped when the same command runs again: trials that
+were running when it died are marked failed, finished ones are kept, and the search runs until
+`tune.n_trials` trials have finished. Bad trials are pruned while LightGBM trains, from the
+validation log-loss reported every few boosting rounds. All trials of a study nest under one MLflow
+parent run, which carries the best trial's parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.config import hydra_main
+
+log = logging.getLogger(__name__)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def suggest(trial: optuna.Trial, space: list[Mapping]) -> dict[str, object]:
+    """Draw one value per search-space entry: {name, type: float|int|categorical, low, high, log, choices}."""
+    values: dict[str, object] = {}
+    for p in space:
+        kind, name = p["type"], p["name"]
+        if kind == "float":
+            values[name] = trial.suggest_float(
+                name, float(p["low"]), float(p["high"]), log=bool(p.get("log", False))
+            )
+        elif kind == "int":
+            values[name] = trial.suggest_int(
+                name, int(p["low"]), int(p["high"]), log=bool(p.get("log", False))
+            )
+        elif kind == "categorical":
+            values[name] = trial.suggest_categorical(name, list(p["choices"]))
+        else:
+            raise ValueError(
+                f"search.params: {name} has type {kind!r}; use float, int or categorical"
+            )
+    return values
+
+
+def pruning_callback(trial: optuna.Trial, every: int = 10):
+    """A LightGBM callback that reports validation loss to Optuna and stops a hopeless trial."""
+
+    def _callback(env) -> None:
+        if env.iteration % every or not env.evaluation_result_list:
+            return
+        value = env.evaluation_result_list[0][2]
+        trial.report(value, step=env.iteration)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at round {env.iteration} with val loss {value:.5f}")
+
+    _callback.order = 40
+    return _callback
+
+
+def open_study(tune_cfg: Mapping, direction: str, seed: int) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(tune_cfg["storage"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    study = optuna.create_study(
+        study_name=tune_cfg["study_name"],
+        storage=storage,
+        load_if_exists=True,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=int(tune_cfg["prune_after_trials"]),
+            n_warmup_steps=int(tune_cfg["prune_warmup_rounds"]),
+        ),
+    )
+    # trials left running by a killed search can never finish: close them as failed
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        log.warning("trial %d was interrupted by an earlier kill; marked failed", t.number)
+    return study
+
+
+def run_tune(cfg: DictConfig) -> dict:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.train import log_and_register, train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    tune_cfg, search = c["tune"], c["search"]
+    metric = search["metric"]
+    study = open_study(tune_cfg, search["direction"], int(c["runtime"]["seed"]))
+    experiment_id = tracking.setup(c["tracking"])
+    client = MlflowClient()
+
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id and client.get_run(parent_id).info.lifecycle_stage != "active":
+        parent_id = None
+    parent = (
+        mlflow.start_run(run_id=parent_id)
+        if parent_id
+        else mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"tune-{tune_cfg['study_name']}"
+        )
+    )
+    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+    mlflow.set_tags(
+        {
+            "sweep": "parent",
+            "tune.study": tune_cfg["study_name"],
+            "tune.storage": str(tune_cfg["storage"]),
+            "git_commit": tracking.git_commit(),
+        }
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, search["params"])
+        trial_cfg = copy.deepcopy(cfg)
+        for key, value in values.items():
+            OmegaConf.update(trial_cfg, key, value, force_add=True)
+        container = OmegaConf.to_container(trial_cfg, resolve=True)
+        overrides = [f"{k}={v}" for k, v in values.items()]
+        callbacks = (
+            [pruning_callback(trial, int(tune_cfg["report_every"]))]
+            if search.get("pruning", True)
+            else []
+        )
+        try:
+            result = train(container, callbacks=callbacks)
+        except optuna.TrialPruned:
+            with mlflow.start_run(
+                experiment_id=experiment_id, nested=True, run_name=f"trial-{trial.number}"
+            ):
+                mlflow.log_params({k: str(v) for k, v in values.items()})
+                mlflow.set_tags({"tune.trial": str(trial.number), "tune.state": "PRUNED"})
+            raise
+        summary = log_and_register(container, result, overrides, container.get("output_dir"))
+        client.set_tag(summary["run_id"], "tune.trial", str(trial.number))
+        client.set_tag(summary["run_id"], "tune.state", "COMPLETE")
+        value = float(result.metrics[metric])
+        trial.set_user_attr("run_id", summary["run_id"])
+        print(f"trial {trial.number}: {metric}={value:.5f} {' '.join(overrides)}", flush=True)
+        return value
+
+    try:
+        finished = sum(t.state in FINISHED for t in study.trials)
+        remaining = max(0, int(tune_cfg["n_trials"]) - finished)
+        if remaining:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=tune_cfg.get("timeout_s"),
+                catch=(ValueError,),
+            )
+        else:
+            print(
+                f"study {tune_cfg['study_name']} already has {finished} finished trials", flush=True
+            )
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise RuntimeError("no trial completed; see the log for why")
+        best = study.best_trial
+        mlflow.set_tags(
+            {"best_child_run_id": best.user_attrs.get("run_id", ""), "best_trial": str(best.number)}
+        )
+        mlflow.log_metric(f"best/{metric}", best.value)
+        mlflow.log_dict(
+            {"metric": metric, "value": best.value, "params": best.params}, "best_params.yaml"
+        )
+        mlflow.log_metric("tune/finished_trials", sum(t.state in FINISHED for t in study.trials))
+        mlflow.log_metric(
+            "tune/pruned_trials",
+            sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        )
+    finally:
+        mlflow.end_run()
+    command = "micromoment train " + " ".join(f"{k}={v}" for k, v in best.params.items())
+    counts = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
+    print(
+        f"\nstudy {tune_cfg['study_name']}: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
+        f"\nbest trial {best.number}: {metric}={best.value:.5f} (run {best.user_attrs.get('run_id')})"
+        f"\ntrain and register it with:\n  {command}",
+        flush=True,
+    )
+    return {
+        "best_value": best.value,
+        "best_params": best.params,
+        "parent_run_id": parent.info.run_id,
+        "counts": counts,
+    }
+
+
+@hydra_main("tune")
+def main(cfg: DictConfig) -> float:
+    out = run_tune(cfg)
+    return float(out["best_value"]) if math.isfinite(out["best_value"]) else math.inf

@@ -1,0 +1,122 @@
+"""Hyperparameter search: search space, pruning, and a killed search that resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.tune import pruning_callback, suggest
+from tests.conftest import compose_config
+
+
+def test_search_space_draws_within_bounds():
+    space = compose_config("tune", ["output_dir=/tmp"])["search"]["params"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        values = suggest(trial, space)
+        for p in space:
+            v = values[p["name"]]
+            assert p["low"] <= v <= p["high"]
+            if p["type"] == "int":
+                assert isinstance(v, int)
+        study.tell(trial, 0.0)
+
+
+def test_unknown_parameter_type_is_named():
+    trial = optuna.create_study().ask()
+    with pytest.raises(ValueError, match="model.params.x has type 'normal'"):
+        suggest(trial, [{"name": "model.params.x", "type": "normal"}])
+
+
+def test_pruning_callback_stops_a_trial_worse_than_the_median():
+    study = optuna.create_study(
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
+    good = study.ask()
+    for step in range(0, 50, 10):
+        good.report(0.2, step)
+    study.tell(good, 0.2)
+    bad = study.ask()
+    cb = pruning_callback(bad, every=10)
+
+    class Env:
+        iteration = 10
+        evaluation_result_list = [("val", "multi_logloss", 0.9, False)]
+
+    with pytest.raises(optuna.TrialPruned):
+        cb(Env())
+
+
+def _tune(args, cwd, **popen):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", *args]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_to_the_requested_trial_count(tmp_path):
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "generate",
+            "generate.n_journeys=300",
+            "runtime.threads=1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    args = [
+        "tune.n_trials=3",
+        "runtime.threads=1",
+        "model.num_boost_round=40",
+        "search.pruning=false",
+    ]
+    proc = _tune(args, tmp_path)
+    # kill the search as soon as its first trial has finished
+    deadline = time.time() + 300
+    journal = tmp_path / "optuna" / "micromoment.journal"
+    while True:
+        assert time.time() < deadline, "no trial finished in time"
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        if journal.exists():
+            storage = optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(journal))
+            )
+            study = optuna.load_study(study_name="micromoment", storage=storage)
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    resumed = _tune(args, tmp_path)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="micromoment", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert "best trial" in out
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("micromoment").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1, "the resumed search must continue the same parent run"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len([c for c in children if c.data.tags.get("tune.state") == "COMPLETE"]) == 3
+    assert parents[0].data.tags["best_child_run_id"] in {c.info.run_id for c in children}
