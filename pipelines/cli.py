@@ -20,6 +20,10 @@ COMMANDS = {
     ),
     "promote": ("pipelines.promote:main", "the champion/challenger gate on held-out data"),
     "rollback": ("pipelines.promote:rollback_main", "point @champion back at an earlier version"),
+    "retrain": (
+        "pipelines.retrain:main",
+        "scheduled job: new window -> challenger -> gate -> promote or keep",
+    ),
     "score": ("pipelines.score:main", "batch-score sessions and journeys with a registered model"),
     "export": (
         "pipelines.promote:export_main",

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import modelling, plots
+from pipelines import drift, modelling, plots
 from pipelines.config import hydra_main
 from pipelines.contract import LABEL, ContractResult, DatasetSpec, to_contract
 from pipelines.features import SessionFeaturizer
@@ -43,6 +43,9 @@ class TrainResult:
     test_raw: pd.DataFrame | None = None  # the test split as it came in (the user's columns)
     test_labels: pd.Series | None = None
     test_fingerprint: str = ""
+    drift_reference: dict = field(
+        default_factory=dict
+    )  # feature profile and intent mix (see drift)
 
 
 @contextmanager
@@ -215,7 +218,14 @@ def train(
         metrics[f"data/{side}_rows"] = float(len(y[side]))
     kept_raw = raw.iloc[contract.kept_rows[:5]]
     is_test = split.to_numpy() == "test"
+    predicted = pd.Series(np.asarray(classes, dtype=object)[proba["test"].argmax(axis=1)])
+    reference = {
+        "classes": classes,
+        "features": drift.profile(X["train"]),
+        "intent_mix": drift.intent_mix(predicted, classes),
+    }
     return TrainResult(
+        drift_reference=reference,
         test_raw=raw.iloc[contract.kept_rows[is_test]].reset_index(drop=True),
         test_labels=canon.loc[is_test, LABEL].reset_index(drop=True),
         test_fingerprint=modelling.data_fingerprint(canon[is_test]),
@@ -245,9 +255,16 @@ def render_figures(result: TrainResult) -> dict:
 
 
 def log_and_register(
-    cfg: Mapping, result: TrainResult, overrides: list[str], output_dir: str | None
+    cfg: Mapping,
+    result: TrainResult,
+    overrides: list[str],
+    output_dir: str | None,
+    tags: Mapping[str, str] | None = None,
 ) -> dict:
-    """Log a finished training run to MLflow and register its model; returns a summary."""
+    """Log a finished training run to MLflow and register its model; returns a summary.
+
+    `tags` go on the run and on the registered version.
+    """
     import mlflow
 
     from pipelines import tracking
@@ -275,6 +292,9 @@ def log_and_register(
         for path, fig in render_figures(result).items():
             tracking.log_figure(fig, path)
         tracking.write_json_artifact(result.model.describe(), "model_contract.json")
+        tracking.write_json_artifact(result.drift_reference, "drift_reference.json")
+        if tags:
+            mlflow.set_tags(dict(tags))
         if len(result.contract.rejects):
             target = Path(output_dir or ".") / "rejects.parquet"
             write_rejects(result.contract.rejects, target)
@@ -286,8 +306,13 @@ def log_and_register(
             reg["model_name"] if reg.get("register", True) else None,
         )
         version = getattr(info, "registered_model_version", None)
-        if version is not None and reg.get("alias"):
-            tracking.set_alias(reg["model_name"], version, reg["alias"])
+        if version is not None:
+            from mlflow.tracking import MlflowClient
+
+            for key, value in (tags or {}).items():
+                MlflowClient().set_model_version_tag(reg["model_name"], str(version), key, value)
+            if reg.get("alias"):
+                tracking.set_alias(reg["model_name"], version, reg["alias"])
         mlflow.log_metric("time/log_s", time.perf_counter() - start)
         decision = None
         if version is not None and reg.get("gate"):
