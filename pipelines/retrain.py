@@ -196,6 +196,13 @@ def retrain(cfg: DictConfig) -> dict:
         contract = to_contract(window, spec, source=str(c["data"]["path"]), with_label=True)
     except (ContractError, FileNotFoundError) as err:
         raise RetrainError(EXIT_BAD_DATA, str(err)) from None
+    min_rows = int(rt.get("min_rows") or 1)
+    if len(contract.sessions) < min_rows:
+        raise RetrainError(
+            EXIT_BAD_DATA,
+            f"{c['data']['path']}: the window {start} .. {stop} holds {len(contract.sessions)} valid sessions, "
+            f"fewer than retrain.min_rows={min_rows}",
+        )
     if contract.sessions.empty:
         raise RetrainError(
             EXIT_BAD_DATA,

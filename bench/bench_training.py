@@ -1,0 +1,245 @@
+"""Training benchmark: quality against the Bayes-optimal limit and baselines, and stage times.
+
+Generates synthetic sessions (with the generator's Bayes-optimal posterior) into a temporary
+folder, then runs the training recipe `pipelines.train.train` on them with the `train` config
+composed as the CLI would. Nothing is logged to MLflow. Prints a markdown report and writes it to
+its own section of bench/RESULTS.md:
+
+- accuracy, macro-F1 and log-loss on the test split of the LightGBM model, the Bayes-optimal
+  posterior, a logistic regression and the majority class, and the model's ratio to the
+  Bayes-optimal accuracy (target: >= 97%);
+- each stage's share of the time (data generation included), from one run.
+
+    python bench/bench_training.py                      # 200k sessions, 2 threads
+    python bench/bench_training.py --sessions 50000 --out /tmp/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightgbm
+from _common import (
+    DEFAULT_RESULTS,
+    command_line,
+    compose_config,
+    journeys_for,
+    pct,
+    run_metadata,
+    write_section,
+)
+from threadpoolctl import threadpool_limits
+
+from pipelines.generate import generate
+from pipelines.train import train
+
+TARGET_RATIO = 0.97  # model accuracy / Bayes-optimal accuracy
+MODELS = (  # (label, metric prefix)
+    ("LightGBM model", "test/"),
+    ("Bayes-optimal posterior", "test/bayes/"),
+    ("logistic regression", "test/logreg/"),
+    ("majority class", "test/majority/"),
+)
+# stages timed inside `train` (its `timings`), in order; baseline_logreg runs inside evaluate
+STAGES = (
+    ("read", "read (parquet parts)"),
+    ("validate", "validate (contract, split)"),
+    ("features", "features"),
+    ("train", "train (LightGBM, early stopping)"),
+    ("evaluate", "evaluate (metrics, baselines, Bayes reference)"),
+)
+
+
+def train_config(data_dir: Path, output_dir: Path, threads: int) -> dict:
+    """The `train` config as the CLI composes it, pointed at the generated data."""
+    return compose_config(
+        "train",
+        [
+            f"data.path={data_dir / 'sessions'}",
+            f"data.stores_path={data_dir / 'stores.csv'}",
+            # output_dir is ${hydra:runtime.output_dir}, which only a Hydra run resolves
+            f"output_dir={output_dir}",
+            f"runtime.threads={threads}",
+        ],
+    )
+
+
+def run(sessions: int, threads: int, seed: int) -> dict:
+    """Generate, train and evaluate once; returns what the report needs."""
+    composed = compose_config("generate")  # conf/generate.yaml: generator and generate groups
+    gen_params_cfg, gen_cfg = composed["generator"], composed["generate"]
+    n_journeys = journeys_for(sessions, gen_params_cfg)
+
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
+        data_dir = Path(tmp) / "data"
+        gen_cfg.update(out_dir=str(data_dir), n_journeys=n_journeys, seed=seed, posterior=True)
+        print(f"generating {n_journeys} journeys (~{sessions} sessions) ...", flush=True)
+        start = time.perf_counter()
+        summary = generate(gen_cfg, gen_params_cfg)
+        generate_s = time.perf_counter() - start
+        print(f"  {summary['sessions']} sessions in {generate_s:.1f} s", flush=True)
+
+        cfg = train_config(data_dir, Path(tmp) / "output", threads)
+        print(f"training on {threads} thread(s) ...", flush=True)
+        start = time.perf_counter()
+        # LightGBM threads come from runtime.threads; this caps BLAS/OpenMP in scikit-learn too
+        with threadpool_limits(limits=threads):
+            result = train(cfg)
+        train_s = time.perf_counter() - start
+        print(f"  train() took {train_s:.1f} s", flush=True)
+
+    return {
+        "sessions": summary["sessions"],
+        "journeys": summary["journeys"],
+        "chunk_journeys": int(gen_cfg["chunk_journeys"]),
+        "seed": seed,
+        "threads": threads,
+        "metrics": result.metrics,
+        "timings": dict(result.timings),
+        "generate_s": generate_s,
+        "train_call_s": train_s,
+    }
+
+
+def quality_table(m: dict) -> list[str]:
+    lines = [
+        "| model | accuracy | macro-F1 | log-loss |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, prefix in MODELS:
+        if f"{prefix}accuracy" not in m:
+            lines.append(f"| {label} | n/a | n/a | n/a |")
+            continue
+        lines.append(
+            f"| {label} | {m[f'{prefix}accuracy']:.4f} | {m[f'{prefix}macro_f1']:.4f} "
+            f"| {m[f'{prefix}logloss']:.4f} |"
+        )
+    return lines
+
+
+def verdict(m: dict) -> tuple[float | None, str]:
+    if "test/bayes/accuracy" not in m:
+        return None, "FAIL (no Bayes-optimal posterior in the data)"
+    ratio = m["test/accuracy"] / m["test/bayes/accuracy"]
+    return ratio, "PASS" if ratio >= TARGET_RATIO else "FAIL"
+
+
+def time_table(res: dict) -> list[str]:
+    t = res["timings"]
+    staged = sum(t.get(key, 0.0) for key, _ in STAGES)
+    other = max(res["train_call_s"] - staged, 0.0)
+    pipeline = staged + other  # the train() call
+    total = res["generate_s"] + pipeline
+    lines = [
+        "| stage | share of total | share of `train()` | seconds (one noisy run) |",
+        "|---|---:|---:|---:|",
+        f"| generate data ({res['sessions']:,} sessions, posterior on) "
+        f"| {pct(res['generate_s'] / total)} | | {res['generate_s']:.1f} |",
+    ]
+    for key, label in STAGES:
+        s = t.get(key, 0.0)
+        lines.append(f"| {label} | {pct(s / total)} | {pct(s / pipeline)} | {s:.1f} |")
+        if key == "evaluate" and "baseline_logreg" in t:
+            b = t["baseline_logreg"]
+            lines.append(
+                f"| &nbsp;&nbsp;of which: logistic-regression baseline (inside evaluate) "
+                f"| ({pct(b / total)}) | ({pct(b / pipeline)}) | ({b:.1f}) |"
+            )
+    lines += [
+        f"| other (inside `train()`, outside the timed stages) | {pct(other / total)} "
+        f"| {pct(other / pipeline)} | {other:.1f} |",
+        f"| **total** | 100% | | {total:.1f} |",
+    ]
+    return lines
+
+
+def render(res: dict, command: str, meta: list[str]) -> str:
+    m = res["metrics"]
+    ratio, status = verdict(m)
+    ratio_text = "n/a" if ratio is None else pct(ratio)
+    rows = (
+        f"{int(m['data/rows_kept']):,} sessions kept of {int(m['data/rows_in']):,} "
+        f"({int(m['data/train_rows']):,} train / {int(m['data/val_rows']):,} val / "
+        f"{int(m['data/test_rows']):,} test, split by journey)"
+    )
+    lines = [
+        f"## Training: {res['sessions']:,} synthetic sessions",
+        "",
+        f"`{command}`",
+        "",
+        *meta,
+        f"- data: {res['journeys']:,} journeys, {res['sessions']:,} sessions, generator seed "
+        f"{res['seed']}, {res['chunk_journeys']:,} journeys per part; {rows}",
+        f"- LightGBM {lightgbm.__version__}, {res['threads']} threads, best iteration "
+        f"{int(m['train/best_iteration'])}; default `conf/` otherwise; nothing logged to MLflow",
+        "",
+        "### Quality on the test split",
+        "",
+        *quality_table(m),
+        "",
+        f"**Model accuracy / Bayes-optimal accuracy: {ratio_text}** "
+        f"(target >= {pct(TARGET_RATIO, 0)}): **{status}**",
+    ]
+    if "test/ratio_to_bayes/macro_f1" in m:
+        lines += [
+            "",
+            f"Also: macro-F1 at {pct(m['test/ratio_to_bayes/macro_f1'])} of the Bayes-optimal "
+            f"macro-F1; log-loss {m['test/ratio_to_bayes/logloss']:.3f}x the Bayes-optimal "
+            "log-loss (lower is better, 1.0 is the limit).",
+        ]
+    lines += [
+        "",
+        "### Where the time goes",
+        "",
+        "Shares of one run's wall time; the logistic-regression baseline is part of evaluate "
+        "and is not counted twice.",
+        "",
+        *time_table(res),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train on generated sessions; compare with the Bayes-optimal posterior "
+        "and baselines; report stage time shares.",
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=200_000, help="sessions to generate (default 200000)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="runtime.threads for LightGBM (default 2)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_RESULTS, help="results file (default bench/RESULTS.md)"
+    )
+    parser.add_argument(
+        "--section",
+        default="bench_training",
+        help="the marker name of the section rewritten in --out (default bench_training)",
+    )
+    args = parser.parse_args(argv)
+    if args.sessions < 100 or args.threads < 1:
+        parser.error("--sessions must be >= 100 and --threads >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    meta = run_metadata()  # before the run: the code version it ran with
+    res = run(args.sessions, args.threads, args.seed)
+    command = command_line(__file__, sys.argv[1:] if argv is None else argv)
+    report = render(res, command, meta)
+    print("\n" + report, flush=True)
+    path = write_section(args.out, args.section, report)
+    print(f"wrote section {args.section!r} of {path}", flush=True)
+    return 0 if verdict(res["metrics"])[1] == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

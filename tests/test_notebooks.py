@@ -1,0 +1,187 @@
+"""The notebooks in notebooks/ run top to bottom on tiny data and show what they promise.
+
+Each notebook is read from its paired text file (jupytext percent format) and executed with
+nbclient in a fresh kernel of this interpreter, in a temporary working directory, with its
+parameters set through environment variables.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SESSIONS_NB = NOTEBOOKS / "01_sessions_and_journeys.py"
+REPORT_NB = NOTEBOOKS / "02_model_report.py"
+TINY_JOURNEYS = "300"
+
+
+@pytest.fixture
+def notebook_env(tmp_path, monkeypatch):
+    """A kernel environment that writes nothing outside `tmp_path` and reads no outer MLflow store."""
+    for var in (
+        "MICROMOMENT_NB_N_JOURNEYS",
+        "MICROMOMENT_TRACKING_URI",
+        "MICROMOMENT_RUN_ID",
+        "MICROMOMENT_DATA_DIR",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    for var, sub in (
+        ("JUPYTER_RUNTIME_DIR", "jupyter-runtime"),
+        ("IPYTHONDIR", "ipython"),
+        ("MPLCONFIGDIR", "matplotlib"),
+        ("TMPDIR", "tmp"),
+    ):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MICROMOMENT_NB_N_JOURNEYS", TINY_JOURNEYS)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    return workdir
+
+
+def execute(path: Path, workdir: Path):
+    """Run a notebook in `workdir`; a failing cell raises with its traceback."""
+    nb = jupytext.read(path)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    client.execute()
+    return nb
+
+
+def outputs(nb) -> list[dict]:
+    return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+
+
+def stdout(nb) -> str:
+    return "".join(
+        out.get("text", "")
+        for out in outputs(nb)
+        if out["output_type"] == "stream" and out.get("name") == "stdout"
+    )
+
+
+def n_images(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for out in outputs(nb))
+
+
+def number_after(label: str, text: str) -> float:
+    found = re.search(rf"{re.escape(label)}\s*([0-9]+\.[0-9]+)", text)
+    assert found, f"no {label!r} in the notebook output:\n{text}"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("path", [SESSIONS_NB, REPORT_NB], ids=lambda p: p.stem)
+def test_first_code_cell_holds_the_parameters(path):
+    nb = jupytext.read(path)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    first = code[0]
+    assert "parameters" in first.metadata.get("tags", [])
+    # plain assignments (and the os import they read the environment with), nothing else
+    for node in ast.parse(first.source).body:
+        assert isinstance(node, ast.Assign | ast.Import), ast.dump(node)
+    assert not any(out for cell in nb.cells for out in cell.get("outputs", [])), "outputs committed"
+
+
+@pytest.mark.slow
+def test_sessions_notebook_generates_and_explores_journeys(notebook_env):
+    nb = execute(SESSIONS_NB, notebook_env)
+    text = stdout(nb)
+    assert "generated here" in text
+    assert number_after("intent mix sums to", text) == pytest.approx(1.0)
+    assert re.search(r"\d+ sessions in 300 journeys", text), text
+    assert number_after("mean journey length:", text) >= 1.0
+    assert re.search(r"\d+ consecutive session pairs", text)
+    # intent mix, context heatmaps, hours, dwell, journey length, transitions, store distance
+    assert n_images(nb) >= 7
+    assert not list(notebook_env.iterdir()), "the notebook wrote into its working directory"
+
+
+@pytest.mark.slow
+def test_sessions_notebook_reads_a_generated_data_dir(notebook_env, monkeypatch, synthetic_dir):
+    import pandas as pd
+
+    monkeypatch.setenv("MICROMOMENT_DATA_DIR", str(synthetic_dir))
+    nb = execute(SESSIONS_NB, notebook_env)
+    text = stdout(nb)
+    sessions = pd.read_parquet(synthetic_dir / "sessions")
+    expected = f"{len(sessions)} sessions in {sessions['journey_id'].nunique()} journeys"
+    assert expected in text
+    assert number_after("intent mix sums to", text) == pytest.approx(1.0)
+    assert n_images(nb) >= 7
+
+
+@pytest.mark.slow
+def test_report_notebook_trains_its_own_champion_when_given_no_store(notebook_env):
+    nb = execute(REPORT_NB, notebook_env)
+    text = stdout(nb)
+    assert "trained and registered version 1" in text
+    assert "models:/micro_moment_intent@champion (micro_moment_intent version 1)" in text
+    accuracy = number_after("test/accuracy:", text)
+    assert 0.5 < accuracy <= 1.0
+    assert number_after("test/logloss:", text) > 0.0
+    assert "model at" in text and "of Bayes-optimal accuracy" in text
+    assert "3 logged plots" in text
+    assert 0.5 < number_after("fresh accuracy: model", text) <= 1.0
+    assert 0.0 <= number_after("mean total variation to the Bayes posterior:", text) < 0.5
+    # 3 logged plots, segment accuracy, 2 confusions, distance histograms, TV by position
+    assert n_images(nb) >= 8
+    assert not list(notebook_env.iterdir()), "the notebook wrote into its working directory"
+
+
+@pytest.mark.slow
+def test_report_notebook_reads_a_run_by_id(notebook_env, monkeypatch, synthetic_dir, tmp_path):
+    """A run logged elsewhere (here: not registered) is reported from its store and run id."""
+    import mlflow
+
+    from pipelines.train import log_and_register, train
+    from tests.conftest import compose_config
+
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    cfg = compose_config(
+        "train",
+        [
+            f"data.path={synthetic_dir}/sessions",
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"output_dir={store}",
+            f"tracking.uri={uri}",
+            "runtime.threads=1",
+            "registry.register=false",
+            "baselines=false",
+            "model.num_boost_round=100",
+            "model.early_stopping_rounds=10",
+        ],
+    )
+    summary = log_and_register(cfg, train(cfg), [], str(store))
+    logged = mlflow.MlflowClient(uri).get_run(summary["run_id"]).data.metrics
+
+    monkeypatch.setenv("MICROMOMENT_TRACKING_URI", uri)
+    monkeypatch.setenv("MICROMOMENT_RUN_ID", summary["run_id"])
+    nb = execute(REPORT_NB, notebook_env)
+    text = stdout(nb)
+    assert "trained and registered" not in text
+    assert f"run id:    {summary['run_id']}" in text
+    assert f"runs:/{summary['run_id']}/model (not registered)" in text
+    assert number_after("test/accuracy:", text) == pytest.approx(
+        round(logged["test/accuracy"], 4), abs=1e-9
+    )
+    assert number_after("test/macro_f1:", text) == pytest.approx(
+        round(logged["test/macro_f1"], 4), abs=1e-9
+    )
+    assert "3 logged plots" in text
+    assert n_images(nb) >= 8

@@ -1,0 +1,672 @@
+"""The synthetic journey generator and its Bayes-optimal intent posterior.
+
+The forward filter is checked against brute-force enumeration (the recursion), and its output
+against the sampler on a large sample (calibration, overall and conditional on observable
+features): together they show `emission_loglik` agrees with `simulate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+import pipelines.config
+from pipelines.synthetic import (
+    GeneratorParams,
+    _planar_km,
+    emission_loglik,
+    forward_filter,
+    generate_chunks,
+    simulate,
+)
+
+# enough sessions (about 100k) for sharp calibration checks, still about a second to generate
+LARGE_JOURNEYS = 30_000
+# statistical checks allow this many (journey-clustered) standard errors
+N_SE = 4.5
+
+
+def _config() -> dict:
+    path = Path(pipelines.config.CONF_DIR) / "generator" / "default.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+@pytest.fixture(scope="module")
+def params() -> GeneratorParams:
+    return GeneratorParams.from_config(_config())
+
+
+@pytest.fixture(scope="module")
+def large(params):
+    """About 100k sessions with the true intent index `z` and the Bayes posterior."""
+    df = simulate(params, LARGE_JOURNEYS, np.random.default_rng(20260901))
+    z = pd.Categorical(df["intent"], categories=params.intents).codes.astype(int)
+    assert (z >= 0).all()
+    post = forward_filter(df, params)
+    return df, z, post
+
+
+def _journey_codes(df: pd.DataFrame) -> np.ndarray:
+    return pd.factorize(df["journey_id"])[0]
+
+
+def _clustered_se(values: np.ndarray, clusters: np.ndarray) -> float:
+    """Standard error of the mean of `values`, robust to correlation within a journey."""
+    resid = values - values.mean()
+    sums = np.bincount(clusters, weights=resid)
+    return float(np.sqrt((sums**2).sum()) / len(values))
+
+
+def _positions(df: pd.DataFrame) -> np.ndarray:
+    return df.groupby("journey_id", sort=False).cumcount().to_numpy()
+
+
+def _local_time(df: pd.DataFrame) -> pd.Series:
+    utc = df["started_at"].dt.tz_convert("UTC").dt.tz_localize(None)
+    return utc + pd.to_timedelta(df["utc_offset_min"], unit="m")
+
+
+def _session_marginal(params: GeneratorParams) -> np.ndarray:
+    """Share of sessions of each intent, from the chain: sum over positions of P(z_t, reached t)."""
+    step = params.transition * (1 - params.end_prob)[:, None]
+    alpha = params.initial.copy()
+    total = np.zeros_like(alpha)
+    for _ in range(params.max_sessions):
+        total += alpha
+        alpha = alpha @ step
+    return total / total.sum()
+
+
+def _log_loss(post: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(post[np.arange(len(z)), z], 1e-300))
+
+
+# ---------------------------------------------------------------------------------------------
+# the forward recursion
+
+
+def test_posterior_matches_brute_force_enumeration(params):
+    """p(z_t | x_1..t) by summing over all 4^t intent paths equals the forward filter."""
+    p = dataclasses.replace(params, max_sessions=4)
+    df = simulate(p, 400, np.random.default_rng(7))
+    lengths = df.groupby("journey_id", sort=False).size()
+    assert set(lengths) == {1, 2, 3, 4}  # every journey length is exercised
+    post = forward_filter(df, p)
+    ll = emission_loglik(df, p)
+    k = p.n_intents
+    step = p.transition * (1 - p.end_prob)[:, None]  # the journey continued, then moved on
+
+    starts = np.flatnonzero(
+        np.r_[True, df["journey_id"].to_numpy()[1:] != df["journey_id"].to_numpy()[:-1]]
+    )
+    n_checked = 0
+    for start, n in zip(starts, lengths.to_numpy(), strict=True):
+        # rescale each session's likelihood by its max: a constant that cancels on normalising
+        like = np.exp(ll[start : start + n] - ll[start : start + n].max(axis=1, keepdims=True))
+        for t in range(1, n + 1):
+            paths = np.array(list(itertools.product(range(k), repeat=t)))  # (k^t, t)
+            weight = p.initial[paths[:, 0]] * like[0, paths[:, 0]]
+            for s in range(1, t):
+                weight = weight * step[paths[:, s - 1], paths[:, s]] * like[s, paths[:, s]]
+            brute = np.bincount(paths[:, -1], weights=weight, minlength=k)
+            brute /= brute.sum()
+            np.testing.assert_allclose(post[start + t - 1], brute, rtol=0, atol=1e-9)
+            n_checked += 1
+    assert n_checked == len(df)
+
+
+def test_posterior_uses_only_the_past_and_present_of_a_journey(params):
+    """Dropping later sessions, or reordering whole journeys, leaves each posterior unchanged."""
+    df = simulate(params, 300, np.random.default_rng(8))
+    post = forward_filter(df, params)
+    pos = _positions(df)
+    keep = pos < 2
+    np.testing.assert_allclose(
+        forward_filter(df[keep].reset_index(drop=True), params), post[keep], atol=1e-12
+    )
+
+    # journeys in reverse order (each journey's sessions still in time order)
+    jcode = _journey_codes(df)
+    order = np.lexsort((pos, -jcode))
+    shuffled = df.iloc[order].reset_index(drop=True)
+    np.testing.assert_allclose(forward_filter(shuffled, params), post[order], atol=1e-12)
+
+
+def test_posterior_ignores_touchpoint_and_conversion(params):
+    """The touchpoint shown and the conversion are outcomes, not context the posterior may use."""
+    df = simulate(params, 200, np.random.default_rng(9))
+    post = forward_filter(df, params)
+    other = df.copy()
+    other["touchpoint"] = params.touchpoints[0]
+    other["touchpoint_propensity"] = 0.5
+    other["converted"] = ~other["converted"]
+    np.testing.assert_array_equal(forward_filter(other, params), post)
+
+
+def test_posterior_rows_are_probabilities(large):
+    _, _, post = large
+    assert np.isfinite(post).all()
+    assert (post >= 0).all()
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# the posterior against the sampler
+
+
+def test_posterior_is_calibrated_on_a_large_sample(params, large):
+    """Mean posterior per class = class frequency, and argmax accuracy = confidence per bin.
+
+    Bins hold at least 2000 rows; a bin may miss by 0.02, or by 4.5 standard errors if wider.
+    """
+    df, z, post = large
+    assert len(df) > 90_000
+    clusters = _journey_codes(df)
+    onehot = np.eye(params.n_intents)[z]
+    for j, name in enumerate(params.intents):
+        diff = onehot[:, j] - post[:, j]
+        se = _clustered_se(diff, clusters)
+        assert abs(diff.mean()) < N_SE * se, (name, diff.mean(), se)
+
+    conf = post.max(axis=1)
+    correct = post.argmax(axis=1) == z
+    edges = np.arange(0.25, 1.0001, 0.05)
+    bins = np.clip(np.digitize(conf, edges) - 1, 0, len(edges) - 2)
+    n_checked = 0
+    for b in np.unique(bins):
+        sel = bins == b
+        if sel.sum() < 2000:
+            continue
+        gap = correct[sel].mean() - conf[sel].mean()
+        se = _clustered_se(correct[sel] - conf[sel], clusters[sel])
+        assert abs(gap) < max(0.02, N_SE * se), (edges[b], sel.sum(), gap, se)
+        n_checked += 1
+    assert n_checked >= 5
+
+    # per-class reliability: within bins of p_k, the share of class k matches the mean p_k
+    for j, name in enumerate(params.intents):
+        pk = post[:, j]
+        bins = np.minimum((pk * 10).astype(int), 9)
+        for b in range(10):
+            sel = bins == b
+            if sel.sum() < 2000:
+                continue
+            gap = onehot[sel, j].mean() - pk[sel].mean()
+            se = _clustered_se(onehot[sel, j] - pk[sel], clusters[sel])
+            assert abs(gap) < max(0.02, N_SE * se), (name, b / 10, sel.sum(), gap, se)
+
+
+def test_log_loss_equals_expected_entropy_of_the_posterior(large):
+    """For the true posterior, E[-log p(z|x)] = E[H(p(.|x))]; a wrong likelihood breaks it."""
+    df, z, post = large
+    entropy = -(post * np.log(np.maximum(post, 1e-300))).sum(axis=1)
+    diff = _log_loss(post, z) - entropy
+    se = _clustered_se(diff, _journey_codes(df))
+    assert abs(diff.mean()) < N_SE * se, (diff.mean(), se)
+
+
+def _features(df: pd.DataFrame, params: GeneratorParams) -> dict[str, np.ndarray]:
+    """Indicators of observable session features, computed independently of emission_loglik."""
+    feats: dict[str, np.ndarray] = {"all": np.ones(len(df), bool)}
+    pos = _positions(df)
+    for t in range(4):
+        feats[f"position={t}"] = pos == t
+    feats["position>=4"] = pos >= 4
+    for d in params.devices:
+        feats[f"device={d}"] = (df["device"] == d).to_numpy()
+    for c in params.channels:
+        feats[f"channel={c}"] = (df["channel"] == c).to_numpy()
+    local = _local_time(df)
+    hour = local.dt.hour.to_numpy()
+    for h in range(0, 24, 3):
+        feats[f"hour in {h}..{h + 2}"] = (hour >= h) & (hour < h + 3)
+    day = local.dt.normalize().to_numpy()
+    gap_days = np.r_[0, (day[1:] - day[:-1]) / np.timedelta64(1, "D")]
+    later = pos > 0
+    feats["gap=0d"] = later & (gap_days == 0)
+    feats["gap=0d, previous hour >= 18"] = later & (gap_days == 0) & (np.r_[0, hour[:-1]] >= 18)
+    feats["gap=1d"] = later & (gap_days == 1)
+    feats["gap=2-3d"] = later & (gap_days >= 2) & (gap_days <= 3)
+    feats["gap>=4d"] = later & (gap_days >= 4)
+
+    lat = df["latitude"].to_numpy(float)
+    located = ~np.isnan(lat)
+    store_km = _nearest_store_km(df, params)
+    mobile = (df["device"] == "mobile").to_numpy()
+    feats["unlocated"] = ~located
+    for name, dev in (("mobile", mobile), ("other device", ~mobile)):
+        feats[f"{name}, store < 0.3 km"] = located & dev & (store_km < 0.3)
+        feats[f"{name}, store 0.3-1 km"] = located & dev & (store_km >= 0.3) & (store_km < 1)
+        feats[f"{name}, store 1-3 km"] = located & dev & (store_km >= 1) & (store_km < 3)
+        feats[f"{name}, store >= 3 km"] = located & dev & (store_km >= 3)
+
+    logd = np.log(df["dwell_time_s"].to_numpy(float))
+    for lo, hi in ((-np.inf, 4), (4, 4.75), (4.75, 5.5), (5.5, 6.25), (6.25, np.inf)):
+        feats[f"log dwell {lo}..{hi}"] = (logd >= lo) & (logd < hi)
+    pages = df["page_views"].to_numpy()
+    feats["pages=1"] = pages == 1
+    feats["pages=2-3"] = (pages >= 2) & (pages <= 3)
+    feats["pages=4-6"] = (pages >= 4) & (pages <= 6)
+    feats["pages>=7"] = pages >= 7
+    for t in params.page_types:
+        feats[f"pages_{t}>0"] = (df[f"pages_{t}"] > 0).to_numpy()
+        feats[f"pages_{t} share>=0.5"] = (df[f"pages_{t}"] / pages >= 0.5).to_numpy()
+    ret = df["returning_visitor"].to_numpy(bool)
+    feats["first, returning"] = (pos == 0) & ret
+    feats["first, new"] = (pos == 0) & ~ret
+    return feats
+
+
+def _nearest_store_km(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
+    """Distance (km) to the nearest store of the session's region; NaN when not located."""
+    lat = df["latitude"].to_numpy(float)
+    lon = df["longitude"].to_numpy(float)
+    region = df["region"].to_numpy()
+    out = np.full(len(df), np.nan)
+    for c in params.cities:
+        sel = (region == c.name) & ~np.isnan(lat)
+        if sel.any():
+            dist = np.stack([_planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+            out[sel] = dist.min(axis=1)
+    return out
+
+
+def test_posterior_is_calibrated_conditional_on_observable_features(params, large):
+    """E[1{z=k} - p_k | x] = 0, so its mean over any observable subset of sessions is 0.
+
+    Checked for every intent over subsets by device, channel, hour, day gap, distance to a
+    store, dwell, pages and returning visitor: a likelihood term that disagrees with the
+    sampler makes the posterior miscalibrated on the sessions that term is about. Subsets where
+    fewer than 50 sessions of the class (or of the others) are expected are skipped: there the
+    count is too small for a normal approximation.
+    """
+    df, z, post = large
+    clusters = _journey_codes(df)
+    onehot = np.eye(params.n_intents)[z]
+    failures = []
+    n_checked = 0
+    for fname, f in _features(df, params).items():
+        if f.sum() < 500:
+            continue
+        for j, name in enumerate(params.intents):
+            # the normal approximation needs enough expected sessions of the class, and of others
+            expected = post[f, j].sum()
+            if min(expected, f.sum() - expected) < 50:
+                continue
+            v = f * (onehot[:, j] - post[:, j])
+            se = _clustered_se(v, clusters)
+            n_checked += 1
+            if abs(v.mean()) > N_SE * se:
+                failures.append((fname, name, int(f.sum()), v.mean() / se))
+    assert n_checked > 200
+    assert not failures, failures
+
+
+@pytest.fixture(scope="module")
+def overlapping(params):
+    """Sessions whose at-store and elsewhere-in-the-city locations overlap a lot (stores 3 km
+    wide), with every intent a mixture of both: the relative scale of the two densities matters."""
+    shares = np.array([0.8, 0.2, 0.5, 0.35])
+    p = dataclasses.replace(
+        params, near_store_mean_km=3.0, near_store_mobile=shares, near_store_other=shares
+    )
+    df = simulate(p, 20_000, np.random.default_rng(31))
+    z = pd.Categorical(df["intent"], categories=p.intents).codes.astype(int)
+    return p, df, z
+
+
+@pytest.mark.parametrize("sample", ["default", "overlapping"])
+def test_location_likelihood_is_a_normalised_density_for_every_intent(sample, request):
+    """The location term is a density in the same measure for every intent.
+
+    For located sessions of intent j, E[p(loc | k) / p(loc | j)] = 1 for every k (the ratio is
+    bounded as every intent mixes both components, so the mean is sharp). The location term is
+    isolated by differencing with the same sessions unlocated; a missing Jacobian, a wrong
+    mixture weight or a wrong radial law breaks the identity.
+    """
+    if sample == "default":
+        params = request.getfixturevalue("params")
+        df, z, _ = request.getfixturevalue("large")
+    else:
+        params, df, z = request.getfixturevalue("overlapping")
+    unlocated = df.copy()
+    unlocated["latitude"] = np.nan
+    unlocated["longitude"] = np.nan
+    loc_term = emission_loglik(df, params) - emission_loglik(unlocated, params)
+    located = df["latitude"].notna().to_numpy()
+    np.testing.assert_allclose(loc_term[~located], 0.0, atol=1e-12)
+    clusters = _journey_codes(df)
+    mobile = (df["device"] == "mobile").to_numpy()
+    n_checked = 0
+    for group, dev in (("mobile", mobile), ("other device", ~mobile)):
+        for j in range(params.n_intents):
+            sel = located & dev & (z == j)
+            assert sel.sum() > 300
+            for k in range(params.n_intents):
+                ratio = np.exp(loc_term[sel, k] - loc_term[sel, j])
+                se = _clustered_se(ratio, clusters[sel])
+                assert abs(ratio.mean() - 1) < N_SE * se + 1e-12, (group, j, k, ratio.mean(), se)
+                n_checked += 1
+    assert n_checked == 2 * params.n_intents**2
+
+
+def _session_grid(params: GeneratorParams, prev_hours, gaps) -> pd.DataFrame:
+    """Two-session journeys alike in everything but the local times: the first session at
+    each hour in `prev_hours`, the second `gap` days later at every hour that keeps time order."""
+    start = params.start + pd.Timedelta(days=3)
+    rows = []
+    for h0 in prev_hours:
+        for g in gaps:
+            for h in range(24):
+                if g == 0 and h <= h0:
+                    continue
+                jid = f"j{h0:02d}-{g:02d}-{h:02d}"
+                for t, local in enumerate(
+                    (start + pd.Timedelta(hours=h0), start + pd.Timedelta(days=g, hours=h))
+                ):
+                    rows.append({"journey_id": jid, "session_id": f"{jid}-{t}", "local": local})
+    df = pd.DataFrame(rows)
+    offset = 60
+    df["started_at"] = (df.pop("local") + pd.Timedelta(minutes=30 - offset)).dt.tz_localize("UTC")
+    df["utc_offset_min"] = offset
+    df["device"] = "mobile"
+    df["channel"] = params.channels[0]
+    df["latitude"] = np.nan
+    df["longitude"] = np.nan
+    df["region"] = params.cities[0].name
+    df["dwell_time_s"] = 100.0
+    df["page_views"] = 2
+    for i, t in enumerate(params.page_types):
+        df[f"pages_{t}"] = int(i < 2)
+    df["returning_visitor"] = True
+    return df
+
+
+def test_day_gap_and_hour_likelihood_is_the_redrawn_geometric_times_hour(params):
+    """The (day gap, local hour) of a later session: geometric gap times the intent's hour
+    distribution, restricted to pairs after the previous session and renormalised.
+
+    Every other observable is the same, so emission_loglik minus the log of that distribution
+    (normalised here by explicit summation) must be one constant per intent across all rows.
+    """
+    prev_hours, gaps = range(24), range(6)
+    df = _session_grid(params, prev_hours, gaps)
+    ll = emission_loglik(df, params)
+    local = _local_time(df)
+    hour = local.dt.hour.to_numpy()
+    first, second = ll[0::2], ll[1::2]
+    h0, h = hour[0::2], hour[1::2]
+    g = (
+        local.dt.normalize().to_numpy()[1::2] - local.dt.normalize().to_numpy()[0::2]
+    ) / np.timedelta64(1, "D")
+
+    # first sessions: only the hour varies
+    resid = first - np.log(params.hour_probs[:, h0].T)
+    np.testing.assert_allclose(resid - resid[0], 0.0, atol=1e-9)
+
+    all_gaps = np.arange(5000)[:, None]
+    for k in range(params.n_intents):
+        gp = params.gap_p[k]
+        joint = gp * (1 - gp) ** all_gaps * params.hour_probs[k][None, :]  # (gap, hour)
+        norm = {a: joint.sum() - joint[0, : a + 1].sum() for a in prev_hours}
+        log_p = np.log(joint[g.astype(int), h] / np.array([norm[a] for a in h0]))
+        resid = second[:, k] - log_p
+        np.testing.assert_allclose(resid - resid[0], 0.0, atol=1e-9, err_msg=params.intents[k])
+
+
+def test_bayes_posterior_beats_history_free_alternatives(params, large):
+    """History carries information: filtering beats the per-session posterior on log-loss.
+
+    The per-session posterior uses the same session likelihood with the marginal share of each
+    intent among sessions as its prior; that share must itself match the sample.
+    """
+    df, z, post = large
+    clusters = _journey_codes(df)
+    marginal = _session_marginal(params)
+    freq = np.bincount(z, minlength=params.n_intents) / len(z)
+    np.testing.assert_allclose(freq, marginal, atol=0.01)
+
+    ll = emission_loglik(df, params)
+    a = np.log(marginal)[None, :] + ll
+    per_session = np.exp(a - a.max(axis=1, keepdims=True))
+    per_session /= per_session.sum(axis=1, keepdims=True)
+
+    bayes_loss = _log_loss(post, z)
+    diff = _log_loss(per_session, z) - bayes_loss
+    se = _clustered_se(diff, clusters)
+    assert diff.mean() > N_SE * se, (diff.mean(), se)
+    # the gain comes from later sessions, which have a history; first sessions have none
+    first = _positions(df) == 0
+    assert diff[~first].mean() > diff[first].mean()
+
+    prior_only = _log_loss(np.broadcast_to(marginal, post.shape), z)
+    assert bayes_loss.mean() < 0.5 * prior_only.mean()
+
+    # a filter that believes intents do not persist (every row of the transition = the marginal)
+    wrong = dataclasses.replace(params, transition=np.tile(marginal, (params.n_intents, 1)))
+    diff_wrong = _log_loss(forward_filter(df, wrong), z) - bayes_loss
+    assert diff_wrong.mean() > N_SE * _clustered_se(diff_wrong, clusters)
+
+
+# ---------------------------------------------------------------------------------------------
+# the data the generator writes
+
+
+def test_same_seed_same_data_and_different_seeds_differ(params):
+    a = pd.concat(generate_chunks(params, 120, 50, seed=5), ignore_index=True)
+    b = pd.concat(generate_chunks(params, 120, 50, seed=5), ignore_index=True)
+    c = pd.concat(generate_chunks(params, 120, 50, seed=6), ignore_index=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["started_at"].equals(c["started_at"])
+    assert not a["dwell_time_s"].equals(c["dwell_time_s"])
+
+    x = simulate(params, 50, np.random.default_rng(1))
+    y = simulate(params, 50, np.random.default_rng(1))
+    pd.testing.assert_frame_equal(x, y)
+
+
+def test_chunks_keep_journeys_whole_with_unique_ordered_utc_sessions(params):
+    n_journeys, chunk = 250, 60
+    chunks = list(generate_chunks(params, n_journeys, chunk, seed=12))
+    assert len(chunks) == -(-n_journeys // chunk)
+
+    seen: set[str] = set()
+    for df in chunks:
+        journeys = set(df["journey_id"])
+        assert 1 <= len(journeys) <= chunk
+        assert not journeys & seen, "a journey spans two chunks"
+        seen |= journeys
+        # a chunk holds each journey as one contiguous run of rows
+        assert df["journey_id"].ne(df["journey_id"].shift()).sum() == len(journeys)
+        # the posterior columns are there and are probabilities
+        bayes = df[[f"bayes_p_{k}" for k in params.intents]].to_numpy()
+        np.testing.assert_allclose(bayes.sum(axis=1), 1.0, atol=1e-9)
+    assert seen == {f"j{j:09d}" for j in range(n_journeys)}
+    # each chunk is a fresh draw, not a copy of the first one under new journey ids
+    n = min(len(chunks[0]), len(chunks[1]))
+    assert not np.array_equal(
+        chunks[0]["dwell_time_s"].to_numpy()[:n], chunks[1]["dwell_time_s"].to_numpy()[:n]
+    )
+
+    df = pd.concat(chunks, ignore_index=True)
+    assert df["session_id"].is_unique
+    assert df.groupby("journey_id").size().max() <= params.max_sessions
+    assert isinstance(df["started_at"].dtype, pd.DatetimeTZDtype)
+    assert str(df["started_at"].dt.tz) == "UTC"
+    step = df.groupby("journey_id")["started_at"].diff().dropna()
+    assert (step > pd.Timedelta(0)).all(), "sessions of a journey must strictly increase in time"
+
+    # journeys start (in local time) within the configured window
+    local = _local_time(df)
+    first = local[~df["journey_id"].duplicated()]
+    assert first.min() >= params.start
+    assert first.max() < params.start + pd.Timedelta(days=params.days)
+    assert set(df["intent"]) <= set(params.intents)
+
+    with_no_posterior = next(generate_chunks(params, 10, 10, seed=12, posterior=False))
+    assert not any(c.startswith("bayes_p_") for c in with_no_posterior.columns)
+
+
+@pytest.mark.parametrize("n_journeys, chunk_journeys", [(0, 10), (10, 0)])
+def test_generate_chunks_rejects_non_positive_sizes(params, n_journeys, chunk_journeys):
+    with pytest.raises(ValueError, match="must be a positive number"):
+        next(generate_chunks(params, n_journeys, chunk_journeys, seed=0))
+
+
+def test_journey_lengths_follow_the_end_probabilities_and_the_cap(params):
+    p = dataclasses.replace(params, max_sessions=3)
+    df = simulate(p, 20_000, np.random.default_rng(13))
+    lengths = df.groupby("journey_id").size()
+    assert lengths.max() == 3
+    # P(length = 1) = sum_k initial_k * end_k
+    expected = float(p.initial @ p.end_prob)
+    n = len(lengths)
+    share = (lengths == 1).mean()
+    assert abs(share - expected) < N_SE * np.sqrt(expected * (1 - expected) / n)
+
+
+def test_mobile_go_sessions_are_mostly_near_a_store_and_desktops_share_location_less(params, large):
+    df, z, _ = large
+    lat = df["latitude"].to_numpy(float)
+    lon = df["longitude"].to_numpy(float)
+    located = ~np.isnan(lat)
+    assert (np.isnan(lon) == ~located).all()
+    device = df["device"].to_numpy()
+
+    # the share of located sessions per device is the configured one
+    shares = {}
+    for d, share in zip(params.devices, params.location_share, strict=True):
+        sel = device == d
+        shares[d] = located[sel].mean()
+        assert abs(shares[d] - share) < N_SE * np.sqrt(share * (1 - share) / sel.sum()), d
+    assert shares["desktop"] < shares["mobile"]
+
+    store_km = _nearest_store_km(df, params)
+    # every located session lies in its region: within the city radius, or near a store
+    for c in params.cities:
+        sel = located & (df["region"].to_numpy() == c.name)
+        centre_km = _planar_km(lat[sel], lon[sel], c.lat, c.lon)
+        assert ((centre_km <= params.city_radius_km + 1e-9) | (store_km[sel] < 8)).all(), c.name
+
+    # sessions at a store are spread over all the stores of their region
+    region = df["region"].to_numpy()
+    for c in params.cities:
+        sel = located & (region == c.name) & (store_km < 1.0)
+        dist = np.stack([_planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+        share = np.bincount(dist.argmin(axis=1), minlength=len(c.stores)) / sel.sum()
+        assert (share > 0.5 / len(c.stores)).all(), (c.name, share)
+
+    # located sessions within 1 km of a store: those placed at a store (exponential distance),
+    # plus a few placed uniformly over the city that happen to fall near one
+    within = 1.0 - np.exp(-1.0 / params.near_store_mean_km)
+    go = params.intents.index("go")
+    mobile_go = located & (device == "mobile") & (z == go)
+    near_share = (store_km[mobile_go] < 1.0).mean()
+    assert mobile_go.sum() > 5000
+    assert near_share > 0.5  # mostly
+    near_p = params.near_store_mobile[go]
+    max_stores = max(len(c.stores) for c in params.cities)
+    city_near = max_stores / params.city_radius_km**2  # union bound on area within 1 km of a store
+    se = np.sqrt(near_share * (1 - near_share) / mobile_go.sum())
+    assert (
+        near_p * within - N_SE * se
+        < near_share
+        < near_p * within + (1 - near_p) * city_near + N_SE * se
+    )
+
+    # intents with a low store chance are rarely near a store, on any device
+    know = params.intents.index("know")
+    for dev, near_cfg in (
+        ("mobile", params.near_store_mobile),
+        ("desktop", params.near_store_other),
+    ):
+        sel = located & (device == dev) & (z == know)
+        share = (store_km[sel] < 1.0).mean()
+        upper = near_cfg[know] * within + (1 - near_cfg[know]) * city_near
+        assert share < upper + N_SE * np.sqrt(upper / sel.sum()), dev
+
+
+def test_touchpoints_follow_the_logging_policy_and_conversions_the_configured_rates(params, large):
+    df, z, _ = large
+    dev = pd.Categorical(df["device"], categories=params.devices).codes
+    touch = pd.Categorical(df["touchpoint"], categories=params.touchpoints).codes
+    assert (dev >= 0).all() and (touch >= 0).all()
+    np.testing.assert_allclose(
+        df["touchpoint_propensity"].to_numpy(), params.logging_policy[dev, touch]
+    )
+    for d in range(len(params.devices)):
+        sel = dev == d
+        freq = np.bincount(touch[sel], minlength=len(params.touchpoints)) / sel.sum()
+        pol = params.logging_policy[d]
+        se = np.sqrt(pol * (1 - pol) / sel.sum())
+        assert (np.abs(freq - pol) <= N_SE * se + 1e-12).all(), params.devices[d]
+
+    converted = df["converted"].to_numpy(bool)
+    n_checked = 0
+    for k in range(params.n_intents):
+        for t in range(len(params.touchpoints)):
+            sel = (z == k) & (touch == t)
+            if sel.sum() < 1000:
+                continue
+            rate = params.conversion[k, t]
+            se = np.sqrt(rate * (1 - rate) / sel.sum())
+            got = converted[sel].mean()
+            assert abs(got - rate) < N_SE * se, (
+                params.intents[k],
+                params.touchpoints[t],
+                got,
+                rate,
+            )
+            n_checked += 1
+    assert n_checked >= 20
+
+
+# ---------------------------------------------------------------------------------------------
+# the config
+
+
+def _with(**changes) -> dict:
+    cfg = _config()
+    cfg.update(changes)
+    return cfg
+
+
+def test_from_config_rejects_a_transition_row_that_does_not_sum_to_one():
+    cfg = _config()
+    transition = [list(row) for row in cfg["transition"]]
+    transition[1][0] += 0.1
+    with pytest.raises(ValueError, match=r"generator\.transition"):
+        GeneratorParams.from_config(_with(transition=transition))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("transition", [[0.25, 0.25, 0.25, 0.25]] * 3),  # a row short
+        ("initial", [1.2, -0.2, 0.0, 0.0]),  # sums to 1 but is not a probability
+        ("device_probs", [[0.5, 0.5, 0.1]] * 4),
+        ("end_prob", [0.3, 0.3, 0.3]),  # one value per intent
+        ("gap_mean_days", [1.0, -1.0, 1.0, 1.0]),
+    ],
+)
+def test_from_config_rejects_malformed_fields_naming_them(field, value):
+    with pytest.raises(ValueError, match=rf"generator\.{field}"):
+        GeneratorParams.from_config(_with(**{field: value}))
+
+
+def test_from_config_builds_the_default_generator(params):
+    assert params.intents == ("know", "go", "do", "buy")
+    assert params.transition.shape == (4, 4)
+    np.testing.assert_allclose(params.hour_probs.sum(axis=1), 1.0)
+    # each intent's local hour peaks at the configured hour
+    assert list(params.hour_probs.argmax(axis=1)) == _config()["hour_peak"]
+    # the geometric day gap has the configured mean (1 - p) / p
+    np.testing.assert_allclose((1 - params.gap_p) / params.gap_p, _config()["gap_mean_days"])
+    assert params.logging_policy.shape == (len(params.devices), len(params.touchpoints))
+    assert set(params.stores_frame()["region"]) == {c.name for c in params.cities}
