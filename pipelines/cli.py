@@ -25,6 +25,10 @@ COMMANDS = {
         "scheduled job: new window -> challenger -> gate -> promote or keep",
     ),
     "score": ("pipelines.score:main", "batch-score sessions and journeys with a registered model"),
+    "touchpoints": (
+        "pipelines.touchpoint_feed:main",
+        "the touchpoint feed, a budgeted allocation and a report for marketers",
+    ),
     "export": (
         "pipelines.promote:export_main",
         "write a registered model to models/ as a standalone folder",
@@ -48,6 +52,7 @@ examples:
   micromoment tune tune.n_trials=20          (rerun the same command to resume)
   micromoment promote                        (judge @challenger against @champion)
   micromoment score score.input=data/new_sessions.parquet score.output=scores/today
+  micromoment touchpoints feed.input=data/new_sessions.parquet touchpoints.budget=5000
   micromoment rollback                       (or rollback.to_version=3)
   micromoment export
   micromoment train --help        (the command's config and its groups)

@@ -115,6 +115,51 @@ class GenerateSchema:
     posterior: bool = True
 
 
+@dataclass
+class TouchpointSpecSchema:
+    """One touchpoint of the catalogue (see `pipelines.touchpoints.Touchpoint`)."""
+
+    channel: str = ""
+    cost: float = 0.0
+    capacity: float | None = None
+    value: float | None = None
+    devices: list[str] | None = None
+    requires_location: bool = False
+    max_store_km: float | None = None
+    requires_app: bool = False
+    quiet_hours: list[int] | None = None
+    frequency_cap: int | None = None
+    cap_days: float = 7.0
+
+
+@dataclass
+class EstimationSchema:
+    intent_source: str = "auto"
+    min_effective_sessions: float = 50.0
+    prior_strength: float = 20.0
+    level: float = 0.95
+
+
+@dataclass
+class AllocationSchema:
+    time_limit_s: float = 120.0
+    mip_rel_gap: float = 1e-6
+
+
+@dataclass
+class TouchpointsSchema:
+    objective: str = "conversions"
+    value_per_conversion: float = 1.0
+    budget: float | None = None
+    app_channels: list[str] = field(default_factory=list)
+    holdout_share: float = 0.1
+    holdout_salt: str = "micromoment"
+    suppress_after_conversion_hours: float | None = 24.0
+    estimation: EstimationSchema = field(default_factory=EstimationSchema)
+    allocation: AllocationSchema = field(default_factory=AllocationSchema)
+    catalogue: dict[str, TouchpointSpecSchema] = field(default_factory=dict)
+
+
 SCHEMAS = {
     "data": DataSchema,
     "features": FeaturesSchema,
@@ -125,6 +170,7 @@ SCHEMAS = {
     "runtime": RuntimeSchema,
     "gate": GateSchema,
     "generate": GenerateSchema,
+    "touchpoints": TouchpointsSchema,
 }
 
 

@@ -1,0 +1,670 @@
+"""Touchpoint optimisation: which touchpoint should meet each journey now.
+
+Pure functions over frames, wired by `pipelines.touchpoint_feed`:
+- `Catalogue.from_config`: the touchpoints with their channel, cost, capacity and eligibility rules;
+- `estimate_conversion`: the conversion rate of every intent x touchpoint from logged sessions
+  (touchpoint shown, its logging propensity, converted), by self-normalised inverse-propensity
+  weighting, shrunk towards the touchpoint's rate over all intents, with intervals; a cell with too
+  little data is marked so and left empty, never guessed;
+- `eligibility`: which touchpoints may meet each journey now, and why the others may not;
+- `build_feed`: one row per journey at its latest session, with the recommended touchpoint, the
+  runner-up, the expected conversion and value, suppression and a stable random holdout;
+- `allocate`: a budgeted assignment of touchpoints to journeys that maximises expected
+  conversions (or value) under per-touchpoint capacities and a total budget (HiGHS through SciPy);
+- `marketer_tables`: intent mix by channel and touchpoint, micro- and macro-moment metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.optimize import LinearConstraint, milp
+from scipy.stats import beta as beta_dist
+
+INSUFFICIENT = "insufficient data"
+OBJECTIVES = ("conversions", "value")
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    """One designed interaction and the rules that say when it may be used."""
+
+    name: str
+    channel: str = ""
+    cost: float = 0.0  # cost per contact
+    capacity: float | None = None  # contacts available per feed; None: unlimited
+    value: float | None = None  # value of one conversion; None: the catalogue's default
+    devices: tuple[str, ...] | None = None  # allowed devices; None: any
+    requires_location: bool = False  # needs coordinates in the latest session
+    max_store_km: float | None = None  # needs the latest session this close to a store
+    requires_app: bool = False  # needs a session of the journey from an app channel
+    quiet_hours: tuple[int, int] | None = None  # [start, end) local hours when it is not sent
+    frequency_cap: int | None = None  # at most this many contacts per journey ...
+    cap_days: float = 7.0  # ... within this many days before the latest session
+
+    def __post_init__(self) -> None:
+        if self.cost < 0:
+            raise ValueError(f"touchpoint {self.name}: cost must be >= 0, got {self.cost}")
+        if self.capacity is not None and self.capacity < 0:
+            raise ValueError(f"touchpoint {self.name}: capacity must be >= 0, got {self.capacity}")
+        quiet = self.quiet_hours
+        if quiet is not None and (len(quiet) != 2 or not all(0 <= h <= 24 for h in quiet)):
+            raise ValueError(
+                f"touchpoint {self.name}: quiet_hours must be [start, end] hours in 0..24, "
+                f"got {list(quiet)}"
+            )
+        if self.frequency_cap is not None and self.frequency_cap < 1:
+            raise ValueError(
+                f"touchpoint {self.name}: frequency_cap must be >= 1 or null, got {self.frequency_cap}"
+            )
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    touchpoints: tuple[Touchpoint, ...]
+    value_per_conversion: float = 1.0
+    budget: float | None = None  # total cost of all contacts in one feed; None: unlimited
+    app_channels: tuple[str, ...] = ("app_push",)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.touchpoints]
+        if not names:
+            raise ValueError("touchpoints.catalogue is empty")
+        if len(set(names)) != len(names):
+            raise ValueError(f"touchpoints.catalogue has duplicate names: {names}")
+        if self.budget is not None and self.budget < 0:
+            raise ValueError(f"touchpoints.budget must be >= 0 or null, got {self.budget}")
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.touchpoints]
+
+    @property
+    def costs(self) -> np.ndarray:
+        return np.array([t.cost for t in self.touchpoints], dtype=float)
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.array(
+            [self.value_per_conversion if t.value is None else t.value for t in self.touchpoints],
+            dtype=float,
+        )
+
+    @property
+    def capacities(self) -> np.ndarray:
+        return np.array(
+            [np.inf if t.capacity is None else t.capacity for t in self.touchpoints], dtype=float
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> Catalogue:
+        """From the `touchpoints` config: `catalogue` maps each name to its settings."""
+        tps = []
+        for name, spec in (cfg.get("catalogue") or {}).items():
+            spec = dict(spec or {})
+            for key in ("devices", "quiet_hours"):
+                if spec.get(key) is not None:
+                    spec[key] = tuple(spec[key])
+            unknown = set(spec) - set(Touchpoint.__dataclass_fields__)
+            if unknown:
+                raise ValueError(
+                    f"touchpoints.catalogue.{name}: unknown settings {sorted(unknown)}"
+                )
+            tps.append(Touchpoint(name=str(name), **spec))
+        return cls(
+            touchpoints=tuple(tps),
+            value_per_conversion=float(cfg.get("value_per_conversion", 1.0)),
+            budget=None if cfg.get("budget") is None else float(cfg["budget"]),
+            app_channels=tuple(cfg.get("app_channels") or ()),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion by intent x touchpoint
+
+
+def intent_weights(
+    frame: pd.DataFrame, classes: Sequence[str], source: str = "auto"
+) -> tuple[np.ndarray, str]:
+    """How much each session counts towards each intent: its label (one-hot) when labels are
+    known, else the predicted probabilities `p_<class>`. Returns the weights and the source used."""
+    if source not in ("auto", "label", "predicted"):
+        raise ValueError(f"intent source must be auto, label or predicted, got {source!r}")
+    has_label = "label" in frame and frame["label"].notna().all() and len(frame) > 0
+    if source == "label" or (source == "auto" and has_label):
+        if "label" not in frame:
+            raise KeyError("intent source 'label' needs a 'label' column (data.label.column)")
+        labels = frame["label"].astype(object).to_numpy()
+        unknown = set(pd.unique(labels[pd.notna(labels)])) - set(classes)
+        if unknown:
+            raise ValueError(f"labels {sorted(map(str, unknown))} are not in {list(classes)}")
+        return np.stack([(labels == c).astype(float) for c in classes], axis=1), "label"
+    cols = [f"p_{c}" for c in classes]
+    missing = [c for c in cols if c not in frame]
+    if missing:
+        raise KeyError(f"intent source 'predicted' needs columns {missing}")
+    return np.nan_to_num(frame[cols].to_numpy(dtype=float)), "predicted"
+
+
+def estimate_conversion(
+    logs: pd.DataFrame,
+    weights: np.ndarray,
+    classes: Sequence[str],
+    touchpoints: Sequence[str],
+    min_effective_sessions: float = 50.0,
+    prior_strength: float = 20.0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Conversion rate of each intent x touchpoint from logged sessions.
+
+    `logs` has `touchpoint`, `touchpoint_propensity` (the logging policy's probability of showing
+    it) and `converted`; `weights` (sessions x intents) says how much each session counts towards
+    each intent (see `intent_weights`). Per cell:
+    - `rate_ipw`: the self-normalised inverse-propensity estimate of the conversion rate had every
+      session of that intent been shown the touchpoint, with its standard error `se_ipw`
+      (sandwich); unbiased under the logging policy as long as its propensities are right and
+      positive where the touchpoint is used;
+    - `rate`, `ci_low`, `ci_high`: shrunk towards the touchpoint's rate over all intents by a
+      Beta prior worth `prior_strength` sessions, counting the cell's Kish effective sample size
+      as its evidence; the interval is the posterior's central `level` interval;
+    - `status`: `ok`, or `insufficient data` when the effective sample size is below
+      `min_effective_sessions`, in which case the rates and interval are left empty.
+    """
+    for col in ("touchpoint", "touchpoint_propensity", "converted"):
+        if col not in logs:
+            raise KeyError(f"conversion estimates need a '{col}' column in the logged sessions")
+    if weights.shape != (len(logs), len(classes)):
+        raise ValueError(
+            f"weights must be sessions x intents {(len(logs), len(classes))}, got {weights.shape}"
+        )
+    shown = logs["touchpoint"].astype(object).to_numpy()
+    prop = pd.to_numeric(logs["touchpoint_propensity"], errors="coerce").to_numpy(dtype=float)
+    conv = logs["converted"].astype("boolean").fillna(False).to_numpy(dtype=float)
+    valid = pd.notna(shown) & np.isfinite(prop) & (prop > 0) & (prop <= 1)
+    inv = np.where(valid, 1.0 / np.where(valid, prop, 1.0), 0.0)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    rows = []
+    for t in touchpoints:
+        hit = valid & (shown == t)
+        w_all = inv * hit
+        pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
+        for k, c in enumerate(classes):
+            w = w_all * weights[:, k]
+            sw, sw2 = float(w.sum()), float((w**2).sum())
+            n_shown = float((hit * weights[:, k]).sum())
+            conversions = float((hit * weights[:, k] * conv).sum())
+            ess = sw**2 / sw2 if sw2 > 0 else 0.0
+            row = {
+                "intent": c,
+                "touchpoint": t,
+                "shown": n_shown,
+                "conversions": conversions,
+                "effective_sessions": ess,
+                "rate_ipw": np.nan,
+                "se_ipw": np.nan,
+                "rate": np.nan,
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+                "prior_rate": pooled,
+                "status": INSUFFICIENT,
+            }
+            if sw > 0 and ess >= min_effective_sessions:
+                rate = float((w * conv).sum() / sw)
+                se = float(np.sqrt((w**2 * (conv - rate) ** 2).sum()) / sw)
+                prior = pooled if np.isfinite(pooled) else rate
+                a = prior_strength * prior + ess * rate
+                b = prior_strength * (1 - prior) + ess * (1 - rate)
+                # a rate of exactly 0 or 1 with no prior mass still needs a proper Beta
+                a, b = max(a, 1e-9), max(b, 1e-9)
+                row.update(
+                    rate_ipw=rate,
+                    se_ipw=se,
+                    rate=a / (a + b),
+                    ci_low=float(beta_dist.ppf(lo_q, a, b)),
+                    ci_high=float(beta_dist.ppf(hi_q, a, b)),
+                    status="ok",
+                )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rate_matrix(
+    estimates: pd.DataFrame, classes: Sequence[str], touchpoints: Sequence[str]
+) -> np.ndarray:
+    """intents x touchpoints matrix of the shrunk rates; NaN where the data is insufficient."""
+    table = estimates.pivot(index="intent", columns="touchpoint", values="rate")
+    return table.reindex(index=list(classes), columns=list(touchpoints)).to_numpy(dtype=float)
+
+
+# ---------------------------------------------------------------------------------------------
+# eligibility
+
+
+def local_hour(started_at: pd.Series, utc_offset_min: pd.Series | None) -> pd.Series:
+    """Local hour of day from a UTC start time and an optional offset in minutes."""
+    ts = pd.to_datetime(started_at, utc=True).dt.tz_convert("UTC").dt.tz_localize(None)
+    if utc_offset_min is not None:
+        ts = ts + pd.to_timedelta(
+            pd.to_numeric(utc_offset_min, errors="coerce").fillna(0), unit="m"
+        )
+    return ts.dt.hour
+
+
+def _in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
+    start, end = quiet
+    if start == end:
+        return np.zeros(len(hour), dtype=bool)
+    if start < end:
+        return (hour >= start) & (hour < end)
+    return (hour >= start) | (hour < end)  # the window wraps past midnight
+
+
+def nearest_store_km(lat: np.ndarray, lon: np.ndarray, stores: np.ndarray | None) -> np.ndarray:
+    """Distance in km to the nearest store (NaN without coordinates or stores)."""
+    from sklearn.neighbors import BallTree
+
+    from pipelines.features import EARTH_RADIUS_KM
+
+    out = np.full(len(lat), np.nan)
+    if stores is None or len(stores) == 0:
+        return out
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    if ok.any():
+        tree = BallTree(np.radians(np.asarray(stores, dtype=float)), metric="haversine")
+        dist, _ = tree.query(np.radians(np.column_stack([lat[ok], lon[ok]])), k=1)
+        out[ok] = dist[:, 0] * EARTH_RADIUS_KM
+    return out
+
+
+def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
+    """One row per journey, at its latest session, with what eligibility and suppression need.
+
+    `sessions` holds canonical roles (`journey_id`, `session_id`, `started_at`, and any of
+    `device`, `channel`, `latitude`, `longitude`, `utc_offset_min`, `touchpoint`, `converted`) plus
+    the scorer's output (`p_<class>`, `intent`). Adds: `sessions` (count), `app_user`,
+    `hours_since_conversion` (NaN if none), and `shown_<touchpoint>` (contacts within each
+    touchpoint's frequency-cap window before and including the latest session).
+    """
+    for col in ("journey_id", "session_id"):
+        if col not in sessions:
+            raise KeyError(f"the feed needs a '{col}' column in the scored sessions")
+    frame = sessions.copy()
+    if "started_at" not in frame:
+        frame["started_at"] = pd.NaT
+    frame["started_at"] = pd.to_datetime(frame["started_at"], utc=True)
+    frame = frame.sort_values(
+        ["journey_id", "started_at", "session_id"], kind="mergesort", na_position="first"
+    )
+    grouped = frame.groupby("journey_id", sort=False)
+    latest = grouped.tail(1).set_index("journey_id")
+    ctx = latest.copy()
+    ctx["sessions"] = grouped.size().reindex(ctx.index)
+    ctx["first_started_at"] = grouped["started_at"].min().reindex(ctx.index)
+    if "channel" in frame and catalogue.app_channels:
+        app = frame["channel"].astype(object).isin(catalogue.app_channels)
+        ctx["app_user"] = app.groupby(frame["journey_id"]).any().reindex(ctx.index)
+    else:
+        ctx["app_user"] = False
+    latest_at = ctx["started_at"].reindex(frame["journey_id"]).to_numpy()
+    age_h = (latest_at - frame["started_at"].to_numpy()) / np.timedelta64(1, "h")
+    if "converted" in frame:
+        conv = frame["converted"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        since = pd.Series(np.where(conv, age_h, np.nan), index=frame.index)
+        ctx["hours_since_conversion"] = since.groupby(frame["journey_id"]).min().reindex(ctx.index)
+    else:
+        ctx["hours_since_conversion"] = np.nan
+    shown = frame["touchpoint"].astype(object) if "touchpoint" in frame else None
+    for tp in catalogue.touchpoints:
+        if shown is None:
+            ctx[f"shown_{tp.name}"] = 0
+            continue
+        recent = (shown == tp.name).to_numpy() & (age_h <= tp.cap_days * 24)
+        counts = pd.Series(recent, index=frame.index).groupby(frame["journey_id"]).sum()
+        ctx[f"shown_{tp.name}"] = counts.reindex(ctx.index).fillna(0).astype(int)
+    return ctx.reset_index()
+
+
+def eligibility(
+    ctx: pd.DataFrame, catalogue: Catalogue, stores: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which touchpoints may meet each journey now (journeys x touchpoints booleans), and for
+    each ineligible pair the first rule it breaks (text; None where eligible)."""
+    n, T = len(ctx), len(catalogue.touchpoints)
+    ok = np.ones((n, T), dtype=bool)
+    reason = np.full((n, T), None, dtype=object)
+
+    def refuse(j: int, mask: np.ndarray, why: str) -> None:
+        new = mask & ok[:, j]
+        reason[new, j] = why
+        ok[new, j] = False
+
+    device = ctx["device"].astype(object).to_numpy() if "device" in ctx else np.full(n, None)
+    lat = (
+        pd.to_numeric(ctx["latitude"], errors="coerce").to_numpy(dtype=float)
+        if "latitude" in ctx
+        else np.full(n, np.nan)
+    )
+    lon = (
+        pd.to_numeric(ctx["longitude"], errors="coerce").to_numpy(dtype=float)
+        if "longitude" in ctx
+        else np.full(n, np.nan)
+    )
+    has_location = np.isfinite(lat) & np.isfinite(lon)
+    hour = (
+        local_hour(ctx["started_at"], ctx.get("utc_offset_min")).to_numpy(dtype=float)
+        if "started_at" in ctx
+        else np.full(n, np.nan)
+    )
+    store_km = None
+    app_user = ctx["app_user"].fillna(False).to_numpy(dtype=bool)
+    for j, tp in enumerate(catalogue.touchpoints):
+        if tp.devices is not None:
+            refuse(j, ~np.isin(device, list(tp.devices)), f"device not in {list(tp.devices)}")
+        if tp.requires_location or tp.max_store_km is not None:
+            refuse(j, ~has_location, "no location")
+        if tp.max_store_km is not None:
+            if stores is None:
+                refuse(j, np.ones(n, dtype=bool), "no store table")
+            else:
+                if store_km is None:
+                    store_km = nearest_store_km(lat, lon, stores)
+                far = ~(store_km <= tp.max_store_km)
+                refuse(j, far, f"more than {tp.max_store_km:g} km from a store")
+        if tp.requires_app:
+            refuse(j, ~app_user, "not an app user")
+        if tp.quiet_hours is not None:
+            quiet = np.isfinite(hour) & _in_quiet_hours(np.nan_to_num(hour), tp.quiet_hours)
+            refuse(j, quiet, f"quiet hours {tp.quiet_hours[0]}-{tp.quiet_hours[1]}h")
+        if tp.frequency_cap is not None:
+            capped = ctx[f"shown_{tp.name}"].to_numpy() >= tp.frequency_cap
+            refuse(j, capped, f"frequency cap {tp.frequency_cap} per {tp.cap_days:g} days")
+    return ok, reason
+
+
+# ---------------------------------------------------------------------------------------------
+# the feed
+
+
+def holdout_flags(journey_ids: pd.Series, share: float, salt: str) -> np.ndarray:
+    """A stable random share of journeys kept as a control group: the same journey id and salt
+    always land on the same side, so uplift can be measured later."""
+    if not 0 <= share < 1:
+        raise ValueError(f"touchpoints.holdout_share must be in [0, 1), got {share}")
+    h = pd.util.hash_pandas_object(journey_ids.astype(str) + "|" + salt, index=False).to_numpy()
+    return (h / np.float64(2**64)) < share
+
+
+@dataclass
+class Feed:
+    """The feed and the matrices the allocation and the report reuse."""
+
+    rows: pd.DataFrame
+    expected_conversion: np.ndarray  # journeys x touchpoints
+    score: np.ndarray  # the objective per pair; -inf where not allowed
+    eligible: np.ndarray
+    unestimated: list[str] = field(default_factory=list)
+
+
+def build_feed(
+    ctx: pd.DataFrame,
+    classes: Sequence[str],
+    rates: np.ndarray,
+    catalogue: Catalogue,
+    eligible: np.ndarray,
+    reasons: np.ndarray,
+    objective: str = "conversions",
+    holdout_share: float = 0.1,
+    holdout_salt: str = "micromoment",
+    suppress_after_conversion_hours: float | None = 24.0,
+) -> Feed:
+    """One row per journey: the touchpoint to use now and why.
+
+    Expected conversion of touchpoint t for a journey = sum over intents of P(intent) x rate(intent,
+    t). A touchpoint whose rate is unknown for some intent (insufficient data) is not recommended.
+    The objective is expected `conversions`, or `value` (conversion x value - cost); with `value`
+    a touchpoint that costs more than it is expected to return is not recommended.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"touchpoints.objective must be one of {OBJECTIVES}, got {objective!r}")
+    names = np.asarray(catalogue.names, dtype=object)
+    n = len(ctx)
+    proba = np.nan_to_num(ctx[[f"p_{c}" for c in classes]].to_numpy(dtype=float))
+    unknown = ~np.isfinite(rates).all(axis=0)
+    expected = proba @ np.nan_to_num(rates)
+    value = expected * catalogue.values - catalogue.costs
+    allowed = eligible & ~unknown[None, :]
+    score = np.where(allowed, expected if objective == "conversions" else value, -np.inf)
+    if objective == "value":
+        score = np.where(score > 0, score, -np.inf)
+    order = np.argsort(-score, axis=1, kind="stable")
+    best, second = order[:, 0], order[:, 1] if score.shape[1] > 1 else order[:, 0]
+    idx = np.arange(n)
+    has_best = np.isfinite(score[idx, best])
+    has_second = np.isfinite(score[idx, second]) & (second != best)
+
+    rows = pd.DataFrame(
+        {
+            "journey_id": ctx["journey_id"].astype(str).to_numpy(),
+            "session_id": ctx["session_id"].astype(str).to_numpy(),
+            "latest_started_at": ctx["started_at"].to_numpy(),
+            "sessions": ctx["sessions"].to_numpy(),
+        }
+    )
+    for col in ("model_name", "model_version", "model_alias"):
+        rows[col] = ctx[col].to_numpy() if col in ctx else None
+    rows["intent"] = ctx["intent"].to_numpy() if "intent" in ctx else None
+    for k, c in enumerate(classes):
+        rows[f"p_{c}"] = proba[:, k]
+    rows["recommended_touchpoint"] = np.where(has_best, names[best], None)
+    rows["expected_conversion"] = np.where(has_best, expected[idx, best], np.nan)
+    rows["expected_value"] = np.where(has_best, value[idx, best], np.nan)
+    rows["runner_up_touchpoint"] = np.where(has_second, names[second], None)
+    rows["runner_up_expected_conversion"] = np.where(has_second, expected[idx, second], np.nan)
+    rows["runner_up_expected_value"] = np.where(has_second, value[idx, second], np.nan)
+    rows["eligible_touchpoints"] = [",".join(names[allowed[i]]) for i in range(n)]
+    why = []
+    for i in range(n):
+        parts = [f"{names[j]}: {reasons[i, j]}" for j in np.flatnonzero(~eligible[i])]
+        parts += [f"{names[j]}: {INSUFFICIENT}" for j in np.flatnonzero(eligible[i] & unknown)]
+        why.append("; ".join(parts) or None)
+    rows["ineligible_reasons"] = why
+
+    suppression = np.full(n, None, dtype=object)
+    if suppress_after_conversion_hours is not None:
+        recent = ctx["hours_since_conversion"].to_numpy(dtype=float)
+        hit = np.isfinite(recent) & (recent <= suppress_after_conversion_hours)
+        suppression[hit] = f"converted within {suppress_after_conversion_hours:g} h"
+    none_left = pd.isna(suppression) & ~has_best
+    suppression[none_left] = (
+        "no eligible touchpoint" if objective == "conversions" else "no touchpoint worth its cost"
+    )
+    rows["suppressed"] = pd.notna(suppression)
+    rows["suppression_reason"] = suppression
+    rows["holdout"] = holdout_flags(rows["journey_id"], holdout_share, holdout_salt)
+    rows["contact"] = has_best & ~rows["suppressed"].to_numpy() & ~rows["holdout"].to_numpy()
+    return Feed(
+        rows=rows,
+        expected_conversion=expected,
+        score=score,
+        eligible=allowed,
+        unestimated=[str(t) for t in names[unknown]],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# budgeted allocation
+
+
+@dataclass
+class Allocation:
+    choice: np.ndarray  # per journey: index of the allocated touchpoint, -1 for none
+    objective: float  # total of the objective over allocated pairs
+    status: str
+    mip_gap: float | None = None
+
+
+def allocate(
+    score: np.ndarray,
+    capacity: np.ndarray,
+    cost: np.ndarray | None = None,
+    budget: float | None = None,
+    time_limit: float = 120.0,
+    mip_rel_gap: float = 1e-6,
+) -> Allocation:
+    """Assign at most one touchpoint to each journey so that the total score is largest while each
+    touchpoint stays within its capacity and the total cost within the budget.
+
+    `score` is journeys x touchpoints with -inf (or NaN) where a pair is not allowed; pairs that
+    would add nothing (score <= 0) are left out. Solved exactly as a mixed-integer program by HiGHS
+    (`scipy.optimize.milp`): with capacities alone the constraint matrix is totally unimodular and
+    the root relaxation is already integral; a budget can add a few branches.
+    """
+    n, T = score.shape
+    capacity = np.asarray(capacity, dtype=float)
+    cost = np.zeros(T) if cost is None else np.asarray(cost, dtype=float)
+    if capacity.shape != (T,) or cost.shape != (T,):
+        raise ValueError(f"capacity and cost need one entry per touchpoint ({T})")
+    s = np.where(np.isfinite(score), score, 0.0)
+    rows, cols = np.nonzero(s > 0)
+    choice = np.full(n, -1, dtype=np.int64)
+    if len(rows) == 0:
+        return Allocation(choice, 0.0, "nothing to allocate", 0.0)
+    # when every pair fits within every capacity and there is no budget, the best per journey wins
+    fits = (np.bincount(cols, minlength=T) <= capacity).all()
+    unconstrained = fits and budget is None
+    if unconstrained:
+        best = np.argmax(np.where(s > 0, s, -np.inf), axis=1)
+        any_pos = (s > 0).any(axis=1)
+        choice[any_pos] = best[any_pos]
+        return Allocation(choice, float(s[np.arange(n), best][any_pos].sum()), "optimal", 0.0)
+
+    m = len(rows)
+    c = -s[rows, cols]
+    constraints = [
+        LinearConstraint(
+            sparse.csr_array((np.ones(m), (rows, np.arange(m))), shape=(n, m)), -np.inf, 1
+        )
+    ]
+    finite = np.flatnonzero(np.isfinite(capacity))
+    if len(finite):
+        pos = {t: i for i, t in enumerate(finite)}
+        sel = np.isin(cols, finite)
+        A = sparse.csr_array(
+            (np.ones(sel.sum()), ([pos[t] for t in cols[sel]], np.flatnonzero(sel))),
+            shape=(len(finite), m),
+        )
+        constraints.append(LinearConstraint(A, -np.inf, capacity[finite]))
+    if budget is not None:
+        constraints.append(LinearConstraint(cost[cols][None, :], -np.inf, budget))
+    res = milp(
+        c,
+        constraints=constraints,
+        integrality=np.ones(m),
+        bounds=(0, 1),
+        options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap, "disp": False},
+    )
+    if res.x is None:
+        raise RuntimeError(f"the allocation found no solution: {res.message}")
+    take = res.x > 0.5
+    choice[rows[take]] = cols[take]
+    gap = getattr(res, "mip_gap", None)
+    status = "optimal" if res.status == 0 else f"stopped: {res.message}"
+    return Allocation(choice, float(s[rows[take], cols[take]].sum()), status, gap)
+
+
+# ---------------------------------------------------------------------------------------------
+# marketer tables
+
+
+def _share_table(index: pd.Series, columns: pd.Series, classes: Sequence[str]) -> pd.DataFrame:
+    table = pd.crosstab(index, columns).reindex(columns=list(classes), fill_value=0)
+    out = table.div(table.sum(axis=1).where(lambda s: s > 0), axis=0)
+    out.insert(0, "sessions", table.sum(axis=1))
+    return out
+
+
+def marketer_tables(
+    sessions: pd.DataFrame, feed: pd.DataFrame, classes: Sequence[str]
+) -> dict[str, pd.DataFrame]:
+    """Tables a marketer reads: intent mix by entry channel and by touchpoint shown, the feed's
+    recommendations by intent, and micro-moment (session) beside macro-moment (journey) metrics."""
+    out: dict[str, pd.DataFrame] = {}
+    scored = sessions[sessions["intent"].notna()]
+    if "channel" in scored:
+        out["intent_mix_by_channel"] = _share_table(
+            scored["channel"].astype(object).fillna("(none)").rename("channel"),
+            scored["intent"],
+            classes,
+        )
+    if "touchpoint" in scored:
+        out["intent_mix_by_touchpoint_shown"] = _share_table(
+            scored["touchpoint"].astype(object).fillna("(none)").rename("touchpoint"),
+            scored["intent"],
+            classes,
+        )
+    rec = feed[feed["recommended_touchpoint"].notna()]
+    out["recommendations_by_intent"] = pd.crosstab(
+        rec["intent"].rename("intent"), rec["recommended_touchpoint"].rename("touchpoint")
+    )
+
+    # micro-moments: one session each, by predicted intent
+    converted = (
+        scored["converted"].astype("boolean").astype(float)
+        if "converted" in scored
+        else pd.Series(np.nan, index=scored.index)
+    )
+    dwell = (
+        pd.to_numeric(scored["dwell_time_s"], errors="coerce")
+        if "dwell_time_s" in scored
+        else pd.Series(np.nan, index=scored.index)
+    )
+    micro = pd.DataFrame(
+        {
+            "sessions": scored.groupby("intent").size(),
+            "conversion_rate": converted.groupby(scored["intent"]).mean(),
+            "median_session_s": dwell.groupby(scored["intent"]).median(),
+            "median_converting_session_s": dwell[converted == 1]
+            .groupby(scored["intent"][converted == 1])
+            .median(),
+        }
+    ).reindex(list(classes))
+    micro.index.name = "intent"
+    out["micro_moment_metrics"] = micro
+
+    # macro-moments: whole journeys, by the channel they entered through
+    frame = scored.assign(_converted=converted.to_numpy())
+    frame = frame.assign(
+        started_at=pd.to_datetime(frame.get("started_at", pd.NaT), utc=True)
+    ).sort_values(["journey_id", "started_at"], kind="mergesort")
+    g = frame.groupby("journey_id", sort=False)
+    first = g["started_at"].min()
+    conv_at = frame["started_at"].where(frame["_converted"] == 1).groupby(frame["journey_id"]).min()
+    journeys = pd.DataFrame(
+        {
+            "entry_channel": g["channel"].first() if "channel" in frame else "(all)",
+            "sessions": g.size(),
+            "converted": g["_converted"].max() == 1,
+            "days_to_convert": (conv_at - first) / pd.Timedelta(days=1),
+        }
+    )
+
+    def macro(group: pd.DataFrame) -> pd.Series:
+        return pd.Series(
+            {
+                "journeys": len(group),
+                "journey_conversion_rate": group["converted"].mean(),
+                "sessions_per_journey": group["sessions"].mean(),
+                "median_days_to_convert": group["days_to_convert"].median(),
+            }
+        )
+
+    by_channel = journeys.groupby("entry_channel").apply(macro, include_groups=False)
+    overall = macro(journeys).to_frame("(all)").T
+    table = pd.concat([by_channel, overall])
+    table.index.name = "entry_channel"
+    out["macro_moment_metrics"] = table
+    return out

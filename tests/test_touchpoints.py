@@ -1,0 +1,455 @@
+"""Touchpoint optimisation: conversion estimates, eligibility, the feed and the allocation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.touchpoints import (
+    INSUFFICIENT,
+    Catalogue,
+    Touchpoint,
+    _in_quiet_hours,
+    allocate,
+    build_feed,
+    eligibility,
+    estimate_conversion,
+    holdout_flags,
+    intent_weights,
+    journey_context,
+    rate_matrix,
+)
+from tests.conftest import compose_config
+from tests.fixtures import generator_params, synthetic_sessions
+
+CLASSES = ["know", "go", "do", "buy"]
+
+
+def _labelled(n_journeys: int, seed: int) -> pd.DataFrame:
+    return synthetic_sessions(n_journeys, seed=seed).rename(columns={"intent": "label"})
+
+
+def _truth(estimates: pd.DataFrame) -> np.ndarray:
+    p = generator_params()
+    tps = list(p.touchpoints)
+    return np.array(
+        [
+            p.conversion[CLASSES.index(r.intent), tps.index(r.touchpoint)]
+            for r in estimates.itertuples()
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion estimates
+
+
+def test_estimator_recovers_known_rates_within_its_intervals():
+    """The generator knows the true conversion of every intent x touchpoint: across four samples
+    (128 cells) the 95% intervals cover it about 95% of the time and the estimates are close."""
+    touchpoints = list(generator_params().touchpoints)
+    covered, errors = [], []
+    for seed in range(4):
+        logs = _labelled(20000, seed)
+        weights, source = intent_weights(logs, CLASSES)
+        assert source == "label"
+        est = estimate_conversion(logs, weights, CLASSES, touchpoints)
+        assert (est["status"] == "ok").all()
+        truth = _truth(est)
+        covered.append((est["ci_low"] <= truth) & (truth <= est["ci_high"]))
+        errors.append(np.abs(est["rate"] - truth))
+    coverage = np.concatenate(covered).mean()
+    assert coverage >= 0.90, f"intervals cover the true rate in only {coverage:.0%} of cells"
+    assert np.concatenate(errors).mean() < 0.006
+
+
+def test_inverse_propensity_weighting_removes_the_logging_policy_bias():
+    """Mobile sessions convert better and were shown the touchpoint far more often: the naive rate
+    among shown sessions is biased towards mobile; the weighted estimate is not."""
+    rng = np.random.default_rng(0)
+    n = 40000
+    mobile = rng.random(n) < 0.5
+    propensity = np.where(mobile, 0.9, 0.1)
+    shown = rng.random(n) < propensity
+    converted = rng.random(n) < np.where(mobile, 0.5, 0.1)
+    logs = pd.DataFrame(
+        {
+            "touchpoint": np.where(shown, "offer", "other"),
+            "touchpoint_propensity": np.where(shown, propensity, 1 - propensity),
+            "converted": converted,
+            "label": "buy",
+        }
+    )
+    weights, _ = intent_weights(logs, ["buy"])
+    est = estimate_conversion(logs, weights, ["buy"], ["offer"], prior_strength=0).iloc[0]
+    naive = converted[shown].mean()
+    assert naive > 0.43  # (0.9 * 0.5 + 0.1 * 0.1) / 1.0
+    assert est["ci_low"] <= 0.30 <= est["ci_high"]
+    assert abs(est["rate_ipw"] - 0.30) < 3 * est["se_ipw"]
+
+
+def test_sparse_cells_are_reported_not_guessed():
+    logs = _labelled(3000, 1)
+    # keep only a handful of `go` sessions shown the in-store offer
+    cell = (logs["label"] == "go") & (logs["touchpoint"] == "in_store_offer")
+    logs = logs[~cell | (cell.cumsum() <= 5)]
+    weights, _ = intent_weights(logs, CLASSES)
+    est = estimate_conversion(logs, weights, CLASSES, list(generator_params().touchpoints))
+    row = est[(est["intent"] == "go") & (est["touchpoint"] == "in_store_offer")].iloc[0]
+    assert row["status"] == INSUFFICIENT
+    assert np.isnan(row["rate"]) and np.isnan(row["ci_low"]) and np.isnan(row["ci_high"])
+    assert row["shown"] == 5
+
+
+def test_predicted_probabilities_stand_in_for_missing_labels():
+    logs = _labelled(2000, 2)
+    for k, c in enumerate(CLASSES):
+        logs[f"p_{c}"] = (k + 1) / 10
+    logs.loc[logs.index[0], "label"] = None  # one session without a label: labels are not used
+    weights, source = intent_weights(logs, CLASSES)
+    assert source == "predicted"
+    np.testing.assert_allclose(weights, np.tile([0.1, 0.2, 0.3, 0.4], (len(logs), 1)))
+    with pytest.raises(KeyError, match="p_know"):
+        intent_weights(logs.drop(columns=["p_know"]), CLASSES, "predicted")
+
+
+def test_missing_logging_columns_are_named():
+    logs = _labelled(100, 3).drop(columns=["touchpoint_propensity"])
+    with pytest.raises(KeyError, match="touchpoint_propensity"):
+        estimate_conversion(logs, np.ones((len(logs), 4)), CLASSES, ["search_ad"])
+
+
+# ---------------------------------------------------------------------------------------------
+# eligibility and the feed
+
+
+def _catalogue(**overrides) -> Catalogue:
+    tps = (
+        Touchpoint("search_ad", cost=0.5),
+        Touchpoint("local_listing", requires_location=True),
+        Touchpoint("push_message", requires_app=True, devices=("mobile",), quiet_hours=(21, 8)),
+        Touchpoint("cart_email", frequency_cap=1, cap_days=3),
+        Touchpoint("in_store_offer", max_store_km=5),
+    )
+    return Catalogue(touchpoints=tps, value_per_conversion=10.0, **overrides)
+
+
+def _journeys() -> pd.DataFrame:
+    """Three journeys built by hand: j1 a mobile app user near the store at 14:00 local time who
+    got a cart e-mail yesterday; j2 on desktop at 23:00 with no location; j3 on mobile at 22:30,
+    an app user 50 km from the store who converted an hour ago."""
+    t0 = pd.Timestamp("2026-06-01 12:00", tz="UTC")
+    rows = [
+        ("j1", "s1a", t0 - pd.Timedelta(days=1), "mobile", "app_push", 48.85, 2.35, "cart_email", False),
+        ("j1", "s1b", t0, "mobile", "organic_search", 48.85, 2.35, None, False),
+        ("j2", "s2a", t0 + pd.Timedelta(hours=9), "desktop", "direct", np.nan, np.nan, None, False),
+        ("j3", "s3a", t0 + pd.Timedelta(hours=7.5), "mobile", "app_push", 48.4, 2.35, "search_ad", True),
+        ("j3", "s3b", t0 + pd.Timedelta(hours=8.5), "mobile", "direct", 48.4, 2.35, None, False),
+    ]  # fmt: skip
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "journey_id",
+            "session_id",
+            "started_at",
+            "device",
+            "channel",
+            "latitude",
+            "longitude",
+            "touchpoint",
+            "converted",
+        ],
+    )
+    frame["utc_offset_min"] = 120
+    # shuffled: the latest session is found by time, not by row order
+    return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_eligibility_rules_and_their_reasons():
+    catalogue = _catalogue(app_channels=("app_push",))
+    ctx = journey_context(_journeys(), catalogue).set_index("journey_id")
+    ok, reasons = eligibility(ctx.reset_index(), catalogue, stores=np.array([[48.85, 2.35]]))
+    ok = pd.DataFrame(ok, index=ctx.index, columns=catalogue.names)
+    why = pd.DataFrame(reasons, index=ctx.index, columns=catalogue.names)
+    assert ctx.loc["j1", "session_id"] == "s1b" and ctx.loc["j1", "sessions"] == 2
+    assert ok.loc["j1"].drop("cart_email").all()
+    assert why.loc["j1", "cart_email"] == "frequency cap 1 per 3 days"
+    assert why.loc["j2", "local_listing"] == "no location"
+    assert why.loc["j2", "push_message"] == "device not in ['mobile']"
+    assert why.loc["j2", "in_store_offer"] == "no location"
+    assert why.loc["j3", "push_message"] == "quiet hours 21-8h"  # 22:30 local time
+    assert why.loc["j3", "in_store_offer"] == "more than 5 km from a store"
+    assert ok.loc["j3", "local_listing"] and ok.loc["j3", "cart_email"]
+    assert ctx.loc["j3", "hours_since_conversion"] == pytest.approx(1.0)
+
+
+def test_quiet_hours_wrap_past_midnight():
+    hours = np.arange(24)
+    assert list(hours[_in_quiet_hours(hours, (21, 8))]) == [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]
+    assert list(hours[_in_quiet_hours(hours, (12, 14))]) == [12, 13]
+    assert not _in_quiet_hours(hours, (5, 5)).any()
+
+
+def _feed(ctx: pd.DataFrame, catalogue: Catalogue, rates: np.ndarray, **kw):
+    ok, reasons = eligibility(ctx, catalogue, stores=np.array([[48.85, 2.35]]))
+    return build_feed(ctx, CLASSES, rates, catalogue, ok, reasons, **kw)
+
+
+def _with_intents(ctx: pd.DataFrame) -> pd.DataFrame:
+    ctx = ctx.copy()
+    ctx[[f"p_{c}" for c in CLASSES]] = [[0.1, 0.7, 0.1, 0.1], [0.2, 0.1, 0.1, 0.6], [0, 1, 0, 0]]
+    return ctx
+
+
+def test_ineligible_touchpoints_are_never_recommended():
+    catalogue = _catalogue(app_channels=("app_push",))
+    ctx = _with_intents(journey_context(_journeys(), catalogue))
+    # make the ineligible touchpoints the most attractive ones
+    rates = np.full((4, 5), 0.01)
+    rates[:, [2, 3, 4]] = 0.5
+    feed = _feed(ctx, catalogue, rates, holdout_share=0.0, suppress_after_conversion_hours=None)
+    rows = feed.rows.set_index("journey_id")
+    assert rows.loc["j1", "recommended_touchpoint"] in ("push_message", "in_store_offer")
+    assert rows.loc["j2", "recommended_touchpoint"] == "cart_email"
+    assert rows.loc["j3", "recommended_touchpoint"] == "cart_email"
+    for _, r in rows.iterrows():
+        eligible = r["eligible_touchpoints"].split(",")
+        assert r["recommended_touchpoint"] in eligible
+        assert r["runner_up_touchpoint"] in eligible
+        assert r["runner_up_touchpoint"] != r["recommended_touchpoint"]
+    assert "push_message: device not in ['mobile']" in rows.loc["j2", "ineligible_reasons"]
+
+
+def test_touchpoints_without_estimates_are_not_recommended():
+    catalogue = _catalogue(app_channels=("app_push",))
+    ctx = _with_intents(journey_context(_journeys(), catalogue))
+    rates = np.full((4, 5), 0.01)
+    rates[:, 0] = 0.9
+    rates[3, 0] = np.nan  # search_ad has too little data for `buy`
+    feed = _feed(ctx, catalogue, rates, holdout_share=0.0, suppress_after_conversion_hours=None)
+    assert feed.unestimated == ["search_ad"]
+    assert not feed.rows["recommended_touchpoint"].eq("search_ad").any()
+    assert feed.rows["ineligible_reasons"].str.contains(f"search_ad: {INSUFFICIENT}").all()
+
+
+def test_expected_conversion_mixes_rates_by_intent_probabilities():
+    catalogue = _catalogue(app_channels=("app_push",))
+    ctx = _with_intents(journey_context(_journeys(), catalogue))
+    rates = np.random.default_rng(0).uniform(0, 0.2, size=(4, 5))
+    feed = _feed(ctx, catalogue, rates, holdout_share=0.0, suppress_after_conversion_hours=None)
+    proba = ctx[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(feed.expected_conversion, proba @ rates)
+    best = feed.rows["recommended_touchpoint"].map(catalogue.names.index).to_numpy()
+    got = feed.rows["expected_conversion"].to_numpy()
+    np.testing.assert_allclose(got, (proba @ rates)[np.arange(3), best])
+    value = got * 10.0 - catalogue.costs[best]
+    np.testing.assert_allclose(feed.rows["expected_value"], value)
+
+
+def test_value_objective_skips_touchpoints_that_cost_more_than_they_return():
+    tps = (Touchpoint("cheap", cost=0.01), Touchpoint("dear", cost=50.0))
+    catalogue = Catalogue(touchpoints=tps, value_per_conversion=10.0)
+    ctx = _with_intents(journey_context(_journeys(), catalogue))
+    rates = np.array([[0.05, 0.9]] * 4)
+    by_conv = _feed(ctx, catalogue, rates, objective="conversions", holdout_share=0.0)
+    by_value = _feed(ctx, catalogue, rates, objective="value", holdout_share=0.0)
+    assert by_conv.rows["recommended_touchpoint"].eq("dear").all()
+    assert by_value.rows["recommended_touchpoint"].eq("cheap").all()
+    assert by_value.rows["runner_up_touchpoint"].isna().all()
+
+
+def test_recent_conversions_are_suppressed():
+    catalogue = _catalogue(app_channels=("app_push",))
+    ctx = _with_intents(journey_context(_journeys(), catalogue))
+    rates = np.full((4, 5), 0.05)
+    feed = _feed(ctx, catalogue, rates, holdout_share=0.0, suppress_after_conversion_hours=24)
+    rows = feed.rows.set_index("journey_id")
+    assert rows.loc["j3", "suppressed"] and rows.loc["j3", "suppression_reason"] == (
+        "converted within 24 h"
+    )
+    assert not rows.loc["j3", "contact"]
+    assert rows.loc[["j1", "j2"], "contact"].all()
+
+
+def test_holdout_is_stable_and_close_to_its_share():
+    ids = pd.Series([f"j{i}" for i in range(20000)])
+    flags = holdout_flags(ids, 0.1, "salt")
+    assert 0.09 < flags.mean() < 0.11
+    np.testing.assert_array_equal(
+        flags, holdout_flags(ids.sample(frac=1).sort_index(), 0.1, "salt")
+    )
+    assert (flags != holdout_flags(ids, 0.1, "another salt")).any()
+    with pytest.raises(ValueError, match="holdout_share"):
+        holdout_flags(ids, 1.5, "salt")
+
+
+# ---------------------------------------------------------------------------------------------
+# allocation
+
+
+def _brute_force(score, capacity, cost, budget):
+    n, T = score.shape
+    best = 0.0
+    for choice in itertools.product(range(-1, T), repeat=n):
+        ch = np.array(choice)
+        used = ch >= 0
+        if not np.isfinite(score[np.flatnonzero(used), ch[used]]).all():
+            continue
+        if (np.bincount(ch[used], minlength=T) > capacity).any():
+            continue
+        if budget is not None and cost[ch[used]].sum() > budget + 1e-9:
+            continue
+        best = max(best, np.where(used, score[np.arange(n), np.maximum(ch, 0)], 0).sum())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_allocation_matches_brute_force_and_respects_every_limit(seed):
+    rng = np.random.default_rng(seed)
+    n, T = 6, 3
+    score = rng.uniform(0, 1, size=(n, T))
+    score[rng.random((n, T)) < 0.25] = -np.inf  # ineligible pairs
+    capacity = rng.integers(0, 4, size=T).astype(float)
+    capacity[rng.random(T) < 0.3] = np.inf
+    cost = rng.uniform(0.5, 2, size=T)
+    budget = None if seed % 2 else float(rng.uniform(1, 5))
+    alloc = allocate(score, capacity, cost, budget)
+    ch = alloc.choice
+    used = ch >= 0
+    assert np.isfinite(score[np.flatnonzero(used), ch[used]]).all()
+    assert (np.bincount(ch[used], minlength=T) <= capacity).all()
+    if budget is not None:
+        assert cost[ch[used]].sum() <= budget + 1e-6
+    assert alloc.objective == pytest.approx(_brute_force(score, capacity, cost, budget), abs=1e-6)
+
+
+def test_allocation_without_limits_is_the_best_choice_per_journey():
+    score = np.array([[0.2, 0.5], [0.9, -np.inf], [-np.inf, -np.inf], [0.0, 0.1]])
+    alloc = allocate(score, np.array([np.inf, np.inf]))
+    np.testing.assert_array_equal(alloc.choice, [1, 0, -1, 1])
+    assert alloc.objective == pytest.approx(1.5)
+
+
+def test_rate_matrix_follows_class_and_touchpoint_order():
+    est = pd.DataFrame(
+        {
+            "intent": ["go", "know", "go", "know"],
+            "touchpoint": ["b", "b", "a", "a"],
+            "rate": [1, 2, 3, 4],
+        }
+    )
+    np.testing.assert_array_equal(rate_matrix(est, ["know", "go"], ["a", "b"]), [[4, 2], [3, 1]])
+
+
+def test_catalogue_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown settings"):
+        Catalogue.from_config({"catalogue": {"x": {"costs": 1}}})
+    with pytest.raises(ValueError, match="cost must be >= 0"):
+        Touchpoint("x", cost=-1)
+    with pytest.raises(ValueError, match="quiet_hours"):
+        Touchpoint("x", quiet_hours=(22, 30))
+    cat = Catalogue.from_config(compose_config("touchpoints")["touchpoints"])
+    assert "in_store_offer" in cat.names and cat.capacities[cat.names.index("search_ad")] == np.inf
+
+
+def test_a_typo_in_the_catalogue_fails_at_compose_time():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="cots"):
+        compose_config("touchpoints", ["touchpoints.catalogue.search_ad.cots=1"])
+    with pytest.raises(ConfigCompositionException, match="cost"):
+        compose_config("touchpoints", ["touchpoints.catalogue.search_ad.cost=cheap"])
+    # a key forced in with + still cannot reach a run
+    cfg = compose_config("touchpoints", ["+touchpoints.catalogue.search_ad.cots=1"])
+    with pytest.raises(ValueError, match=r"search_ad: unknown settings \['cots'\]"):
+        Catalogue.from_config(cfg["touchpoints"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def test_touchpoints_command_writes_the_feed_report_and_run(
+    registry_store, synthetic_dir, tmp_path
+):
+    from pipelines.touchpoint_feed import run_touchpoints
+
+    out = tmp_path / "feed"
+    cfg = compose_config(
+        "touchpoints",
+        [
+            f"data.path={synthetic_dir}/sessions",
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"tracking.uri={registry_store['uri']}",
+            "runtime.threads=1",
+            f"feed.output={out}",
+            "touchpoints.estimation.min_effective_sessions=10",
+            "touchpoints.catalogue.how_to_video.capacity=50",
+        ],
+    )
+    from omegaconf import OmegaConf
+
+    summary = run_touchpoints(OmegaConf.create(cfg))
+    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
+    feed = pd.read_parquet(out / "feed.parquet")
+    # one row per journey, at its latest session, with the model that scored it
+    assert len(feed) == sessions["journey_id"].nunique() == summary["journeys"]
+    assert feed["journey_id"].is_unique
+    latest = sessions.sort_values("started_at").groupby("journey_id")["session_id"].last()
+    assert (feed.set_index("journey_id")["session_id"] == latest.reindex(feed["journey_id"])).all()
+    champion = mlflow.MlflowClient(registry_store["uri"]).get_model_version_by_alias(
+        "micro_moment_intent", "champion"
+    )
+    assert set(feed["model_version"]) == {str(champion.version)}
+    assert set(feed["model_alias"]) == {"champion"}
+    assert summary["rows_in"] == len(sessions) == summary["rows_in_feed"] + summary["rows_rejected"]
+    # the allocation honours capacity and eligibility, and never contacts the holdout
+    assert (feed["allocated_touchpoint"] == "how_to_video").sum() <= 50
+    allocated = feed[feed["allocated_touchpoint"].notna()]
+    assert all(
+        a in e.split(",")
+        for a, e in zip(
+            allocated["allocated_touchpoint"], allocated["eligible_touchpoints"], strict=True
+        )
+    )
+    assert not allocated["holdout"].any() and not allocated["suppressed"].any()
+    assert 0.03 < feed["holdout"].mean() < 0.2
+    # outputs for marketers, on disk and in MLflow
+    for name in ("report.html", "summary.json", "conversion_estimates.parquet"):
+        assert (out / name).exists()
+    assert "Touchpoint report" in (out / "report.html").read_text()
+    assert json.loads((out / "summary.json").read_text())["journeys"] == len(feed)
+    client = mlflow.MlflowClient(registry_store["uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["feed/journeys"] == len(feed)
+    assert run.data.tags["model_version"] == str(champion.version)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.html", "figures", "tables"} <= artifacts
+
+
+def test_input_without_logged_touchpoints_is_refused(registry_store, synthetic_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.touchpoint_feed import run_touchpoints
+
+    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
+    path = tmp_path / "no_touchpoints.parquet"
+    sessions.assign(touchpoint=None).to_parquet(path)
+    cfg = compose_config(
+        "touchpoints",
+        [
+            f"feed.input={path}",
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"tracking.uri={registry_store['uri']}",
+            "runtime.threads=1",
+            f"feed.output={tmp_path / 'feed'}",
+        ],
+    )
+    with pytest.raises(ValueError, match="no session records a touchpoint shown"):
+        run_touchpoints(OmegaConf.create(cfg))
+    assert not (tmp_path / "feed").exists()
