@@ -1,4 +1,5 @@
-"""`micromoment run`: the whole chain on the embedded default (generate, then train and register)."""
+"""`micromoment run`: the whole chain on the embedded default: generate, train and register (with
+the gate), then score the sessions with the champion into a touchpoint feed and report."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from omegaconf import DictConfig
 
 from pipelines.config import hydra_main
 from pipelines.generate import run_generate
+from pipelines.touchpoint_feed import run_touchpoints
 from pipelines.train import run_train, task_overrides
 
 
 @hydra_main("run")
 def main(cfg: DictConfig) -> float:
     run_generate(cfg)
-    return run_train(cfg, task_overrides())
+    val_logloss = run_train(cfg, task_overrides())
+    if cfg.feed.enabled:
+        run_touchpoints(cfg)
+    return val_logloss

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -17,7 +18,10 @@ from pipelines.train import log_and_register, train
 from tests.conftest import compose_config
 
 
-@pytest.mark.parametrize("name", ["generate", "train", "run"])
+PRIMARY_CONFIGS = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRIMARY_CONFIGS)
 def test_every_primary_config_composes(name):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(name)
@@ -153,6 +157,15 @@ def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
     )
     assert consumer.returncode == 0, consumer.stderr[-3000:]
     assert consumer.stdout.strip().endswith("1.0")
+
+    # and the champion's touchpoint feed: one row per journey, with the report beside it
+    feed_dir = tmp_path / "touchpoints" / "latest"
+    assert "touchpoint feed:" in proc.stdout and "report.html" in proc.stdout
+    feed = pd.read_parquet(feed_dir / "feed.parquet")
+    sessions = pd.read_parquet(tmp_path / "data" / "synthetic" / "sessions")
+    assert len(feed) == sessions["journey_id"].nunique() == 500
+    assert set(feed["model_version"]) == {"1"} and set(feed["model_alias"]) == {"champion"}
+    assert (feed_dir / "report.html").stat().st_size > 10_000
 
 
 @pytest.mark.slow
