@@ -73,13 +73,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore", message="IProgress not found")  # no widgets: plain progress
 pd.set_option("display.width", 120)
 
-# %% [markdown]
-# `pipelines.plots` selects matplotlib's non-interactive backend when it is imported (the
-# training command draws figures without a display), so the inline backend is switched back on
-# after the imports.
-
 # %%
-# %matplotlib inline
 plt.rcParams["figure.dpi"] = 90
 
 # %% [markdown]
@@ -361,7 +355,7 @@ k = len(classes)
 for name, proba in (("model", P), ("Bayes-optimal", B)):
     fig = plots.confusion_figure(modelling.normalised_confusion(y, proba, k), classes)
     fig.axes[0].set_title(f"{name}: confusion on fresh sessions")
-    plt.show()
+    display(fig)  # `pipelines.plots` draws without pyplot, so figures are shown explicitly
 
 # %% [markdown]
 # ## Where the model is far from the Bayes-optimal posterior

@@ -1,19 +1,21 @@
-"""Evaluation plots as matplotlib figures (the caller saves or logs them)."""
+"""Evaluation plots as matplotlib figures (the caller saves, logs or displays them).
+
+Figures are `matplotlib.figure.Figure` objects built without pyplot: drawing them needs no display
+and leaves the backend of the caller (a notebook's inline backend, a headless job) alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def confusion_figure(cm: np.ndarray, classes: Sequence[str]):
     """Row-normalised confusion matrix: each row is a true intent, read as recall per cell."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    fig = Figure(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    ax = fig.add_subplot()
     im = ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -40,7 +42,8 @@ def reliability_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     k = len(classes)
     cols = min(k, 4)
     rows = int(np.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     edges = np.linspace(0, 1, bins + 1)
     for j, c in enumerate(classes):
         ax = axes[j // cols][j % cols]
@@ -72,7 +75,8 @@ def reliability_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
 def importance_figure(names: Sequence[str], gain: np.ndarray, top: int = 25):
     """Feature importance by total gain, largest first."""
     order = np.argsort(gain)[::-1][:top]
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(order) + 1.2))
+    fig = Figure(figsize=(7, 0.3 * len(order) + 1.2))
+    ax = fig.add_subplot()
     ax.barh([names[i] for i in order][::-1], gain[order][::-1] / max(gain.sum(), 1e-12))
     ax.set_xlabel("share of total gain")
     ax.set_title("Feature importance (gain)")

@@ -110,10 +110,7 @@ def log_run_config(cfg: Mapping, overrides: list[str]) -> None:
 
 
 def log_figure(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-
     mlflow.log_figure(fig, path)
-    plt.close(fig)
 
 
 def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered_name: str | None):
