@@ -37,10 +37,14 @@ format: $(STAMP) ## apply ruff fixes and formatting
 bench: $(STAMP) ## run the training benchmark (200k sessions) and rewrite bench/RESULTS.md
 	$(BIN)/python bench/bench_training.py
 
+notebooks: $(STAMP) ## run both notebooks top to bottom into notebooks/*.ipynb (outputs kept out of git)
+	$(BIN)/jupytext --to notebook notebooks/01_sessions_and_journeys.py notebooks/02_model_report.py
+	$(BIN)/jupyter-execute --inplace notebooks/01_sessions_and_journeys.ipynb notebooks/02_model_report.ipynb
+
 ui: $(STAMP) ## open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean: ## remove run outputs and the local MLflow store
 	rm -rf outputs multirun mlflow.db mlartifacts data
 
-.PHONY: help setup demo test test-fast lint format bench ui clean
+.PHONY: help setup demo test test-fast lint format bench notebooks ui clean
