@@ -159,8 +159,11 @@ def champion_drift(client, name: str, champion: str, window: pd.DataFrame) -> di
     }
 
 
-def retrain(cfg: DictConfig) -> dict:
-    """The job; raises RetrainError with an exit code for every expected failure."""
+def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
+    """The job; raises RetrainError with an exit code for every expected failure.
+
+    `summary` is filled in as the job goes, so a job that fails still reports how far it got.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -172,10 +175,8 @@ def retrain(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     rt = c["retrain"]
     name = c["registry"]["model_name"]
-    summary: dict = {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_name": name,
-    }
+    summary = {} if summary is None else summary
+    summary.update(started_at=datetime.now(UTC).isoformat(timespec="seconds"), model_name=name)
     uri = tracking.resolve_tracking_uri(c["tracking"].get("uri"))
     summary["tracking_uri"] = tracking.redact(uri)
     check_tracking(uri)
@@ -327,11 +328,11 @@ def run_retrain(cfg: DictConfig) -> int:
     summary: dict = {}
     try:
         with job_lock(rt.lock_path):
-            summary = retrain(cfg)
+            retrain(cfg, summary)
             code = EXIT_OK
     except RetrainError as err:
         code = err.code
-        summary = {**summary, "decision": "error", "exit_code": code, "error": str(err)}
+        summary.update(decision="error", error=str(err))
         log.error("%s", err)
         print(f"retrain failed (exit {code}): {err}", file=sys.stderr, flush=True)
     summary["exit_code"] = code
