@@ -144,6 +144,7 @@ class EstimationSchema:
 class AllocationSchema:
     time_limit_s: float = 120.0
     mip_rel_gap: float = 1e-6
+    exact_max_pairs: int = 2000
 
 
 @dataclass

@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def journey_summary(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
             "journey_id": latest.index,
             "sessions": grouped.size().reindex(latest.index).to_numpy(),
             "latest_session_id": latest["session_id"].to_numpy(),
-            "latest_started_at": latest["started_at"].to_numpy(),
+            "latest_started_at": latest["started_at"].array,
             "intent": latest["intent"].to_numpy(),
         }
     )
@@ -161,7 +162,9 @@ def score_file(
         pred_dir.mkdir()
         rejects_writer = None
         rows_scored = rows_rejected = 0
-        journey_parts = []
+        # journey summaries are appended bucket by bucket: holding them all would grow with input
+        journeys_writer = None
+        n_journeys = 0
         bucket_files = sorted(buckets_dir.glob("bucket-*.parquet"))
         bar = tqdm(total=rows_in, desc="score", unit="rows", disable=not progress)
         for i, bf in enumerate(bucket_files):
@@ -191,7 +194,18 @@ def score_file(
                 scored[key] = value
             scored["input_row"] = rows[~bad]
             scored.to_parquet(pred_dir / f"part-{i:05d}.parquet", index=False)
-            journey_parts.append(journey_summary(scored, classes))
+            part = journey_summary(scored, classes)
+            if len(part):
+                for key, value in info.items():
+                    part[key] = value
+                with warnings.catch_warnings():
+                    # pyarrow reads tz-aware columns through Series.values, which pandas 3.1 flags
+                    warnings.filterwarnings("ignore", "Series.values", DeprecationWarning)
+                    table = pa.Table.from_pandas(part, preserve_index=False)
+                if journeys_writer is None:
+                    journeys_writer = pq.ParquetWriter(work / "journeys.parquet", table.schema)
+                journeys_writer.write_table(table.cast(journeys_writer.schema))
+                n_journeys += len(part)
             if bad.any():
                 rejected = frame[bad].copy()
                 rejected[REJECT_REASON] = out.loc[bad, REJECT_REASON].to_numpy()
@@ -221,14 +235,13 @@ def score_file(
         if rejects_writer is not None:
             rejects_writer.close()
         buckets_dir.rmdir()
-        journeys = (
-            pd.concat(journey_parts, ignore_index=True)
-            if journey_parts
-            else journey_summary(pd.DataFrame(), classes)
-        )
-        for key, value in info.items():
-            journeys[key] = value
-        journeys.to_parquet(work / "journeys.parquet", index=False)
+        if journeys_writer is not None:
+            journeys_writer.close()
+        else:
+            empty = journey_summary(pd.DataFrame(), classes)
+            for key, value in info.items():
+                empty[key] = value
+            empty.to_parquet(work / "journeys.parquet", index=False)
         if rows_in != rows_scored + rows_rejected:
             raise RuntimeError(
                 f"row accounting broke: {rows_in} in, {rows_scored} scored, {rows_rejected} rejected"
@@ -239,7 +252,7 @@ def score_file(
             "rows_in": rows_in,
             "rows_scored": rows_scored,
             "rows_rejected": rows_rejected,
-            "journeys": int(len(journeys)),
+            "journeys": n_journeys,
             "buckets": len(bucket_files),
             "seconds": round(time.perf_counter() - start, 3),
             **{k: (None if v is None else str(v)) for k, v in info.items()},

@@ -181,6 +181,7 @@ def build(
         catalogue.budget,
         time_limit=float(tcfg["allocation"]["time_limit_s"]),
         mip_rel_gap=float(tcfg["allocation"]["mip_rel_gap"]),
+        exact_max_pairs=int(tcfg["allocation"]["exact_max_pairs"]),
     )
     names = np.asarray(catalogue.names, dtype=object)
     chosen = alloc.choice >= 0
@@ -225,6 +226,7 @@ def build(
         "allocated_cost": round(float(allocation_table["allocated_cost"].sum()), 2),
         "expected_value_unconstrained": round(float(value[contactable].sum()), 2),
         "allocation_status": alloc.status,
+        "allocation_bound": None if alloc.bound is None else round(alloc.bound, 3),
         "objective": tcfg["objective"],
         "intent_source_for_estimates": source,
         "cells_estimated": int(estimates["status"].eq("ok").sum()),

@@ -504,7 +504,7 @@ class Allocation:
     choice: np.ndarray  # per journey: index of the allocated touchpoint, -1 for none
     objective: float  # total of the objective over allocated pairs
     status: str
-    mip_gap: float | None = None
+    bound: float | None = None  # the LP relaxation's optimum: no assignment can beat it
 
 
 def allocate(
@@ -514,15 +514,22 @@ def allocate(
     budget: float | None = None,
     time_limit: float = 120.0,
     mip_rel_gap: float = 1e-6,
+    exact_max_pairs: int = 2_000,
 ) -> Allocation:
     """Assign at most one touchpoint to each journey so that the total score is largest while each
     touchpoint stays within its capacity and the total cost within the budget.
 
     `score` is journeys x touchpoints with -inf (or NaN) where a pair is not allowed; pairs that
-    would add nothing (score <= 0) are left out. Solved exactly as a mixed-integer program by HiGHS
-    (`scipy.optimize.milp`): with capacities alone the constraint matrix is totally unimodular and
-    the root relaxation is already integral; a budget can add a few branches.
+    would add nothing (score <= 0) are left out. The linear relaxation is solved first by HiGHS
+    (`scipy.optimize.linprog`): with capacities alone its constraint matrix is totally unimodular,
+    so its optimum is already an assignment. A budget adds one constraint, and the relaxation may
+    then split a few journeys: up to `exact_max_pairs` candidate pairs the integer program is solved
+    exactly (`scipy.optimize.milp`); beyond, the split journeys are dropped and the spare budget
+    and capacity filled greedily, which stays within a few journeys' worth of the LP bound (both
+    are reported).
     """
+    from scipy.optimize import linprog
+
     n, T = score.shape
     capacity = np.asarray(capacity, dtype=float)
     cost = np.zeros(T) if cost is None else np.asarray(cost, dtype=float)
@@ -535,45 +542,70 @@ def allocate(
         return Allocation(choice, 0.0, "nothing to allocate", 0.0)
     # when every pair fits within every capacity and there is no budget, the best per journey wins
     fits = (np.bincount(cols, minlength=T) <= capacity).all()
-    unconstrained = fits and budget is None
-    if unconstrained:
+    if fits and budget is None:
         best = np.argmax(np.where(s > 0, s, -np.inf), axis=1)
         any_pos = (s > 0).any(axis=1)
         choice[any_pos] = best[any_pos]
-        return Allocation(choice, float(s[np.arange(n), best][any_pos].sum()), "optimal", 0.0)
+        total = float(s[np.arange(n), best][any_pos].sum())
+        return Allocation(choice, total, "optimal", total)
 
     m = len(rows)
     c = -s[rows, cols]
-    constraints = [
-        LinearConstraint(
-            sparse.csr_array((np.ones(m), (rows, np.arange(m))), shape=(n, m)), -np.inf, 1
-        )
-    ]
+    blocks = [sparse.csr_array((np.ones(m), (rows, np.arange(m))), shape=(n, m))]
+    upper = [np.ones(n)]
     finite = np.flatnonzero(np.isfinite(capacity))
     if len(finite):
-        pos = {t: i for i, t in enumerate(finite)}
-        sel = np.isin(cols, finite)
-        A = sparse.csr_array(
-            (np.ones(sel.sum()), ([pos[t] for t in cols[sel]], np.flatnonzero(sel))),
-            shape=(len(finite), m),
+        pos = np.full(T, -1)
+        pos[finite] = np.arange(len(finite))
+        sel = np.flatnonzero(pos[cols] >= 0)
+        blocks.append(
+            sparse.csr_array((np.ones(len(sel)), (pos[cols[sel]], sel)), shape=(len(finite), m))
         )
-        constraints.append(LinearConstraint(A, -np.inf, capacity[finite]))
+        upper.append(capacity[finite])
     if budget is not None:
-        constraints.append(LinearConstraint(cost[cols][None, :], -np.inf, budget))
-    res = milp(
-        c,
-        constraints=constraints,
-        integrality=np.ones(m),
-        bounds=(0, 1),
-        options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap, "disp": False},
-    )
-    if res.x is None:
-        raise RuntimeError(f"the allocation found no solution: {res.message}")
-    take = res.x > 0.5
+        blocks.append(sparse.csr_array(cost[cols][None, :]))
+        upper.append(np.array([budget], dtype=float))
+    A, b = sparse.vstack(blocks).tocsr(), np.concatenate(upper)
+
+    lp = linprog(c, A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
+    if lp.status != 0:
+        raise RuntimeError(f"the allocation's linear relaxation failed: {lp.message}")
+    bound = float(-lp.fun)
+    x = lp.x
+    integral = np.all((x < 1e-9) | (x > 1 - 1e-9))
+    if not integral and m <= exact_max_pairs:
+        res = milp(
+            c,
+            constraints=[LinearConstraint(A, -np.inf, b)],
+            integrality=np.ones(m),
+            bounds=(0, 1),
+            options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap, "disp": False},
+        )
+        if res.x is None:
+            raise RuntimeError(f"the allocation found no solution: {res.message}")
+        take = res.x > 0.5
+        status = "optimal" if res.status == 0 else f"stopped: {res.message}"
+    else:
+        take = x > 1 - 1e-9
+        status = "optimal"
+        if not integral:
+            # drop split journeys, then fill what capacity and budget are left, best pairs first
+            used = np.bincount(cols[take], minlength=T).astype(float)
+            spent = float(cost[cols[take]].sum())
+            taken = np.zeros(n, dtype=bool)
+            taken[rows[take]] = True
+            for k in np.argsort(c, kind="stable"):
+                r, t = rows[k], cols[k]
+                if taken[r] or used[t] + 1 > capacity[t]:
+                    continue
+                if budget is not None and spent + cost[t] > budget + 1e-9:
+                    continue
+                take[k], taken[r] = True, True
+                used[t] += 1
+                spent += cost[t]
+            status = "rounded from the linear relaxation"
     choice[rows[take]] = cols[take]
-    gap = getattr(res, "mip_gap", None)
-    status = "optimal" if res.status == 0 else f"stopped: {res.message}"
-    return Allocation(choice, float(s[rows[take], cols[take]].sum()), status, gap)
+    return Allocation(choice, float(s[rows[take], cols[take]].sum()), status, bound)
 
 
 # ---------------------------------------------------------------------------------------------

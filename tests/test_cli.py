@@ -17,7 +17,6 @@ from pipelines.config import CONF_DIR
 from pipelines.train import log_and_register, train
 from tests.conftest import compose_config
 
-
 PRIMARY_CONFIGS = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
 
 

@@ -326,6 +326,30 @@ def test_allocation_matches_brute_force_and_respects_every_limit(seed):
     if budget is not None:
         assert cost[ch[used]].sum() <= budget + 1e-6
     assert alloc.objective == pytest.approx(_brute_force(score, capacity, cost, budget), abs=1e-6)
+    assert alloc.bound >= alloc.objective - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_large_allocations_round_the_relaxation_within_a_few_journeys_of_its_bound(seed):
+    rng = np.random.default_rng(seed)
+    n, T = 400, 4
+    score = rng.uniform(0, 1, size=(n, T))
+    score[rng.random((n, T)) < 0.3] = -np.inf
+    capacity = np.array([60.0, np.inf, 90.0, 40.0])
+    cost = rng.uniform(0.5, 3, size=T)
+    alloc = allocate(score, capacity, cost, budget=250.0, exact_max_pairs=0)
+    ch = alloc.choice
+    used = ch >= 0
+    assert np.isfinite(score[np.flatnonzero(used), ch[used]]).all()
+    assert (np.bincount(ch[used], minlength=T) <= capacity).all()
+    assert cost[ch[used]].sum() <= 250.0 + 1e-6
+    # a basic solution of the relaxation splits at most a couple of journeys per side constraint
+    assert (
+        alloc.bound - 8 * np.nanmax(np.where(np.isfinite(score), score, np.nan)) <= alloc.objective
+    )
+    assert alloc.objective <= alloc.bound + 1e-9
+    exact = allocate(score, capacity, cost, budget=250.0)
+    assert exact.objective >= alloc.objective - 1e-9
 
 
 def test_allocation_without_limits_is_the_best_choice_per_journey():
