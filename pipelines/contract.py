@@ -9,6 +9,7 @@ rows in = rows kept + rows rejected, always.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -168,6 +169,14 @@ def _as_text(series: pd.Series) -> pd.Series:
 
 def _row_schema(spec: DatasetSpec, with_label: bool) -> pa.DataFrameSchema:
     """Row-level checks on the canonical frame; failures are quarantined, not raised."""
+    return _cached_row_schema(tuple(spec.page_roles), tuple(spec.classes), with_label)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_row_schema(
+    page_roles: tuple[str, ...], classes: tuple[str, ...], with_label: bool
+) -> pa.DataFrameSchema:
+    # built once per dataset shape: building a schema costs more than checking one session
     non_negative = [pa.Check.ge(0, error="must be >= 0")]
     cols = {
         "session_id": pa.Column(
@@ -194,12 +203,12 @@ def _row_schema(spec: DatasetSpec, with_label: bool) -> pa.DataFrameSchema:
             required=False,
         ),
     }
-    for role in spec.page_roles:
+    for role in page_roles:
         cols[role] = pa.Column(float, non_negative, nullable=True, required=False)
     if with_label:
         cols[LABEL] = pa.Column(
             object,
-            pa.Check.isin(list(spec.classes), error=f"must be one of {list(spec.classes)}"),
+            pa.Check.isin(list(classes), error=f"must be one of {list(classes)}"),
             nullable=False,
         )
     return pa.DataFrameSchema(cols, strict=False)

@@ -112,12 +112,23 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
                 # a role absent at scoring time: the feature is missing for every row
                 raw[col] = None if col in self.categories_ else np.nan
         raw = raw[self.feature_names_]
-        for col, levels in self.categories_.items():
-            # unseen levels become missing: LightGBM sends them down the "other" branch
-            values = raw[col].astype(object)
-            values = values.where(values.isin(levels), None)
-            raw[col] = pd.Categorical(values, categories=levels)
+        for col, (index, dtype) in self._category_lookup().items():
+            # unseen levels become missing (code -1): LightGBM sends them down the "other" branch
+            codes = index.get_indexer(raw[col].astype(object).to_numpy())
+            raw[col] = pd.Categorical.from_codes(codes, dtype=dtype)
         return raw
+
+    def _category_lookup(self) -> dict[str, tuple[pd.Index, pd.CategoricalDtype]]:
+        """Per categorical feature, its levels as an index and as a dtype, built once: building
+        them on every call costs more than encoding one session."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            lookup = {
+                col: (pd.Index(levels, dtype=object), pd.CategoricalDtype(levels))
+                for col, levels in self.categories_.items()
+            }
+            self.__dict__["_lookup"] = lookup
+        return lookup
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self, "feature_names_")
