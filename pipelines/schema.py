@@ -116,6 +116,17 @@ class GenerateSchema:
 
 
 @dataclass
+class EngineSchema:
+    name: str = "local"
+    scheduler_address: str | None = None
+    connect_timeout_s: float = 10.0
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    partitions: int | None = None
+
+
+@dataclass
 class TouchpointSpecSchema:
     """One touchpoint of the catalogue (see `pipelines.touchpoints.Touchpoint`)."""
 
@@ -172,6 +183,7 @@ SCHEMAS = {
     "gate": GateSchema,
     "generate": GenerateSchema,
     "touchpoints": TouchpointsSchema,
+    "engine": EngineSchema,
 }
 
 

@@ -282,14 +282,32 @@ def run_score(cfg: DictConfig) -> dict:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     tracking.setup(c["tracking"])
-    model, info = load_scorer(c["score"]["model_uri"], int(c["runtime"]["threads"]))
-    summary = score_file(
-        model,
-        c["score"]["input"],
-        c["score"]["output"],
-        chunk_rows=int(c["score"]["chunk_rows"]),
-        model_info=info,
-    )
+    engine = c.get("engine") or {"name": "local"}
+    if engine["name"] == "dask":
+        import mlflow
+
+        from pipelines.dask_engine import cluster, score_dask
+
+        with cluster(engine) as client:
+            summary = score_dask(
+                client,
+                c["score"]["model_uri"],
+                c["score"]["input"],
+                c["score"]["output"],
+                partitions=engine.get("partitions"),
+                threads=int(c["runtime"]["threads"]),
+                tracking_uri=mlflow.get_tracking_uri(),
+            )
+        info = summary
+    else:
+        model, info = load_scorer(c["score"]["model_uri"], int(c["runtime"]["threads"]))
+        summary = score_file(
+            model,
+            c["score"]["input"],
+            c["score"]["output"],
+            chunk_rows=int(c["score"]["chunk_rows"]),
+            model_info=info,
+        )
     print(
         f"scored {summary['rows_scored']} of {summary['rows_in']} sessions ({summary['rows_rejected']} rejected) "
         f"in {summary['journeys']} journeys with {info['model_name']} version {info['model_version']} -> {summary['output']}",
