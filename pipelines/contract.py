@@ -117,30 +117,30 @@ def _type_error(
     )
 
 
-def _as_numeric(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
-    if pd.api.types.is_bool_dtype(series):
-        return series.astype(float)
-    if pd.api.types.is_numeric_dtype(series):
-        return series.astype(float)
+def _as_numeric(series: pd.Series, source: str, col: str, role: str) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
     if series.isna().all():
-        return pd.Series(np.nan, index=series.index, dtype=float)
+        return np.full(len(series), np.nan)
     raise _type_error(source, col, role, "numeric", series)
 
 
-def _as_bool(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
+def _as_bool(
+    series: pd.Series, source: str, col: str, role: str
+) -> pd.api.extensions.ExtensionArray:
     if pd.api.types.is_bool_dtype(series):
-        return series.astype("boolean")
+        return series.astype("boolean").array
     if pd.api.types.is_numeric_dtype(series):
         values = set(series.dropna().unique().tolist())
         if values <= {0, 1}:
-            return series.astype("Float64").astype("boolean")
+            return series.astype("Float64").astype("boolean").array
     else:
         text = series.astype("string").str.strip().str.lower()
         mapped = text.map(
             {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
         )
         if (mapped.notna() | text.isna()).all():
-            return mapped.astype("boolean")
+            return mapped.astype("boolean").array
     raise _type_error(source, col, role, "boolean (true/false or 0/1)", series)
 
 
@@ -158,13 +158,75 @@ def _as_timestamp(series: pd.Series, source: str, col: str, role: str) -> pd.Ser
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Category values as text; numbers such as browser codes become their digits."""
-    out = series.astype("string")
-    if pd.api.types.is_float_dtype(series):
-        whole = series.dropna()
-        if (whole == np.floor(whole)).all():
-            out = series.astype("Int64").astype("string")
-    return out.astype(object).where(out.notna(), None)
+    """Category values as text in an object column, None when missing; numbers such as browser
+    codes become their digits (a float column of whole numbers too: 3.0 -> '3').
+
+    Works on the values as an array: per-call overhead matters when one session is scored."""
+    values = series.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        out = values.copy()
+    elif pd.api.types.is_integer_dtype(series.dtype) and not missing.any():
+        out = series.to_numpy().astype(str).astype(object)
+    elif pd.api.types.is_float_dtype(series.dtype):
+        floats = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        present = floats[~missing]
+        if (present == np.floor(present)).all():
+            out = np.where(missing, 0, floats).astype(np.int64).astype(str).astype(object)
+        else:
+            out = np.array([str(v) for v in floats], dtype=object)
+    else:
+        out = np.array([str(v) for v in values], dtype=object)
+    out[missing] = None
+    # an explicit object Series: pandas 3 would otherwise infer its `str` dtype
+    return pd.Series(out, dtype=object, copy=False)
+
+
+@dataclass(frozen=True)
+class RangeRule:
+    """A row rule on a numeric role: the value (when present) lies within [low, high].
+
+    The same rules build the pandera schema that checks batches and the array checks used for a
+    few rows at a time, so both quarantine the same rows with the same reasons."""
+
+    low: float
+    high: float | None = None
+    include_low: bool = True
+
+    @property
+    def error(self) -> str:
+        if self.high is None:
+            return f"must be >= {self.low:g}"
+        return f"must be within {'[' if self.include_low else '('}{self.low:g}, {self.high:g}]"
+
+    def check(self) -> pa.Check:
+        if self.high is None:
+            return pa.Check.ge(self.low, error=self.error)
+        return pa.Check.in_range(
+            self.low, self.high, include_min=self.include_low, error=self.error
+        )
+
+    def breaks(self, values: np.ndarray) -> np.ndarray:
+        """Which values break the rule (missing values never do)."""
+        with np.errstate(invalid="ignore"):
+            ok = values >= self.low if self.include_low else values > self.low
+            if self.high is not None:
+                ok &= values <= self.high
+        return ~ok & ~np.isnan(values)
+
+
+# in the order the checks report: a row breaking several rules lists them in this order
+RANGE_RULES: dict[str, RangeRule] = {
+    "latitude": RangeRule(-90, 90),
+    "longitude": RangeRule(-180, 180),
+    "dwell_time_s": RangeRule(0),
+    "page_views": RangeRule(0),
+    "touchpoint_propensity": RangeRule(0, 1, include_low=False),
+}
+PAGE_COUNT_RULE = RangeRule(0)
+# below this many rows, rows are checked on arrays: building pandera's failure report costs
+# more than checking a few sessions, which is what a real-time call sends
+ARRAY_CHECK_MAX_ROWS = 256
 
 
 def _row_schema(spec: DatasetSpec, with_label: bool) -> pa.DataFrameSchema:
@@ -177,34 +239,14 @@ def _cached_row_schema(
     page_roles: tuple[str, ...], classes: tuple[str, ...], with_label: bool
 ) -> pa.DataFrameSchema:
     # built once per dataset shape: building a schema costs more than checking one session
-    non_negative = [pa.Check.ge(0, error="must be >= 0")]
     cols = {
         "session_id": pa.Column(
             object, nullable=False, unique=True, report_duplicates="exclude_first", coerce=False
         ),
-        "latitude": pa.Column(
-            float,
-            pa.Check.in_range(-90, 90, error="must be within [-90, 90]"),
-            nullable=True,
-            required=False,
-        ),
-        "longitude": pa.Column(
-            float,
-            pa.Check.in_range(-180, 180, error="must be within [-180, 180]"),
-            nullable=True,
-            required=False,
-        ),
-        "dwell_time_s": pa.Column(float, non_negative, nullable=True, required=False),
-        "page_views": pa.Column(float, non_negative, nullable=True, required=False),
-        "touchpoint_propensity": pa.Column(
-            float,
-            pa.Check.in_range(0, 1, include_min=False, error="must be within (0, 1]"),
-            nullable=True,
-            required=False,
-        ),
     }
-    for role in page_roles:
-        cols[role] = pa.Column(float, non_negative, nullable=True, required=False)
+    rules = dict(RANGE_RULES) | dict.fromkeys(page_roles, PAGE_COUNT_RULE)
+    for role, rule in rules.items():
+        cols[role] = pa.Column(float, rule.check(), nullable=True, required=False)
     if with_label:
         cols[LABEL] = pa.Column(
             object,
@@ -212,6 +254,50 @@ def _cached_row_schema(
             nullable=False,
         )
     return pa.DataFrameSchema(cols, strict=False)
+
+
+def _schema_failures(df: pd.DataFrame, spec: DatasetSpec, with_label: bool, source: str) -> list:
+    """(row, reason) of every row rule broken, by pandera."""
+    try:
+        _row_schema(spec, with_label).validate(df, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        row_cases = cases[cases["index"].notna()]
+        table_cases = cases[cases["index"].isna()]
+        if len(table_cases):
+            first = table_cases.iloc[0]
+            raise ContractError(
+                f"{source}: column '{first['column']}' failed {first['check']}: {first['failure_case']}"
+            ) from None
+        return list(zip(row_cases["index"].astype(int), _check_names(row_cases), strict=True))
+    return []
+
+
+def _array_failures(columns: Mapping[str, object], spec: DatasetSpec, with_label: bool) -> list:
+    """(row, reason) of every row rule broken, checked on the converted columns' arrays: the
+    rules and reasons of `_cached_row_schema`, in its order, for frames of a few rows."""
+    failures = []
+    ids = np.asarray(columns["session_id"], dtype=object)
+    id_missing = pd.isna(ids)
+    for i in np.flatnonzero(id_missing):
+        failures.append((int(i), "session_id missing value (got None)"))
+    present = np.flatnonzero(~id_missing)
+    for i in present[pd.Series(ids[present], dtype=object).duplicated().to_numpy()]:
+        failures.append((int(i), f"session_id duplicate value (got {ids[i]!r})"))
+    rules = dict(RANGE_RULES) | dict.fromkeys(spec.page_roles, PAGE_COUNT_RULE)
+    for role, rule in rules.items():
+        if role in columns:
+            values = np.asarray(columns[role], dtype=np.float64)
+            for i in np.flatnonzero(rule.breaks(values)):
+                failures.append((int(i), f"{role} {rule.error} (got {float(values[i])!r})"))
+    if with_label:
+        classes = list(spec.classes)
+        for i, v in enumerate(np.asarray(columns[LABEL], dtype=object)):
+            if v is None:
+                failures.append((i, f"{LABEL} missing value (got None)"))
+            elif v not in classes:
+                failures.append((i, f"{LABEL} must be one of {classes} (got {v!r})"))
+    return failures
 
 
 def _check_names(failure_cases: pd.DataFrame) -> pd.Series:
@@ -230,17 +316,32 @@ def _check_names(failure_cases: pd.DataFrame) -> pd.Series:
 @dataclass
 class ContractResult:
     sessions: pd.DataFrame  # canonical, kept rows
-    rejects: pd.DataFrame  # the user's columns of rejected rows, with reject_reason and source_row
+    source: pd.DataFrame = field(repr=False)  # the input as given
+    reasons: dict[int, str] = field(default_factory=dict)  # input row -> why it was rejected
+
+    @functools.cached_property
+    def rejects(self) -> pd.DataFrame:
+        """The user's columns of the rejected rows, with reject_reason and source_row (built
+        when asked for: a scoring call needs only `reasons`)."""
+        rows = np.array(sorted(self.reasons), dtype=np.int64)
+        rejects = self.source.iloc[rows].reset_index(drop=True)
+        return rejects.assign(
+            **{
+                REJECT_REASON: np.array([self.reasons[i] for i in rows], dtype=object),
+                SOURCE_ROW: rows,
+            }
+        )
 
     @property
     def kept_rows(self) -> np.ndarray:
         """Positions in the input of the kept rows, in order."""
-        n = len(self.sessions) + len(self.rejects)
-        return np.setdiff1d(np.arange(n), self.rejects[SOURCE_ROW].to_numpy(dtype=np.int64))
+        if not self.reasons:
+            return np.arange(len(self.source))
+        return np.setdiff1d(np.arange(len(self.source)), np.fromiter(self.reasons, dtype=np.int64))
 
     @property
     def counts(self) -> dict[str, int]:
-        kept, rejected = len(self.sessions), len(self.rejects)
+        kept, rejected = len(self.sessions), len(self.reasons)
         return {"rows_in": kept + rejected, "rows_kept": kept, "rows_rejected": rejected}
 
 
@@ -293,8 +394,9 @@ def to_contract(
             f"columns found: {list(raw.columns)[:30]}"
         )
 
-    raw = raw.reset_index(drop=True)
-    out: dict[str, pd.Series] = {}
+    # columns are converted to arrays or to Series on a fresh row index, so the input's own
+    # index never matters; rows are addressed by position
+    out: dict[str, object] = {}
     bad_rows: dict[int, list[str]] = {}
 
     if "session_id" in roles:
@@ -315,12 +417,12 @@ def to_contract(
             out[role] = _as_bool(series, source, col, role)
         elif kind == "timestamp":
             parsed = _as_timestamp(series, source, col, role)
-            unreadable = parsed.isna() & series.notna()
-            for i in np.flatnonzero(unreadable.to_numpy()):
-                bad_rows.setdefault(i, []).append(
+            unreadable = parsed.isna().to_numpy() & series.notna().to_numpy()
+            for i in np.flatnonzero(unreadable):
+                bad_rows.setdefault(int(i), []).append(
                     f"{role} unreadable timestamp (got {series.iloc[i]!r})"
                 )
-            out[role] = parsed
+            out[role] = parsed.array
     for col in spec.extra_numeric:
         out[col] = _as_numeric(raw[col], source, col, "extra numeric")
     for col in spec.extra_categorical:
@@ -332,40 +434,23 @@ def to_contract(
         out[LABEL] = label.astype(object)
     df = pd.DataFrame(out)
 
-    try:
-        _row_schema(spec, with_label).validate(df, lazy=True)
-    except pa.errors.SchemaErrors as err:
-        cases = err.failure_cases
-        row_cases = cases[cases["index"].notna()]
-        table_cases = cases[cases["index"].isna()]
-        if len(table_cases):
-            first = table_cases.iloc[0]
-            raise ContractError(
-                f"{source}: column '{first['column']}' failed {first['check']}: {first['failure_case']}"
-            ) from None
-        reasons = _check_names(row_cases)
-        for i, reason in zip(row_cases["index"].astype(int), reasons, strict=True):
-            bad_rows.setdefault(i, []).append(reason)
+    failures = (
+        _array_failures(out, spec, with_label)
+        if len(df) <= ARRAY_CHECK_MAX_ROWS
+        else _schema_failures(df, spec, with_label, source)
+    )
+    for i, reason in failures:
+        bad_rows.setdefault(i, []).append(reason)
     if with_label:
         missing_label = df[LABEL].isna().to_numpy()
         for i in np.flatnonzero(missing_label):
-            reasons = bad_rows.setdefault(i, [])
+            reasons = bad_rows.setdefault(int(i), [])
             if not any(r.startswith(f"{LABEL} missing") for r in reasons):
                 reasons.append(f"{LABEL} missing value (column {spec.label_column})")
 
-    if not bad_rows:
-        return ContractResult(df, _empty_rejects(raw))
-    bad_idx = np.array(sorted(bad_rows))
-    keep = np.ones(len(df), dtype=bool)
-    keep[bad_idx] = False
-    rejects = raw.iloc[bad_idx].copy()
-    rejects[REJECT_REASON] = ["; ".join(dict.fromkeys(bad_rows[i])) for i in bad_idx]
-    rejects[SOURCE_ROW] = bad_idx
-    return ContractResult(df[keep].reset_index(drop=True), rejects.reset_index(drop=True))
-
-
-def _empty_rejects(raw: pd.DataFrame) -> pd.DataFrame:
-    empty = raw.iloc[0:0].copy()
-    empty[REJECT_REASON] = pd.Series(dtype=object)
-    empty[SOURCE_ROW] = pd.Series(dtype=np.int64)
-    return empty
+    reasons = {i: "; ".join(dict.fromkeys(bad_rows[i])) for i in sorted(bad_rows)}
+    if reasons:
+        keep = np.ones(len(df), dtype=bool)
+        keep[list(reasons)] = False
+        df = df[keep].reset_index(drop=True)
+    return ContractResult(df, raw, reasons)

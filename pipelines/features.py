@@ -86,49 +86,90 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
             )
         else:
             self.store_index_ = None
-        raw = self._build(X)
+        self.__dict__.pop("_level_lookup", None)
+        built = self._build(X)
         self.categories_ = {}
-        for col in self._categorical_columns(raw):
-            counts = raw[col].value_counts(dropna=True)
-            if col in self._prev_of:
-                counts = raw[self._prev_of[col]].value_counts(dropna=True)
+        for col in self._categorical_columns(built):
+            source = built[self._prev_of.get(col, col)]
+            counts = pd.Series(source, dtype=object).value_counts(dropna=True)
             levels = counts[counts >= self.min_category_count].index
             self.categories_[col] = sorted(str(v) for v in levels)
-        self.feature_names_ = list(raw.columns)
+        self.feature_names_ = list(built)
         return self
 
     # which categorical features reuse the levels of another (previous channel -> channel)
     _prev_of = {"prev_channel": "channel", "prev_device": "device"}
 
-    def _categorical_columns(self, frame: pd.DataFrame) -> list[str]:
+    def _categorical_columns(self, built: dict) -> list[str]:
         names = set(CONTEXT_CATEGORICALS) | set(self.extra_categorical) | set(self._prev_of)
-        return [c for c in frame.columns if c in names]
+        return [c for c in built if c in names]
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        check_is_fitted(self, "feature_names_")
-        raw = self._build(X)
-        for col in self.feature_names_:
-            if col not in raw:
-                # a role absent at scoring time: the feature is missing for every row
-                raw[col] = None if col in self.categories_ else np.nan
-        raw = raw[self.feature_names_]
-        for col, (index, dtype) in self._category_lookup().items():
-            # unseen levels become missing (code -1): LightGBM sends them down the "other" branch
-            codes = index.get_indexer(raw[col].astype(object).to_numpy())
-            raw[col] = pd.Categorical.from_codes(codes, dtype=dtype)
-        return raw
+        """The feature frame: categorical features as pandas categories of the fitted levels
+        (unseen levels and missing values as missing), every other feature as float."""
+        features = self._features(X)
+        lookup = self._category_lookup()
+        columns = {}
+        for name, values in features.items():
+            if name in lookup:
+                columns[name] = pd.Categorical.from_codes(values, dtype=lookup[name][1])
+            else:
+                columns[name] = values
+        return pd.DataFrame(columns, index=X.index)
 
-    def _category_lookup(self) -> dict[str, tuple[pd.Index, pd.CategoricalDtype]]:
-        """Per categorical feature, its levels as an index and as a dtype, built once: building
-        them on every call costs more than encoding one session."""
-        lookup = self.__dict__.get("_lookup")
+    def transform_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """The features as the float matrix LightGBM predicts from: each categorical feature as
+        its level's code (NaN when missing or unseen), in `feature_names_` order. The same
+        numbers as `modelling.feature_matrix(self.transform(X))`, without building a frame."""
+        features = self._features(X)
+        out = np.empty((len(X), len(features)), dtype=np.float64)
+        for j, (name, values) in enumerate(features.items()):
+            if name in self.categories_:
+                out[:, j] = np.where(values < 0, np.nan, values)
+            else:
+                out[:, j] = values
+        return out
+
+    def _features(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Feature name -> array in `feature_names_` order: category codes (-1 for missing or
+        unseen: LightGBM sends them down the "other" branch) or floats."""
+        check_is_fitted(self, "feature_names_")
+        built = self._build(X)
+        n = len(X)
+        lookup = self._category_lookup()
+        out = {}
+        for name in self.feature_names_:
+            values = built.get(name)
+            if name in lookup:
+                if values is None:  # a role absent at scoring time: missing for every row
+                    out[name] = np.full(n, -1, dtype=np.int64)
+                else:
+                    out[name] = _level_codes(values, *lookup[name])
+            else:
+                out[name] = np.full(n, np.nan) if values is None else values
+        return out
+
+    def _category_lookup(self) -> dict[str, tuple[pd.Index, pd.CategoricalDtype, dict]]:
+        """Per categorical feature, its levels as an index, a dtype and a dict (level -> code),
+        built once: building them on every call costs more than encoding one session."""
+        lookup = self.__dict__.get("_level_lookup")
         if lookup is None:
             lookup = {
-                col: (pd.Index(levels, dtype=object), pd.CategoricalDtype(levels))
+                col: (
+                    pd.Index(levels, dtype=object),
+                    pd.CategoricalDtype(levels),
+                    {level: code for code, level in enumerate(levels)},
+                )
                 for col, levels in self.categories_.items()
             }
-            self.__dict__["_lookup"] = lookup
+            self.__dict__["_level_lookup"] = lookup
         return lookup
+
+    def __getstate__(self) -> dict:
+        # the level lookup is a cache, rebuilt on first use: it never travels with the model
+        state = super().__getstate__()
+        state.pop("_level_lookup", None)
+        return state
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self, "feature_names_")
@@ -139,96 +180,99 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         return list(self.categories_)
 
     # -- building ----------------------------------------------------------------------
-    def _build(self, X: pd.DataFrame) -> pd.DataFrame:
+    # Features are computed on NumPy arrays rather than pandas Series: the arithmetic is the
+    # same, and a real-time call on one session pays microseconds per feature instead of the
+    # tens of microseconds each pandas operation costs.
+    def _build(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Feature name -> raw values (object arrays for categories, floats otherwise)."""
         if "session_id" not in X.columns:
             raise KeyError("sessions need a 'session_id' column")
         n = len(X)
-        f: dict[str, pd.Series | np.ndarray] = {}
-        idx = X.index
+        f: dict[str, np.ndarray] = {}
 
-        def col(name: str) -> pd.Series | None:
-            return X[name] if name in X.columns else None
+        def num(name: str) -> np.ndarray | None:
+            if name not in X.columns:
+                return None
+            return X[name].to_numpy(dtype=np.float64, na_value=np.nan)
 
-        for name in CONTEXT_CATEGORICALS:
-            if col(name) is not None:
-                f[name] = col(name).astype(object).where(col(name).notna(), None)
-        for name in self.extra_categorical:
-            f[name] = X[name].astype(object).where(X[name].notna(), None)
+        for name in (*(c for c in CONTEXT_CATEGORICALS if c in X.columns), *self.extra_categorical):
+            f[name] = _text_or_none(X[name])
 
         # local time from UTC plus the session's offset when given
-        started = col("started_at")
-        if started is not None:
-            local = started.dt.tz_convert("UTC").dt.tz_localize(None)
-            if col("utc_offset_min") is not None:
-                local = local + pd.to_timedelta(X["utc_offset_min"].fillna(0), unit="m")
-            f["local_hour"] = local.dt.hour.astype(float)
-            f["weekday"] = local.dt.day_of_week.astype(float)
-            f["weekend"] = (local.dt.day_of_week >= 5).astype(float).where(local.notna())
+        if "started_at" in X.columns:
+            ns, valid = _utc_nanoseconds(X["started_at"])
+            offset = num("utc_offset_min")
+            if offset is not None:
+                ns = ns + np.round(np.nan_to_num(offset) * 60e9).astype(np.int64)
+            hour = (ns // 3_600_000_000_000) % 24
+            weekday = (ns // 86_400_000_000_000 + 3) % 7  # 1970-01-01 was a Thursday
+            f["local_hour"] = np.where(valid, hour, np.nan)
+            f["weekday"] = np.where(valid, weekday, np.nan)
+            f["weekend"] = np.where(valid, weekday >= 5, np.nan)
 
         # location
-        lat, lon = col("latitude"), col("longitude")
+        lat, lon = num("latitude"), num("longitude")
         if lat is not None and lon is not None:
-            located = lat.notna() & lon.notna()
+            located = ~np.isnan(lat) & ~np.isnan(lon)
             f["has_location"] = located.astype(float)
             if self.store_index_ is not None:
                 dist = np.full(n, np.nan)
                 if located.any():
                     pts = np.radians(np.column_stack([lat[located], lon[located]]))
                     d, _ = self.store_index_.query(pts, k=1)
-                    dist[located.to_numpy()] = d[:, 0] * EARTH_RADIUS_KM
+                    dist[located] = d[:, 0] * EARTH_RADIUS_KM
                 f["store_distance_km"] = dist
                 f["near_store"] = np.where(
                     np.isnan(dist), np.nan, (dist <= self.near_store_km).astype(float)
                 )
 
         # dwell time and pages
-        if col("dwell_time_s") is not None:
-            f["dwell_time_s"] = X["dwell_time_s"].astype(float)
-            f["log_dwell"] = np.log1p(X["dwell_time_s"].astype(float).clip(lower=0))
-        page_views = X["page_views"].astype(float) if col("page_views") is not None else None
-        type_counts = {
-            t: X[f"pages_{t}"].astype(float) for t in self.page_types if f"pages_{t}" in X.columns
-        }
+        dwell = num("dwell_time_s")
+        if dwell is not None:
+            f["dwell_time_s"] = dwell
+            f["log_dwell"] = np.log1p(np.maximum(dwell, 0))
+        page_views = num("page_views")
+        type_counts = {t: num(f"pages_{t}") for t in self.page_types if f"pages_{t}" in X.columns}
         if page_views is None and type_counts:
             page_views = sum(type_counts.values())
         if page_views is not None:
             f["page_views"] = page_views
-            f["bounce"] = (page_views <= 1).astype(float).where(page_views.notna())
-            if col("dwell_time_s") is not None:
-                f["dwell_per_page"] = X["dwell_time_s"].astype(float) / page_views.clip(lower=1)
-        for t, counts in type_counts.items():
-            f[f"pages_{t}"] = counts
-            f[f"share_{t}"] = counts / page_views.where(page_views > 0)
-        if col("returning_visitor") is not None:
-            f["returning_visitor"] = X["returning_visitor"].astype("Float64").astype(float)
+            f["bounce"] = np.where(np.isnan(page_views), np.nan, page_views <= 1)
+            if dwell is not None:
+                f["dwell_per_page"] = dwell / np.maximum(page_views, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for t, counts in type_counts.items():
+                f[f"pages_{t}"] = counts
+                f[f"share_{t}"] = counts / np.where(page_views > 0, page_views, np.nan)
+        if "returning_visitor" in X.columns:
+            f["returning_visitor"] = num("returning_visitor")
         for name in self.extra_numeric:
-            f[name] = X[name].astype(float)
+            f[name] = num(name)
 
-        out = pd.DataFrame(
-            {k: (v.to_numpy() if isinstance(v, pd.Series) else v) for k, v in f.items()}, index=idx
-        )
         if self.history:
-            out = pd.concat([out, self._history(X, out)], axis=1)
-        return out
+            f.update(self._history(X, f))
+        return f
 
-    def _history(self, X: pd.DataFrame, ctx: pd.DataFrame) -> pd.DataFrame:
+    def _history(self, X: pd.DataFrame, ctx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Features from earlier sessions of the same journey (strictly earlier start times)."""
         n = len(X)
-        journey = X["journey_id"] if "journey_id" in X.columns else X["session_id"]
-        journey = journey.astype(object).where(journey.notna(), X["session_id"].astype(object))
-        started = X["started_at"] if "started_at" in X.columns else pd.Series(pd.NaT, index=X.index)
-        order = pd.DataFrame(
-            {
-                "j": journey.to_numpy(),
-                "t": started.to_numpy(),
-                "s": X["session_id"].to_numpy(),
-                "pos": np.arange(n),
-            }
+        session = X["session_id"].to_numpy(dtype=object)
+        journey = _text_or_none(X["journey_id"]) if "journey_id" in X.columns else session
+        journey = np.where(pd.isna(journey), session, journey)
+        if "started_at" in X.columns:
+            started, timed = _utc_nanoseconds(X["started_at"])
+        else:
+            started, timed = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        # a stable order that does not depend on the input order: journey, start time (missing
+        # last), session id
+        pos = np.lexsort(
+            (
+                pd.factorize(session, sort=True)[0],
+                np.where(timed, started, np.iinfo(np.int64).max),
+                pd.factorize(journey, sort=True)[0],
+            )
         )
-        # a stable order that does not depend on the input order: journey, start time, session id
-        order = order.sort_values(["j", "t", "s"], kind="mergesort", na_position="last")
-        pos = order["pos"].to_numpy()
-        j = order["j"].to_numpy()
+        j = journey[pos]
         first = np.ones(n, dtype=bool)
         first[1:] = j[1:] != j[:-1]
         group = np.cumsum(first) - 1
@@ -236,30 +280,44 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         index_in_journey = np.arange(n) - starts[group]
 
         h: dict[str, np.ndarray] = {"session_index": index_in_journey.astype(float)}
-        t = order["t"]
-        if t.notna().any():
-            secs = (t - t.min()).dt.total_seconds().to_numpy()
-            prev_secs = np.where(first, np.nan, np.roll(secs, 1))
-            h["hours_since_prev"] = (secs - prev_secs) / 3600.0
-            h["hours_since_first"] = (secs - secs[starts[group]]) / 3600.0
+        t, t_valid = started[pos], timed[pos]
+        if t_valid.any():
+            # differences of integer nanoseconds within the journey: exact, whatever else is
+            # in the batch
+            head = starts[group]
+            prev = np.roll(np.arange(n), 1)
+            since_prev = ~first & t_valid & t_valid[prev]
+            h["hours_since_prev"] = np.where(since_prev, 1e-9 * (t - t[prev]), np.nan) / 3600.0
+            since_first = t_valid & t_valid[head]
+            h["hours_since_first"] = np.where(since_first, 1e-9 * (t - t[head]), np.nan) / 3600.0
 
-        sorted_ctx = ctx.iloc[pos]
+        sorted_ctx = {name: values[pos] for name, values in ctx.items()}
 
         def previous(values: np.ndarray) -> np.ndarray:
             prev = np.roll(values, 1).astype(object if values.dtype == object else float)
             prev[first] = None if values.dtype == object else np.nan
             return prev
 
+        # rows holding the k-th session of their journey, k = 1, 2, ...
+        by_index = np.argsort(index_in_journey, kind="stable")
+        bounds = np.searchsorted(
+            index_in_journey[by_index], np.arange(1, index_in_journey.max() + 2)
+        )
+        kth = [by_index[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
         def past_sum(values: np.ndarray) -> np.ndarray:
-            """Sum over strictly earlier sessions of the journey (missing counts as 0)."""
+            """Sum over strictly earlier sessions of the journey (missing counts as 0). Added
+            session by session across all journeys at once, so each journey's sums are the
+            same floating-point numbers whether it is scored alone or in a batch."""
             v = np.nan_to_num(values.astype(float))
-            cum = np.cumsum(v)
-            before = cum - v
-            return before - (before[starts[group]])
+            out = np.zeros(n)
+            for rows in kth:
+                out[rows] = out[rows - 1] + v[rows - 1]
+            return out
 
         for name in ("channel", "device"):
             if name in sorted_ctx:
-                h[f"prev_{name}"] = previous(sorted_ctx[name].to_numpy(dtype=object))
+                h[f"prev_{name}"] = previous(sorted_ctx[name])
         for name in (
             "log_dwell",
             "page_views",
@@ -269,37 +327,58 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
             "has_location",
         ):
             if name in sorted_ctx:
-                h[f"prev_{name}"] = previous(sorted_ctx[name].to_numpy(dtype=float))
-        share_cols = [c for c in sorted_ctx.columns if c.startswith("share_")]
+                h[f"prev_{name}"] = previous(sorted_ctx[name].astype(float))
+        share_cols = [c for c in sorted_ctx if c.startswith("share_")]
         for name in share_cols:
-            h[f"prev_{name}"] = previous(sorted_ctx[name].to_numpy(dtype=float))
+            h[f"prev_{name}"] = previous(sorted_ctx[name])
 
         n_prev = index_in_journey.astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             if "page_views" in sorted_ctx:
-                past_pages = past_sum(sorted_ctx["page_views"].to_numpy())
+                past_pages = past_sum(sorted_ctx["page_views"])
                 h["past_page_views"] = past_pages
                 for name in share_cols:
                     t_name = name.removeprefix("share_")
                     h[f"past_share_{t_name}"] = np.where(
                         past_pages > 0,
-                        past_sum(sorted_ctx[f"pages_{t_name}"].to_numpy()) / past_pages,
+                        past_sum(sorted_ctx[f"pages_{t_name}"]) / past_pages,
                         np.nan,
                     )
             if "log_dwell" in sorted_ctx:
                 h["past_mean_log_dwell"] = np.where(
-                    n_prev > 0, past_sum(sorted_ctx["log_dwell"].to_numpy()) / n_prev, np.nan
+                    n_prev > 0, past_sum(sorted_ctx["log_dwell"]) / n_prev, np.nan
                 )
             if "near_store" in sorted_ctx:
-                h["past_near_store"] = past_sum(sorted_ctx["near_store"].to_numpy())
+                h["past_near_store"] = past_sum(sorted_ctx["near_store"])
             if "device" in sorted_ctx:
-                mobile = (sorted_ctx["device"].to_numpy(dtype=object) == "mobile").astype(float)
+                mobile = (sorted_ctx["device"] == "mobile").astype(float)
                 h["past_mobile_share"] = np.where(n_prev > 0, past_sum(mobile) / n_prev, np.nan)
 
-        hist = pd.DataFrame(h)
         # back to the input order
         inverse = np.empty(n, dtype=np.int64)
         inverse[pos] = np.arange(n)
-        hist = hist.iloc[inverse]
-        hist.index = X.index
-        return hist
+        return {name: values[inverse] for name, values in h.items()}
+
+
+def _level_codes(
+    values: np.ndarray, index: pd.Index, dtype: pd.CategoricalDtype, codes: dict
+) -> np.ndarray:
+    """The code of each value's level, -1 for a missing or unseen one. A few values are looked up
+    in a dict, many at once by the index (vectorised, but with a fixed cost per call)."""
+    if len(values) <= 64:
+        return np.fromiter((codes.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+    return index.get_indexer(values)
+
+
+def _text_or_none(series: pd.Series) -> np.ndarray:
+    """Category values as an object array with None for missing values."""
+    values = series.to_numpy(dtype=object)
+    return np.where(pd.isna(values), None, values)
+
+
+def _utc_nanoseconds(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps as int64 nanoseconds since the epoch in UTC (0 where missing), and which are
+    present; naive timestamps are taken as UTC."""
+    values = series.to_numpy(dtype="datetime64[ns]")
+    valid = ~np.isnat(values)
+    return np.where(valid, values.astype(np.int64), 0), valid

@@ -22,6 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 SPLITS = ("train", "val", "test")
+SINGLE_THREAD_MAX_ROWS = 256
 
 
 def _unit_hash(keys: pd.Series, seed: int) -> np.ndarray:
@@ -128,7 +129,9 @@ def booster_proba(
         X = feature_matrix(X)
     kwargs = {"num_iteration": booster.best_iteration or None}
     if threads is not None:
-        kwargs["num_threads"] = int(threads)
+        # a few rows are predicted on one thread: LightGBM splits rows across threads, and for
+        # a real-time call waking a second thread on a busy machine costs more than predicting
+        kwargs["num_threads"] = 1 if len(X) <= SINGLE_THREAD_MAX_ROWS else int(threads)
     p = booster.predict(X, **kwargs)
     if n_classes == 2:
         p = np.column_stack([1 - p, p])

@@ -71,10 +71,12 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        out = self.model.predict(frame, source="model input")
-        out["model_name"] = self.model_name
-        out["model_version"] = None if self.model_version is None else str(self.model_version)
-        return out
+        version = None if self.model_version is None else str(self.model_version)
+        return self.model.predict(
+            frame,
+            source="model input",
+            extra={"model_name": self.model_name, "model_version": version},
+        )
 
 
 def _registered_version(name: str, run_id: str) -> str | None:

@@ -48,45 +48,50 @@ class IntentModel:
             REJECT_REASON,
         ]
 
-    def predict_features(self, features: pd.DataFrame) -> np.ndarray:
+    def predict_features(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Class probabilities from a feature frame or from `featurizer.transform_matrix`."""
         return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
 
-    def predict(self, raw: pd.DataFrame, source: str = "<input>") -> pd.DataFrame:
+    def predict(
+        self, raw: pd.DataFrame, source: str = "<input>", extra: dict | None = None
+    ) -> pd.DataFrame:
         """One output row per input row, in the input order.
 
         Rows that break the contract get no probabilities and say why in `reject_reason`.
-        Extra columns are ignored; optional roles may be absent.
+        Extra columns are ignored; optional roles may be absent. `extra` adds constant columns
+        (the model's name and version) after the predictions.
         """
         result = to_contract(raw, self.spec, source=source, with_label=False, all_columns=False)
         kept = result.sessions
-        out = pd.DataFrame(index=np.arange(len(raw)))
-        ids = pd.Series(
-            raw[self.spec.columns["session_id"]]
-            if self.spec.columns.get("session_id")
-            else [f"row-{i}" for i in range(len(raw))]
-        )
-        out["session_id"] = ids.astype(str).to_numpy()
+        n = len(raw)
+        id_col = self.spec.columns.get("session_id")
+        ids = raw[id_col].to_numpy(dtype=object) if id_col else [f"row-{i}" for i in range(n)]
         k = len(self.classes)
-        proba = np.full((len(raw), k), np.nan)
-        kept_rows = result.kept_rows
+        proba = np.full((n, k), np.nan)
         if len(kept):
-            proba[kept_rows] = self.predict_features(self.featurizer.transform(kept))
-        for j, c in enumerate(self.classes):
-            out[f"p_{c}"] = proba[:, j]
+            proba[result.kept_rows] = self.predict_features(self.featurizer.transform_matrix(kept))
         top = np.argsort(-np.nan_to_num(proba, nan=-1.0), axis=1)
         best = np.take_along_axis(proba, top[:, :1], axis=1)[:, 0]
         second = np.take_along_axis(proba, top[:, 1:2], axis=1)[:, 0]
         intent = np.asarray(self.classes, dtype=object)[top[:, 0]]
         intent[np.isnan(best)] = None
-        out["intent"] = intent
-        out["confidence"] = best
-        out["margin"] = best - second
-        reasons = np.full(len(raw), None, dtype=object)
-        reasons[result.rejects["source_row"].to_numpy(dtype=np.int64)] = result.rejects[
-            REJECT_REASON
-        ].to_numpy()
-        out[REJECT_REASON] = reasons
-        return out
+        reasons = np.full(n, None, dtype=object)
+        for row, reason in result.reasons.items():
+            reasons[row] = reason
+        # one frame built at once: adding columns one by one costs more than scoring a session
+        columns = {"session_id": pd.Series(ids, dtype=object).astype(str)}
+        columns.update({f"p_{c}": proba[:, j] for j, c in enumerate(self.classes)})
+        columns.update(
+            {
+                "intent": intent,
+                "confidence": best,
+                "margin": best - second,
+                REJECT_REASON: reasons,
+            }
+        )
+        for name, value in (extra or {}).items():
+            columns[name] = np.full(n, value, dtype=object)
+        return pd.DataFrame(columns)
 
     def describe(self) -> dict:
         """What the model expects and returns, for logging and the model README."""

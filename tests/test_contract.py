@@ -5,8 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError, DatasetSpec, to_contract
+from pipelines.contract import (
+    ARRAY_CHECK_MAX_ROWS,
+    REJECT_REASON,
+    SOURCE_ROW,
+    ContractError,
+    DatasetSpec,
+    _array_failures,
+    _as_text,
+    _schema_failures,
+    to_contract,
+)
 from tests.conftest import compose_config
 
 
@@ -159,3 +171,94 @@ def test_row_counts_add_up_on_random_corruption(small_sessions, spec):
     assert result.counts["rows_rejected"] == 40
     assert len(result.sessions) + len(result.rejects) == len(raw)
     assert sorted(result.rejects[SOURCE_ROW]) == sorted(bad)
+
+
+# -- a few rows are checked on arrays, a batch by pandera: the same rows, the same reasons ------
+
+_maybe = st.one_of(
+    st.none(),
+    st.sampled_from([-1e9, -181.0, -91.0, -1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 89.9, 90.0, 180.0, 1e9]),
+)
+_row = st.fixed_dictionaries(
+    {
+        "session_id": st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d"])),
+        "latitude": _maybe,
+        "longitude": _maybe,
+        "dwell_time_s": _maybe,
+        "page_views": _maybe,
+        "touchpoint_propensity": _maybe,
+        "pages_info": _maybe,
+        "label": st.one_of(st.none(), st.sampled_from(["know", "go", "sleep", ""])),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(_row, min_size=1, max_size=12), with_label=st.booleans())
+def test_array_checks_quarantine_what_the_pandera_schema_does(rows, with_label):
+    spec = DatasetSpec(
+        columns={"session_id": "id", "page_views": "pv", "latitude": "lat"},
+        page_counts={"info": "pi"},
+        label_column="y",
+    )
+    frame = pd.DataFrame(rows)
+    # the canonical frame as `to_contract` builds it: text with None for missing, floats
+    df = pd.DataFrame(
+        {
+            "session_id": _as_text(frame["session_id"]),
+            **{
+                c: frame[c].astype(float) for c in frame.columns if c not in ("session_id", "label")
+            },
+        }
+    )
+    if with_label:
+        df["label"] = _as_text(frame["label"])
+    columns = {c: df[c] for c in df.columns}
+    by_arrays = sorted(_array_failures(columns, spec, with_label))
+    by_pandera = sorted(_schema_failures(df, spec, with_label, source="x"))
+    assert by_arrays == by_pandera
+
+
+def test_a_small_and_a_large_frame_reject_the_same_rows_with_the_same_reasons(small_sessions, spec):
+    raw = small_sessions.copy()
+    raw.loc[[1, 7], "dwell_time_s"] = -3.0
+    raw.loc[4, "latitude"] = 123.0
+    raw.loc[9, "session_id"] = raw.loc[2, "session_id"]
+    raw.loc[11, "intent"] = "sleep"
+    assert len(raw) > ARRAY_CHECK_MAX_ROWS  # the whole frame goes through pandera
+    batch = to_contract(raw, spec, source="s.parquet")
+    head = raw.iloc[:20]  # a few rows: checked on arrays
+    few = to_contract(head, spec, source="s.parquet")
+    expected = batch.rejects[batch.rejects[SOURCE_ROW] < 20].reset_index(drop=True)
+    pd.testing.assert_frame_equal(few.rejects, expected)
+    assert set(few.reasons) == {1, 4, 7, 9, 11}
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series(["a", None, "c"], dtype=object),
+        pd.Series(["a", None, "c"], dtype="string"),
+        pd.Series(["a", None, "c"], dtype="str"),
+        pd.Series([1.0, np.nan, 3.0]),
+        pd.Series([1.5, np.nan, 3.0]),
+        pd.Series([1, 2, 3], dtype="int64"),
+        pd.Series([1, None, 3], dtype="Int64"),
+        pd.Series([True, False, True]),
+        pd.Series([True, None, False], dtype="boolean"),
+        pd.Series(["a", 2, 3.5, None], dtype=object),
+        pd.Series([np.nan, np.nan]),
+        pd.Series(["x", "y"], dtype="category"),
+    ],
+    ids=lambda s: str(s.dtype),
+)
+def test_category_text_matches_pandas_string_conversion(series):
+    """Category values become the text pandas' own string conversion gives (whole floats as their
+    digits), with None for missing values, in an object column."""
+    expected = series.astype("string")
+    if pd.api.types.is_float_dtype(series) and (series.dropna() % 1 == 0).all():
+        expected = series.astype("Int64").astype("string")
+    expected = expected.astype(object).where(expected.notna(), None)
+    got = _as_text(series)
+    assert got.dtype == object
+    assert got.tolist() == expected.tolist()

@@ -170,3 +170,44 @@ def test_transform_before_fit_fails_clearly():
 def test_missing_session_id_is_a_key_error():
     with pytest.raises(KeyError, match="session_id"):
         SessionFeaturizer().fit(pd.DataFrame({"device": ["mobile"]}))
+
+
+def test_feature_matrix_holds_the_numbers_of_the_feature_frame(spec, small_sessions):
+    """What the scorer predicts from (categories as codes, NaN when unseen) is the frame the
+    booster was trained on, value for value."""
+    from pipelines.modelling import feature_matrix
+
+    fz = featurizer(spec).fit(canonical(small_sessions, spec))
+    new = small_sessions.head(120).copy()
+    new.loc[new.index[::7], "device"] = "smartwatch"
+    new.loc[new.index[::5], ["latitude", "longitude"]] = np.nan
+    sessions = canonical(new, spec)
+    frame = fz.transform(sessions)
+    matrix = fz.transform_matrix(sessions)
+    assert matrix.shape == (len(new), len(fz.feature_names_))
+    np.testing.assert_array_equal(matrix, feature_matrix(frame))
+    assert np.isnan(matrix[::7, fz.feature_names_.index("device")]).all()
+
+
+def test_a_journey_alone_gets_the_features_it_gets_in_a_batch(spec, small_sessions):
+    """A real-time call passes one journey's sessions; its features are those the batch gives it
+    (category levels are looked up differently for a few rows and for many)."""
+    fz = featurizer(spec).fit(canonical(small_sessions, spec))
+    batch = canonical(small_sessions, spec)
+    everything = fz.transform_matrix(batch)
+    for journey in batch["journey_id"].unique()[:25]:
+        rows = np.flatnonzero(batch["journey_id"].to_numpy() == journey)
+        alone = fz.transform_matrix(batch.iloc[rows].reset_index(drop=True))
+        np.testing.assert_array_equal(alone, everything[rows])
+
+
+def test_a_fitted_featurizer_pickles_without_its_lookup_cache(spec):
+    import pickle
+
+    raw = three_journeys()
+    fz = featurizer(spec).fit(canonical(raw, spec))
+    before = fz.transform_matrix(canonical(raw, spec))  # builds the cache
+    state = fz.__getstate__()
+    assert "_level_lookup" not in state
+    again = pickle.loads(pickle.dumps(fz))
+    np.testing.assert_array_equal(again.transform_matrix(canonical(raw, spec)), before)
