@@ -1,7 +1,10 @@
-"""`engine=dask`: batch scoring on a Dask cluster, with the same outputs as the local scorer.
+"""`engine=dask`: scoring and generation on a Dask cluster, with the same outputs as locally.
 
 - `cluster(engine)` connects to an existing scheduler by address (a clear error names the address
   when it cannot be reached) or starts a `LocalCluster` of worker processes on 127.0.0.1.
+- `read_numbered` and `journeys_whole` read an input as a `dask.dataframe`, number its rows in
+  input order and shuffle it so every journey sits whole in one partition (scoring and training
+  on Dask both start this way; training itself is in `pipelines.dask_train`).
 - `score_dask` reads the input as a `dask.dataframe`, numbers its rows as the local scorer does,
   shuffles by journey id so a journey never spans two partitions, and scores each partition with
   the model loaded once per worker process. Each partition task writes its own part files under a
@@ -9,6 +12,11 @@
   again after losing a worker rewrites the same parts, so no row is lost or written twice. The
   output folder has the local scorer's layout (`predictions/`, `journeys.parquet`,
   `rejects.parquet`, `summary.json`) and appears atomically.
+
+- `generate_dask` simulates the generator's chunks as parallel tasks, each with the random stream
+  the local generator gives that chunk, writing its own part file through a temporary name and a
+  rename: the output is the local generator's, file for file, and a retried task rewrites the same
+  part.
 
 Workers must see the input and output paths (one machine, or a shared file system) and reach the
 tracking server when the model is given by a `models:/` URI.
@@ -176,7 +184,34 @@ def _concat_parts(parts: list[Path], target: Path) -> None:
             writer.close()
 
 
-def _with_row_numbers(ddf):
+def read_numbered(path: str | Path):
+    """`path` (parquet file or folder, or CSV) as a `dask.dataframe` with its rows numbered in
+    input order (column `__row`), and the row count."""
+    import dask.dataframe as dd
+
+    files = [str(f) for f in _files(Path(path))]
+    if all(f.endswith(".csv") for f in files):
+        ddf = dd.read_csv(files, blocksize="64MB", dtype="object")
+    elif any(f.endswith(".csv") for f in files):
+        raise ValueError(f"{path}: mixes .csv and .parquet files; keep one format per dataset")
+    else:
+        ddf = dd.read_parquet(files)
+    return with_row_numbers(ddf)
+
+
+def journeys_whole(ddf, journey_col: str | None, partitions: int):
+    """`ddf` in `partitions` partitions with every journey whole in one of them, whatever the
+    input order (rows without a journey column are their own journeys)."""
+    if journey_col and journey_col in ddf.columns:
+        return ddf.shuffle(on=journey_col, npartitions=partitions)
+    return ddf.repartition(npartitions=partitions)
+
+
+def n_workers(client) -> int:
+    return len(client.scheduler_info()["workers"])
+
+
+def with_row_numbers(ddf):
     """Number the rows 0..n-1 in input order, as the local scorer numbers them."""
     lengths = ddf.map_partitions(len).compute()
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -199,27 +234,16 @@ def score_dask(
     tracking_uri: str | None = None,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary."""
-    import dask.dataframe as dd
-
     from pipelines.score import journey_summary, load_scorer
 
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
-    files = [str(f) for f in _files(input_path)]
     # the model's column mapping decides the journey column; load it here once for that
     model, info = load_scorer(model_uri, threads)
-    journey_col = model.spec.columns.get("journey_id")
-    if all(f.endswith(".csv") for f in files):
-        ddf = dd.read_csv(files, blocksize="64MB", dtype="object")
-    else:
-        ddf = dd.read_parquet(files)
-    ddf, rows_in = _with_row_numbers(ddf)
-    n_parts = int(partitions or max(ddf.npartitions, len(client.scheduler_info()["workers"])))
-    if journey_col and journey_col in ddf.columns:
-        # a journey lands whole in one partition, whatever the input order
-        ddf = ddf.shuffle(on=journey_col, npartitions=n_parts)
-    else:
-        ddf = ddf.repartition(npartitions=n_parts)
+    ddf, rows_in = read_numbered(input_path)
+    n_parts = int(partitions or max(ddf.npartitions, n_workers(client)))
+    # a journey lands whole in one partition, whatever the input order
+    ddf = journeys_whole(ddf, model.spec.columns.get("journey_id"), n_parts)
 
     with atomic_path(out_dir) as work:
         work.mkdir(parents=True)
@@ -265,9 +289,64 @@ def score_dask(
             "rows_rejected": rejected,
             "journeys": int(counts["journeys"].sum()),
             "partitions": int(len(counts)),
-            "workers": len(client.scheduler_info()["workers"]),
+            "workers": n_workers(client),
             "seconds": round(time.perf_counter() - start, 3),
             **{k: (None if v is None else str(v)) for k, v in info.items()},
         }
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _generate_part(
+    chunk: int,
+    params_cfg: Mapping,
+    n_journeys: int,
+    chunk_journeys: int,
+    seed: int,
+    posterior: bool,
+    folder: str,
+) -> int:
+    """Simulate chunk `chunk` into `folder/part-<chunk>.parquet` (temporary name, then a rename:
+    a retried task rewrites the same file); returns its session count."""
+    from pipelines.generate import part_name
+    from pipelines.synthetic import GeneratorParams, generate_chunk
+
+    params = GeneratorParams.from_config(params_cfg)
+    df = generate_chunk(params, n_journeys, chunk_journeys, seed, chunk, posterior)
+    target = Path(folder) / part_name(chunk)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, target)
+    return len(df)
+
+
+def generate_dask(client, gen_cfg: Mapping, params_cfg: Mapping) -> dict:
+    """`pipelines.generate.generate` on the cluster behind `client`: one task per chunk.
+
+    Writes the same `<out_dir>/sessions/part-*.parquet` and `<out_dir>/stores.csv` as the local
+    generator for the same seed and chunk size, and returns the same summary. The folder appears
+    at once, complete, or not at all; a chunk whose worker dies is simulated again elsewhere.
+    """
+    from pipelines.generate import write_stores
+    from pipelines.synthetic import GeneratorParams, n_chunks
+
+    params = GeneratorParams.from_config(params_cfg)  # refuse a bad config before any task runs
+    out = Path(gen_cfg["out_dir"])
+    n_journeys, chunk = int(gen_cfg["n_journeys"]), int(gen_cfg["chunk_journeys"])
+    parts = n_chunks(n_journeys, chunk)
+    with atomic_path(out / "sessions") as work:
+        work.mkdir(parents=True)
+        futures = client.map(
+            _generate_part,
+            range(parts),
+            params_cfg=dict(params_cfg),
+            n_journeys=n_journeys,
+            chunk_journeys=chunk,
+            seed=int(gen_cfg["seed"]),
+            posterior=bool(gen_cfg["posterior"]),
+            folder=str(work),
+            retries=2,
+        )
+        sessions = int(sum(client.gather(futures)))
+    write_stores(params, out)
+    return {"journeys": n_journeys, "sessions": sessions, "parts": parts, "out_dir": str(out)}

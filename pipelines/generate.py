@@ -1,4 +1,9 @@
-"""`micromoment generate`: synthetic journeys as partitioned parquet, with the Bayes-optimal posterior."""
+"""`micromoment generate`: synthetic journeys as partitioned parquet, with the Bayes-optimal posterior.
+
+`generate` simulates the chunks one after another in this process; with `engine=dask`,
+`pipelines.dask_engine.generate_dask` simulates them as parallel tasks on a cluster. Chunk `i`
+draws from a random stream derived from `(seed, i)` only, so both write the same part files.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from tqdm import tqdm
 
 from pipelines.config import hydra_main
 from pipelines.io import atomic_path
-from pipelines.synthetic import GeneratorParams, generate_chunks
+from pipelines.synthetic import GeneratorParams, generate_chunks, n_chunks
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ def generate(gen_cfg: Mapping, params_cfg: Mapping) -> dict:
     params = GeneratorParams.from_config(params_cfg)
     out = Path(gen_cfg["out_dir"])
     n_journeys, chunk = int(gen_cfg["n_journeys"]), int(gen_cfg["chunk_journeys"])
-    n_chunks = -(-n_journeys // chunk)
+    parts = n_chunks(n_journeys, chunk)
     sessions = 0
     with atomic_path(out / "sessions") as tmp:
         tmp.mkdir(parents=True)
@@ -34,21 +39,38 @@ def generate(gen_cfg: Mapping, params_cfg: Mapping) -> dict:
             params, n_journeys, chunk, int(gen_cfg["seed"]), posterior=bool(gen_cfg["posterior"])
         )
         bar = tqdm(
-            chunks, total=n_chunks, desc="generate", unit="chunk", disable=not sys.stderr.isatty()
+            chunks, total=parts, desc="generate", unit="chunk", disable=not sys.stderr.isatty()
         )
         for i, df in enumerate(bar):
-            df.to_parquet(tmp / f"part-{i:05d}.parquet", index=False)
+            df.to_parquet(tmp / part_name(i), index=False)
             sessions += len(df)
             if not sys.stderr.isatty():
-                log.info("chunk %d/%d: %d sessions", i + 1, n_chunks, len(df))
+                log.info("chunk %d/%d: %d sessions", i + 1, parts, len(df))
+    write_stores(params, out)
+    return {"journeys": n_journeys, "sessions": sessions, "parts": parts, "out_dir": str(out)}
+
+
+def part_name(chunk: int) -> str:
+    """The file name of chunk `chunk` under `<out_dir>/sessions/`."""
+    return f"part-{chunk:05d}.parquet"
+
+
+def write_stores(params: GeneratorParams, out: Path) -> None:
+    """`<out>/stores.csv`: the generator's store coordinates, written atomically."""
     with atomic_path(out / "stores.csv") as tmp:
         params.stores_frame().to_csv(tmp, index=False)
-    return {"journeys": n_journeys, "sessions": sessions, "parts": n_chunks, "out_dir": str(out)}
 
 
 def run_generate(cfg: DictConfig) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
-    summary = generate(container["generate"], container["generator"])
+    engine = container.get("engine") or {"name": "local"}
+    if engine["name"] == "dask":
+        from pipelines.dask_engine import cluster, generate_dask
+
+        with cluster(engine) as client:
+            summary = generate_dask(client, container["generate"], container["generator"])
+    else:
+        summary = generate(container["generate"], container["generator"])
     print(
         f"wrote {summary['sessions']} sessions of {summary['journeys']} journeys to {summary['out_dir']}/sessions ({summary['parts']} parts)",
         flush=True,

@@ -25,10 +25,9 @@ SPLITS = ("train", "val", "test")
 SINGLE_THREAD_MAX_ROWS = 256
 
 
-def _unit_hash(keys: pd.Series, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per key, stable across runs, machines and input order."""
-    salted = keys.astype(str) + f"#{seed}"
-    h = pd.util.hash_pandas_object(salted, index=False).to_numpy()
+def unit_hash(keys: pd.Series, salt: str) -> np.ndarray:
+    """A uniform number in [0, 1) per key and salt, stable across runs, machines and input order."""
+    h = pd.util.hash_pandas_object(keys.astype(str) + salt, index=False).to_numpy()
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
@@ -49,7 +48,7 @@ def split_sessions(
     journey = journey.where(journey.notna(), sessions["session_id"]).astype(str)
     if by == "journey":
         keys = pd.Series(journey.unique())
-        u = pd.Series(_unit_hash(keys, seed), index=keys.to_numpy())
+        u = pd.Series(unit_hash(keys, f"#{seed}"), index=keys.to_numpy())
     elif by == "time":
         if "started_at" not in sessions or sessions["started_at"].isna().all():
             raise ValueError("split.by=time needs a started_at column with values")
@@ -237,7 +236,13 @@ def _for_sklearn(X: pd.DataFrame, categorical: Sequence[str]) -> pd.DataFrame:
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
     """A short content hash of a frame (row order and column order included)."""
+    return fingerprint_of_rows(frame.columns, pd.util.hash_pandas_object(frame, index=False))
+
+
+def fingerprint_of_rows(columns: Sequence, row_hashes) -> str:
+    """`data_fingerprint` from the column names and each row's `hash_pandas_object` hash, in
+    row order: rows hashed where they live (on a cluster) fingerprint like the whole frame."""
     h = hashlib.sha256()
-    h.update(",".join(map(str, frame.columns)).encode())
-    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    h.update(",".join(map(str, columns)).encode())
+    h.update(np.asarray(row_hashes, dtype=np.uint64).tobytes())
     return h.hexdigest()[:16]

@@ -124,6 +124,9 @@ class EngineSchema:
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     partitions: int | None = None
+    num_boost_round: int | None = None
+    sample_rows: int = 200000
+    rounds_factor: float = 1.0
 
 
 @dataclass

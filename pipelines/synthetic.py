@@ -449,16 +449,43 @@ def generate_chunks(
     posterior: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Yield session frames of at most `chunk_journeys` journeys each; journeys never span chunks."""
+    for chunk in range(n_chunks(n_journeys, chunk_journeys)):
+        yield generate_chunk(params, n_journeys, chunk_journeys, seed, chunk, posterior)
+
+
+def n_chunks(n_journeys: int, chunk_journeys: int) -> int:
+    """How many chunks of at most `chunk_journeys` journeys make `n_journeys` journeys."""
     if n_journeys < 1:
         raise ValueError(f"n_journeys must be a positive number, got {n_journeys}")
     if chunk_journeys < 1:
         raise ValueError(f"chunk_journeys must be a positive number, got {chunk_journeys}")
-    for chunk, first in enumerate(range(0, n_journeys, chunk_journeys)):
-        size = min(chunk_journeys, n_journeys - first)
-        rng = np.random.default_rng([seed, chunk])
-        df = simulate(params, size, rng, first_journey=first)
-        if posterior:
-            post = forward_filter(df, params)
-            for j, name in enumerate(params.intents):
-                df[f"bayes_p_{name}"] = post[:, j]
-        yield df
+    return -(-n_journeys // chunk_journeys)
+
+
+def generate_chunk(
+    params: GeneratorParams,
+    n_journeys: int,
+    chunk_journeys: int,
+    seed: int,
+    chunk: int,
+    posterior: bool = True,
+) -> pd.DataFrame:
+    """Chunk number `chunk` of `generate_chunks`, on its own.
+
+    Its random stream is derived from `(seed, chunk)` alone, so a chunk comes out the same
+    whichever process simulates it and in whatever order: chunks can be generated in parallel.
+    """
+    if not 0 <= chunk < n_chunks(n_journeys, chunk_journeys):
+        raise ValueError(
+            f"chunk must be in [0, {n_chunks(n_journeys, chunk_journeys)}) for {n_journeys} "
+            f"journeys in chunks of {chunk_journeys}, got {chunk}"
+        )
+    first = chunk * chunk_journeys
+    size = min(chunk_journeys, n_journeys - first)
+    rng = np.random.default_rng([seed, chunk])
+    df = simulate(params, size, rng, first_journey=first)
+    if posterior:
+        post = forward_filter(df, params)
+        for j, name in enumerate(params.intents):
+            df[f"bayes_p_{name}"] = post[:, j]
+    return df

@@ -1,7 +1,9 @@
 """`micromoment train`: sessions -> contract -> features -> LightGBM -> evaluate -> MLflow.
 
 `train(cfg)` is the recipe and touches neither MLflow nor Hydra; `main` is the Hydra entry point
-that logs what `train` returns and registers the model.
+that logs what `train` returns and registers the model. With `engine=dask` the recipe runs on a
+Dask cluster (`pipelines.dask_train`) and returns the same `TrainResult`, evaluated by the same
+`evaluate`, so logging and registering do not know where the model was trained.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import drift, modelling, plots
 from pipelines.config import hydra_main
-from pipelines.contract import LABEL, ContractResult, DatasetSpec, to_contract
+from pipelines.contract import LABEL, DatasetSpec, to_contract
 from pipelines.features import SessionFeaturizer
 from pipelines.io import read_sessions
 from pipelines.scorer import IntentModel
@@ -33,7 +35,7 @@ class TrainResult:
 
     metrics: dict[str, float]
     model: IntentModel
-    contract: ContractResult
+    rejects: pd.DataFrame  # rows that broke the contract: the user's columns, reason, source row
     fingerprint: str
     figures: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -72,13 +74,66 @@ def load_stores(path: str | None) -> list[list[float]] | None:
 
 
 def train(
-    cfg: Mapping, sessions: pd.DataFrame | None = None, callbacks: list | None = None
+    cfg: Mapping,
+    sessions: pd.DataFrame | None = None,
+    callbacks: list | None = None,
+    client=None,
 ) -> TrainResult:
     """Train and evaluate the intent model described by `cfg` (a plain dict of the train config).
 
     Reads `cfg["data"]["path"]` unless `sessions` (raw, the user's columns) is given. `callbacks`
     are extra LightGBM callbacks (hyperparameter search uses one to prune bad trials early).
+    With `cfg["engine"]["name"] == "dask"` it trains on the cluster behind `client` (or on the one
+    `cfg["engine"]` describes) with `lightgbm.dask`.
     """
+    if (cfg.get("engine") or {}).get("name", "local") == "dask":
+        if callbacks:
+            raise ValueError(
+                "engine=dask trains with lightgbm.dask, which takes no LightGBM callbacks "
+                "(hyperparameter search prunes with them): use engine=local"
+            )
+        from pipelines.dask_train import train_dask
+
+        return train_dask(cfg, sessions=sessions, client=client)
+    return _train_local(cfg, sessions, callbacks)
+
+
+def make_featurizer(spec: DatasetSpec, cfg: Mapping) -> SessionFeaturizer:
+    """The unfitted featurizer for the dataset and the `features` config."""
+    feat_cfg = cfg["features"]
+    return SessionFeaturizer(
+        page_types=list(spec.page_counts),
+        extra_numeric=list(spec.extra_numeric),
+        extra_categorical=list(spec.extra_categorical),
+        stores=load_stores(cfg["data"].get("stores_path")),
+        near_store_km=float(feat_cfg["near_store_km"]),
+        history=bool(feat_cfg["history"]),
+        min_category_count=int(feat_cfg["min_category_count"]),
+    )
+
+
+def check_splits(sizes: Mapping[str, int], source: str) -> None:
+    """Refuse a split side without rows."""
+    for side in modelling.SPLITS:
+        if not sizes.get(side):
+            raise ValueError(
+                f"{source}: the {side} split is empty; use more journeys or larger split sizes"
+            )
+
+
+def reference_posterior(cfg: Mapping, test_raw: pd.DataFrame, classes: list[str]):
+    """The generator's Bayes-optimal posterior of the test rows, when the data carries it."""
+    prefix = cfg["data"].get("reference_posterior_prefix")
+    ref_cols = [f"{prefix}{c}" for c in classes] if prefix else []
+    if ref_cols and all(c in test_raw.columns for c in ref_cols):
+        return test_raw[ref_cols].to_numpy(dtype=float)
+    return None
+
+
+def _train_local(
+    cfg: Mapping, sessions: pd.DataFrame | None, callbacks: list | None
+) -> TrainResult:
+    """The recipe in this process with pandas and `lightgbm.train` (early stopping on val)."""
     timings: dict[str, float] = {}
     data_cfg = cfg["data"]
     spec = DatasetSpec.from_config(data_cfg)
@@ -106,23 +161,10 @@ def train(
             by=cfg["split"]["by"],
             seed=seed,
         )
-        for side in modelling.SPLITS:
-            if not (split == side).any():
-                raise ValueError(
-                    f"{source}: the {side} split is empty; use more journeys or larger split sizes"
-                )
+        check_splits(split.value_counts().to_dict(), source)
 
     with _timed(timings, "features"):
-        feat_cfg = cfg["features"]
-        featurizer = SessionFeaturizer(
-            page_types=list(spec.page_counts),
-            extra_numeric=list(spec.extra_numeric),
-            extra_categorical=list(spec.extra_categorical),
-            stores=load_stores(data_cfg.get("stores_path")),
-            near_store_km=float(feat_cfg["near_store_km"]),
-            history=bool(feat_cfg["history"]),
-            min_category_count=int(feat_cfg["min_category_count"]),
-        )
+        featurizer = make_featurizer(spec, cfg)
         parts = {side: canon[split.to_numpy() == side] for side in modelling.SPLITS}
         featurizer.fit(parts["train"])
         X = {side: featurizer.transform(part) for side, part in parts.items()}
@@ -144,100 +186,123 @@ def train(
         )
     model = IntentModel(spec, featurizer, booster, threads=threads)
 
+    is_test = split.to_numpy() == "test"
+    test_raw = raw.iloc[contract.kept_rows[is_test]].reset_index(drop=True)
     with _timed(timings, "evaluate"):
-        metrics: dict[str, float] = {}
-        proba = {side: model.predict_features(X[side]) for side in ("val", "test")}
-        for key, value in modelling.classification_metrics(
-            y["test"], proba["test"], classes
-        ).items():
-            metrics[f"test/{key}"] = value
-        metrics["val/logloss"] = modelling.classification_metrics(y["val"], proba["val"], classes)[
-            "logloss"
-        ]
-        metrics["train/best_iteration"] = float(
-            booster.best_iteration or booster.current_iteration()
+        evaluation = evaluate(
+            cfg,
+            model,
+            X,
+            y,
+            test_ids=parts["test"]["session_id"].to_numpy(),
+            reference=reference_posterior(cfg, test_raw, classes),
+            timings=timings,
         )
-        figures = {
-            "confusion": (
-                modelling.normalised_confusion(y["test"], proba["test"], len(classes)),
-                classes,
-            ),
-            "reliability": (y["test"], proba["test"], classes),
-            "importance": (
-                featurizer.feature_names_,
-                booster.feature_importance(importance_type="gain"),
-            ),
-        }
-        test_frame = pd.DataFrame(
-            {"session_id": parts["test"]["session_id"].to_numpy(), "label": y["test"]}
-        )
-        for j, c in enumerate(classes):
-            test_frame[f"p_{c}"] = proba["test"][:, j]
-
-        if cfg.get("baselines", True):
-            maj = modelling.majority_proba(y["train"], len(y["test"]), len(classes))
-            for key in ("accuracy", "macro_f1", "logloss", "ece"):
-                metrics[f"test/majority/{key}"] = modelling.classification_metrics(
-                    y["test"], maj, classes
-                )[key]
-            with _timed(timings, "baseline_logreg"):
-                cap = int(cfg.get("logreg_max_rows", 200_000))
-                rng = np.random.default_rng(seed)
-                take = np.sort(
-                    rng.choice(len(y["train"]), size=min(cap, len(y["train"])), replace=False)
-                )
-                logreg = modelling.fit_logistic_baseline(
-                    X["train"].iloc[take], y["train"][take], featurizer.categorical_features_, seed
-                )
-                lr = modelling.logistic_proba(logreg, X["test"], featurizer.categorical_features_)
-            for key in ("accuracy", "macro_f1", "logloss", "ece"):
-                metrics[f"test/logreg/{key}"] = modelling.classification_metrics(
-                    y["test"], lr, classes
-                )[key]
-
-        # the generator's Bayes-optimal posterior, when the data carries it
-        prefix = data_cfg.get("reference_posterior_prefix")
-        ref_cols = [f"{prefix}{c}" for c in classes] if prefix else []
-        if ref_cols and all(c in raw.columns for c in ref_cols):
-            kept = contract.kept_rows
-            ref_all = raw[ref_cols].to_numpy(dtype=float)[kept]
-            ref = ref_all[split.to_numpy() == "test"]
-            bayes = modelling.classification_metrics(y["test"], ref, classes)
-            for key in ("accuracy", "macro_f1", "logloss", "ece"):
-                metrics[f"test/bayes/{key}"] = bayes[key]
-            metrics["test/ratio_to_bayes/accuracy"] = metrics["test/accuracy"] / bayes["accuracy"]
-            metrics["test/ratio_to_bayes/macro_f1"] = metrics["test/macro_f1"] / bayes["macro_f1"]
-            metrics["test/ratio_to_bayes/logloss"] = metrics["test/logloss"] / bayes["logloss"]
-            for j, c in enumerate(classes):
-                test_frame[f"bayes_p_{c}"] = ref[:, j]
-
-    counts = contract.counts
-    for key, value in counts.items():
+    metrics = evaluation.pop("metrics")
+    for key, value in contract.counts.items():
         metrics[f"data/{key}"] = float(value)
     for side in modelling.SPLITS:
         metrics[f"data/{side}_rows"] = float(len(y[side]))
-    kept_raw = raw.iloc[contract.kept_rows[:5]]
-    is_test = split.to_numpy() == "test"
-    predicted = pd.Series(np.asarray(classes, dtype=object)[proba["test"].argmax(axis=1)])
-    reference = {
-        "classes": classes,
-        "features": drift.profile(X["train"]),
-        "intent_mix": drift.intent_mix(predicted, classes),
-    }
     return TrainResult(
-        drift_reference=reference,
-        test_raw=raw.iloc[contract.kept_rows[is_test]].reset_index(drop=True),
+        **evaluation,
+        metrics=metrics,
+        test_raw=test_raw,
         test_labels=canon.loc[is_test, LABEL].reset_index(drop=True),
         test_fingerprint=modelling.data_fingerprint(canon[is_test]),
-        metrics=metrics,
         model=model,
-        contract=contract,
+        rejects=contract.rejects,
         fingerprint=fingerprint,
-        figures=figures,
         timings=timings,
-        input_example=kept_raw,
-        test_frame=test_frame,
+        input_example=raw.iloc[contract.kept_rows[:5]],
     )
+
+
+def evaluate(
+    cfg: Mapping,
+    model: IntentModel,
+    X: Mapping[str, pd.DataFrame],
+    y: Mapping[str, np.ndarray],
+    test_ids: np.ndarray,
+    reference: np.ndarray | None = None,
+    timings: dict | None = None,
+) -> dict:
+    """Metrics, figures, the test frame and the drift reference of a trained model.
+
+    `X` and `y` hold the "train", "val" and "test" features and class codes; the training rows
+    feed the baselines and the drift profile (a sample of them is enough). `reference` is the
+    Bayes-optimal posterior of the test rows, when known. Returns the `TrainResult` fields
+    `metrics`, `figures`, `test_frame` and `drift_reference`.
+    """
+    timings = {} if timings is None else timings
+    classes = list(model.classes)
+    booster = model.booster
+    seed = int(cfg["runtime"]["seed"])
+    metrics: dict[str, float] = {}
+    proba = {side: model.predict_features(X[side]) for side in ("val", "test")}
+    for key, value in modelling.classification_metrics(y["test"], proba["test"], classes).items():
+        metrics[f"test/{key}"] = value
+    metrics["val/logloss"] = modelling.classification_metrics(y["val"], proba["val"], classes)[
+        "logloss"
+    ]
+    metrics["train/best_iteration"] = float(booster.best_iteration or booster.current_iteration())
+    figures = {
+        "confusion": (
+            modelling.normalised_confusion(y["test"], proba["test"], len(classes)),
+            classes,
+        ),
+        "reliability": (y["test"], proba["test"], classes),
+        "importance": (
+            model.featurizer.feature_names_,
+            booster.feature_importance(importance_type="gain"),
+        ),
+    }
+    test_frame = pd.DataFrame({"session_id": test_ids, "label": y["test"]})
+    for j, c in enumerate(classes):
+        test_frame[f"p_{c}"] = proba["test"][:, j]
+
+    if cfg.get("baselines", True):
+        categorical = model.featurizer.categorical_features_
+        maj = modelling.majority_proba(y["train"], len(y["test"]), len(classes))
+        for key in ("accuracy", "macro_f1", "logloss", "ece"):
+            metrics[f"test/majority/{key}"] = modelling.classification_metrics(
+                y["test"], maj, classes
+            )[key]
+        with _timed(timings, "baseline_logreg"):
+            cap = int(cfg.get("logreg_max_rows", 200_000))
+            rng = np.random.default_rng(seed)
+            take = np.sort(
+                rng.choice(len(y["train"]), size=min(cap, len(y["train"])), replace=False)
+            )
+            logreg = modelling.fit_logistic_baseline(
+                X["train"].iloc[take], y["train"][take], categorical, seed
+            )
+            lr = modelling.logistic_proba(logreg, X["test"], categorical)
+        for key in ("accuracy", "macro_f1", "logloss", "ece"):
+            metrics[f"test/logreg/{key}"] = modelling.classification_metrics(
+                y["test"], lr, classes
+            )[key]
+
+    if reference is not None:
+        bayes = modelling.classification_metrics(y["test"], reference, classes)
+        for key in ("accuracy", "macro_f1", "logloss", "ece"):
+            metrics[f"test/bayes/{key}"] = bayes[key]
+        metrics["test/ratio_to_bayes/accuracy"] = metrics["test/accuracy"] / bayes["accuracy"]
+        metrics["test/ratio_to_bayes/macro_f1"] = metrics["test/macro_f1"] / bayes["macro_f1"]
+        metrics["test/ratio_to_bayes/logloss"] = metrics["test/logloss"] / bayes["logloss"]
+        for j, c in enumerate(classes):
+            test_frame[f"bayes_p_{c}"] = reference[:, j]
+
+    predicted = pd.Series(np.asarray(classes, dtype=object)[proba["test"].argmax(axis=1)])
+    return {
+        "metrics": metrics,
+        "figures": figures,
+        "test_frame": test_frame,
+        "drift_reference": {
+            "classes": classes,
+            "features": drift.profile(X["train"]),
+            "intent_mix": drift.intent_mix(predicted, classes),
+        },
+    }
 
 
 def render_figures(result: TrainResult) -> dict:
@@ -295,11 +360,11 @@ def log_and_register(
         tracking.write_json_artifact(result.drift_reference, "drift_reference.json")
         if tags:
             mlflow.set_tags(dict(tags))
-        if len(result.contract.rejects):
+        if len(result.rejects):
             target = Path(output_dir or ".") / "rejects.parquet"
-            write_rejects(result.contract.rejects, target)
+            write_rejects(result.rejects, target)
             mlflow.log_artifact(str(target), "rejects")
-            log.warning("%d rows rejected; reasons in %s", len(result.contract.rejects), target)
+            log.warning("%d rows rejected; reasons in %s", len(result.rejects), target)
         info = tracking.log_intent_model(
             result.model,
             result.input_example,
