@@ -351,6 +351,7 @@ def to_contract(
     source: str = "<frame>",
     with_label: bool = True,
     all_columns: bool = True,
+    row_numbers: np.ndarray | None = None,
 ) -> ContractResult:
     """Map `raw` onto the session contract; raise `ContractError` if it cannot be read at all.
 
@@ -358,6 +359,8 @@ def to_contract(
     a duplicate session id, an unreadable timestamp, ...) go to `rejects` with the reason.
     `source` names the file in messages. With `all_columns=False` (scoring), configured columns
     that are absent are treated as unavailable; only the session id (and label) must be there.
+    A table without a session id column gets `row-<n>` ids from its row numbers: `row_numbers`
+    when `raw` is a piece of a larger input (a bucket, a partition), else its own positions.
     """
     if not all_columns:
         present = set(raw.columns)
@@ -403,7 +406,7 @@ def to_contract(
         out["session_id"] = _as_text(raw[roles["session_id"]])
     else:
         # no id column: the row number in the source is the id
-        out["session_id"] = pd.Series([f"row-{i}" for i in range(len(raw))], dtype=object)
+        out["session_id"] = pd.Series(row_ids(len(raw), row_numbers), dtype=object)
     for role, col in list(roles.items()) + list(spec.page_roles.items()):
         if role == "session_id":
             continue
@@ -454,3 +457,10 @@ def to_contract(
         keep[list(reasons)] = False
         df = df[keep].reset_index(drop=True)
     return ContractResult(df, raw, reasons)
+
+
+def row_ids(n: int, row_numbers: np.ndarray | None = None) -> list[str]:
+    """`row-<n>` ids for a table without a session id column, from its rows' numbers in the whole
+    input (their positions when not given)."""
+    numbers = range(n) if row_numbers is None else row_numbers
+    return [f"row-{int(i)}" for i in numbers]

@@ -123,7 +123,7 @@ def _score_partition(
     journey_col, started_col = spec.columns.get("journey_id"), spec.columns.get("started_at")
     frame = frame.reset_index(drop=True)
     rows = frame.pop(ROW).to_numpy()
-    out = model.predict(frame, source=source)
+    out = model.predict(frame, source=source, row_numbers=rows)
     bad = out[REJECT_REASON].notna().to_numpy()
     scored = out[~bad].drop(columns=[REJECT_REASON]).reset_index(drop=True)
     scored.insert(
@@ -191,12 +191,53 @@ def read_numbered(path: str | Path):
 
     files = [str(f) for f in _files(Path(path))]
     if all(f.endswith(".csv") for f in files):
-        ddf = dd.read_csv(files, blocksize="64MB", dtype="object")
+        ddf = dd.read_csv(files, blocksize="64MB", dtype=csv_dtypes(files))
     elif any(f.endswith(".csv") for f in files):
         raise ValueError(f"{path}: mixes .csv and .parquet files; keep one format per dataset")
     else:
         ddf = dd.read_parquet(files)
     return with_row_numbers(ddf)
+
+
+def csv_dtypes(files: list[str], chunk_rows: int = 1_000_000) -> dict[str, str]:
+    """The type pandas gives each column when it reads the CSV files whole, found in one
+    streaming pass. Dask infers types from the first block alone, and a later block that differs
+    (a missing value in a column of integers, text in a mostly numeric one) would fail the read;
+    every column as text would refuse numbers at the session contract."""
+    kinds: dict[str, set[str]] = {}
+    for f in files:
+        for chunk in pd.read_csv(f, chunksize=chunk_rows):
+            for col in chunk.columns:
+                kinds.setdefault(col, set()).update(_csv_kinds(chunk[col]))
+    return {col: _csv_dtype(found) for col, found in kinds.items()}
+
+
+def _csv_kinds(values: pd.Series) -> set[str]:
+    """What a chunk's column holds: its values' kind, and "missing" when some are missing."""
+    found = {"missing"} if values.isna().any() else set()
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind == "empty":
+        return found
+    if kind == "boolean":
+        return found | {"bool"}
+    if kind == "integer":
+        return found | {"int"}
+    if kind in ("floating", "mixed-integer-float"):
+        return found | {"float"}
+    return found | {"text"}
+
+
+def _csv_dtype(kinds: set[str]) -> str:
+    """The type of a column whose chunks held `kinds`."""
+    values = kinds - {"missing"}
+    if "text" in values:
+        return "str"
+    if "bool" in values:
+        # true/false with missing values or numbers: pandas keeps the values as objects
+        return "bool" if kinds == {"bool"} else "object"
+    if values == {"int"} and "missing" not in kinds:
+        return "int64"
+    return "float64"
 
 
 def journeys_whole(ddf, journey_col: str | None, partitions: int):

@@ -274,7 +274,7 @@ def _contract_partition(frame: pd.DataFrame, spec: DatasetSpec, source: str) -> 
     and rejected rows (the user's columns, the reason, the input row number)."""
     frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
     rows = frame.pop(ROW).to_numpy()
-    result = to_contract(frame, spec, source=source, with_label=True)
+    result = to_contract(frame, spec, source=source, with_label=True, row_numbers=rows)
     canon = result.sessions.assign(**{ROW: rows[result.kept_rows]})
     rejects = result.rejects
     rejects[SOURCE_ROW] = rows[rejects[SOURCE_ROW].to_numpy(dtype=np.int64)]

@@ -38,12 +38,15 @@ from pipelines.scorer import IntentModel
 log = logging.getLogger(__name__)
 
 
+_CSV_READ = pacsv.ReadOptions(block_size=1 << 22)
+
+
 def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of at most `batch_rows` rows from parquet files or CSV files."""
     files = _files(Path(path))
     for f in files:
         if f.suffix == ".csv":
-            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22))
+            reader = pacsv.open_csv(f, read_options=_CSV_READ)
             for batch in reader:
                 for start in range(0, batch.num_rows, batch_rows):
                     yield batch.slice(start, batch_rows)
@@ -51,12 +54,16 @@ def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
 
 
-def count_rows(path: str | Path) -> int | None:
-    """Row count from parquet metadata (None for CSV, which would need a full read)."""
+def count_rows(path: str | Path) -> int:
+    """Row count: from parquet metadata, or for CSV by streaming through the files once (the
+    bucket count follows from it, and with it the memory of scoring)."""
     files = _files(Path(path))
-    if any(f.suffix == ".csv" for f in files):
-        return None
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(
+        sum(b.num_rows for b in pacsv.open_csv(f, read_options=_CSV_READ))
+        if f.suffix == ".csv"
+        else pq.ParquetFile(f).metadata.num_rows
+        for f in files
+    )
 
 
 def _bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
@@ -170,7 +177,7 @@ def score_file(
         for i, bf in enumerate(bucket_files):
             frame = pd.read_parquet(bf)
             rows = frame.pop("__row").to_numpy()
-            out = model.predict(frame, source=str(input_path))
+            out = model.predict(frame, source=str(input_path), row_numbers=rows)
             bad = out[REJECT_REASON].notna().to_numpy()
             scored = out[~bad].drop(columns=[REJECT_REASON]).copy()
             scored.insert(

@@ -13,7 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from pipelines.contract import REJECT_REASON, DatasetSpec, to_contract
+from pipelines.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
 from pipelines.features import SessionFeaturizer
 from pipelines.modelling import booster_proba
 
@@ -53,19 +53,32 @@ class IntentModel:
         return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
 
     def predict(
-        self, raw: pd.DataFrame, source: str = "<input>", extra: dict | None = None
+        self,
+        raw: pd.DataFrame,
+        source: str = "<input>",
+        extra: dict | None = None,
+        row_numbers: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """One output row per input row, in the input order.
 
         Rows that break the contract get no probabilities and say why in `reject_reason`.
         Extra columns are ignored; optional roles may be absent. `extra` adds constant columns
-        (the model's name and version) after the predictions.
+        (the model's name and version) after the predictions. `row_numbers` are the rows'
+        numbers in the whole input when `raw` is a piece of it: a table without a session id
+        column gets `row-<n>` ids from them.
         """
-        result = to_contract(raw, self.spec, source=source, with_label=False, all_columns=False)
+        result = to_contract(
+            raw,
+            self.spec,
+            source=source,
+            with_label=False,
+            all_columns=False,
+            row_numbers=row_numbers,
+        )
         kept = result.sessions
         n = len(raw)
         id_col = self.spec.columns.get("session_id")
-        ids = raw[id_col].to_numpy(dtype=object) if id_col else [f"row-{i}" for i in range(n)]
+        ids = raw[id_col].to_numpy(dtype=object) if id_col else row_ids(n, row_numbers)
         k = len(self.classes)
         proba = np.full((n, k), np.nan)
         if len(kept):

@@ -19,11 +19,12 @@ from omegaconf import OmegaConf
 from pipelines import modelling
 from pipelines.config import CONF_DIR
 from pipelines.contract import LABEL, DatasetSpec, to_contract
-from pipelines.dask_engine import ClusterError, cluster, generate_dask, score_dask
+from pipelines.dask_engine import ClusterError, cluster, csv_dtypes, generate_dask, score_dask
 from pipelines.generate import generate, run_generate
 from pipelines.score import load_scorer, score_file
 from pipelines.train import run_train, train
 from tests.conftest import compose_config
+from tests.fixtures import web_analytics_export
 
 PROBS = ["p_know", "p_go", "p_do", "p_buy"]
 
@@ -350,3 +351,61 @@ def test_the_round_count_rule(small_sessions):
     assert fixed == (17, None)
     rounds, best = num_boost_round({"rounds_factor": 1.5}, model_cfg, params, featurizer, X, y)
     assert 1 <= best < 300 and rounds == round(best * 1.5)
+
+
+@pytest.mark.slow
+def test_dask_reads_a_csv_export_without_ids_as_local_training_does(client, tmp_path):
+    """A CSV on Dask keeps the types pandas gives it (numbers stay numbers), and rows without an
+    id are named by their input row, not by their place in a partition: the same rows, ids and
+    fingerprint as local training."""
+    export = web_analytics_export(2400, seed=5)
+    export["PageValues"] = export["PageValues"].astype(float)
+    export.loc[2000:, "ExitRates"] = np.nan  # a column whose later rows are all missing
+    path = tmp_path / "shop.csv"
+    export.to_csv(path, index=False)
+    overrides = [
+        "data=web_analytics",
+        f"data.path={path}",
+        f"output_dir={tmp_path}",
+        "runtime.threads=1",
+        "baselines=false",
+        "model.num_boost_round=60",
+    ]
+    local = train(compose_config("train", overrides))
+    on_dask = train(compose_config("train", [*overrides, "engine=dask"]), client=client)
+    assert on_dask.fingerprint == local.fingerprint
+    for key in ("data/rows_kept", "data/rows_rejected", "data/train_rows", "data/test_rows"):
+        assert on_dask.metrics[key] == local.metrics[key], key
+    assert sorted(on_dask.test_frame["session_id"]) == sorted(local.test_frame["session_id"])
+    assert abs(on_dask.metrics["test/accuracy"] - local.metrics["test/accuracy"]) <= 0.03
+
+
+def test_csv_column_types_are_those_of_the_whole_file(tmp_path):
+    """Types are found over every chunk, as pandas reading the whole file finds them, not from
+    the first block as Dask would: a later chunk with a missing value or text changes them."""
+    n = 30
+    frame = pd.DataFrame(
+        {
+            "counts": np.arange(n),
+            "counts_later_missing": [*range(n - 1), None],
+            "codes_later_text": [*map(str, range(n - 1)), "unknown"],
+            "flags": [True, False] * (n // 2),
+            "flags_later_missing": [*([True, False] * (n // 2 - 1)), True, None],
+            "empty": [None] * n,
+            "ratio": np.linspace(0, 1, n),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    dtypes = csv_dtypes([str(tmp_path / "t.csv")], chunk_rows=10)
+    assert dtypes == {
+        "counts": "int64",
+        "counts_later_missing": "float64",
+        "codes_later_text": "str",
+        "flags": "bool",
+        "flags_later_missing": "object",
+        "empty": "float64",
+        "ratio": "float64",
+    }
+    whole = pd.read_csv(tmp_path / "t.csv")
+    for col, dtype in dtypes.items():
+        assert whole[col].dtype == pd.Series([], dtype=dtype).dtype, col

@@ -170,3 +170,39 @@ def test_killed_scoring_run_leaves_nothing_half_written(
 def test_chunk_rows_must_be_positive(champion, tmp_path):
     with pytest.raises(ValueError, match="chunk_rows must be a positive number, got 0"):
         score_file(champion[0], tmp_path / "x.parquet", tmp_path / "out", chunk_rows=0)
+
+
+def test_a_table_without_session_ids_is_scored_in_buckets_with_ids_from_its_row_numbers(tmp_path):
+    """Rows of an export with no id column are named by their row in the whole input, however the
+    scorer buckets them: ids stay unique and mean the same as a single call's."""
+    from pipelines.train import train
+    from tests.conftest import compose_config
+    from tests.fixtures import web_analytics_export
+
+    export = web_analytics_export(900, seed=4)
+    export.to_csv(tmp_path / "shop.csv", index=False)
+    cfg = compose_config(
+        "train",
+        [
+            "data=web_analytics",
+            f"data.path={tmp_path / 'shop.csv'}",
+            f"output_dir={tmp_path}",
+            "runtime.threads=1",
+            "baselines=false",
+            "model.num_boost_round=30",
+        ],
+    )
+    model = train(cfg).model
+    sessions = export.drop(columns=["Revenue"])
+    sessions.to_csv(tmp_path / "today.csv", index=False)
+    summary = score_file(model, tmp_path / "today.csv", tmp_path / "out", chunk_rows=100)
+    assert summary["buckets"] > 1
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert len(predictions) == len(sessions)
+    assert (predictions["session_id"] == "row-" + predictions["input_row"].astype(str)).all()
+    at_once = model.predict(sessions)
+    expected = at_once.set_index("session_id")["p_purchase"]
+    got = predictions.set_index("session_id")["p_purchase"]
+    np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy())
+    journeys = pd.read_parquet(tmp_path / "out" / "journeys.parquet")
+    assert journeys["journey_id"].is_unique and len(journeys) == len(sessions)
