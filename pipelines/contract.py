@@ -157,7 +157,7 @@ def _as_timestamp(series: pd.Series, source: str, col: str, role: str) -> pd.Ser
     )
 
 
-def _as_text(series: pd.Series) -> pd.Series:
+def as_text(series: pd.Series) -> pd.Series:
     """Category values as text in an object column, None when missing; numbers such as browser
     codes become their digits (a float column of whole numbers too: 3.0 -> '3').
 
@@ -352,6 +352,7 @@ def to_contract(
     with_label: bool = True,
     all_columns: bool = True,
     row_numbers: np.ndarray | None = None,
+    repeated_elsewhere: np.ndarray | None = None,
 ) -> ContractResult:
     """Map `raw` onto the session contract; raise `ContractError` if it cannot be read at all.
 
@@ -361,6 +362,8 @@ def to_contract(
     that are absent are treated as unavailable; only the session id (and label) must be there.
     A table without a session id column gets `row-<n>` ids from its row numbers: `row_numbers`
     when `raw` is a piece of a larger input (a bucket, a partition), else its own positions.
+    `repeated_elsewhere` marks (True) the rows whose session id first appeared elsewhere in that
+    larger input: they are rejected as duplicates, as a repeat within `raw` is.
     """
     if not all_columns:
         present = set(raw.columns)
@@ -403,7 +406,7 @@ def to_contract(
     bad_rows: dict[int, list[str]] = {}
 
     if "session_id" in roles:
-        out["session_id"] = _as_text(raw[roles["session_id"]])
+        out["session_id"] = as_text(raw[roles["session_id"]])
     else:
         # no id column: the row number in the source is the id
         out["session_id"] = pd.Series(row_ids(len(raw), row_numbers), dtype=object)
@@ -413,7 +416,7 @@ def to_contract(
         kind = _kind_of(role)
         series = raw[col]
         if kind in ("id", "categorical"):
-            out[role] = _as_text(series)
+            out[role] = as_text(series)
         elif kind == "numeric":
             out[role] = _as_numeric(series, source, col, role)
         elif kind == "bool":
@@ -429,9 +432,9 @@ def to_contract(
     for col in spec.extra_numeric:
         out[col] = _as_numeric(raw[col], source, col, "extra numeric")
     for col in spec.extra_categorical:
-        out[col] = _as_text(raw[col])
+        out[col] = as_text(raw[col])
     if with_label:
-        label = _as_text(raw[spec.label_column])
+        label = as_text(raw[spec.label_column])
         if spec.label_mapping:
             label = label.map(lambda v: spec.label_mapping.get(v, v) if v is not None else None)
         out[LABEL] = label.astype(object)
@@ -442,6 +445,14 @@ def to_contract(
         if len(df) <= ARRAY_CHECK_MAX_ROWS
         else _schema_failures(df, spec, with_label, source)
     )
+    if repeated_elsewhere is not None:
+        ids = out["session_id"].to_numpy(dtype=object)
+        repeats = [
+            (int(i), f"session_id duplicate value (got {ids[i]!r})")
+            for i in np.flatnonzero(repeated_elsewhere)
+            if ids[i] is not None
+        ]
+        failures = repeats + list(failures)  # session id reasons come first, as pandera's do
     for i, reason in failures:
         bad_rows.setdefault(i, []).append(reason)
     if with_label:

@@ -10,8 +10,9 @@ What runs where:
    shuffled by journey id (as for scoring on Dask), so a journey sits whole in one partition: the
    split and the history features never straddle two partitions.
 2. **Cluster**: the session contract (`to_contract`) runs per partition. Rejected rows keep their
-   row number in the input; a session id kept in two partitions is rejected as local training
-   rejects it within one frame: every occurrence after the first in input order.
+   row number in the input. Session ids found in more than one partition are counted over the
+   whole input first, so every occurrence after the first in input order is rejected as a
+   duplicate with local training's reasons, whatever else is wrong with either row.
 3. **Cluster**: the split. `split.by=journey` assigns journeys by the seeded hash of their id, per
    partition, exactly as locally; `split.by=time` gathers one row per journey (its first start),
    ranks them on the client as local training does and sends the sides back.
@@ -50,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import modelling
-from pipelines.contract import LABEL, REJECT_REASON, SOURCE_ROW, DatasetSpec, to_contract
+from pipelines.contract import LABEL, SOURCE_ROW, DatasetSpec, as_text, to_contract
 from pipelines.dask_engine import (
     ROW,
     cluster,
@@ -189,10 +190,10 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
 def _contract_and_split(client, raw, spec: DatasetSpec, source: str, split_cfg: Mapping, seed: int):
     """The session contract and the split, per partition of `raw` (futures): returns the
     canonical kept rows with their side (futures, one per partition) and the rejected rows."""
-    contracted = client.map(_contract_partition, raw, spec=spec, source=source)
-    repeated = _repeated_ids(client, contracted)
-    if repeated:
-        contracted = client.map(_reject_repeated, raw, contracted, repeated=repeated)
+    repeated = _repeated_ids(client, raw, spec.columns.get("session_id"))
+    # one copy on each worker (a dict is scattered whole inside a list, not value by value)
+    shared = client.scatter([repeated], broadcast=True)[0] if repeated else None
+    contracted = client.map(_contract_partition, raw, spec=spec, source=source, repeated=shared)
     canon = client.map(_item, contracted, name="canon")
     sides = None
     if split_cfg["by"] == "time":
@@ -269,34 +270,30 @@ def _fit_on_cluster(client, canon, stats, featurizer, classes, meta_frame, param
 # -- per-partition tasks -----------------------------------------------------------------------
 
 
-def _contract_partition(frame: pd.DataFrame, spec: DatasetSpec, source: str) -> dict:
+def _contract_partition(
+    frame: pd.DataFrame, spec: DatasetSpec, source: str, repeated: Mapping[str, int] | None
+) -> dict:
     """The session contract on one partition: canonical kept rows (with their input row number)
-    and rejected rows (the user's columns, the reason, the input row number)."""
+    and rejected rows (the user's columns, the reason, the input row number). `repeated` maps
+    session ids found in several partitions to the input row of their first occurrence."""
     frame = frame.sort_values(ROW, kind="stable").reset_index(drop=True)
     rows = frame.pop(ROW).to_numpy()
-    result = to_contract(frame, spec, source=source, with_label=True, row_numbers=rows)
+    later = None
+    if repeated:
+        first = as_text(frame[spec.columns["session_id"]]).map(repeated)
+        later = (first.notna() & (first != rows)).to_numpy()
+    result = to_contract(
+        frame,
+        spec,
+        source=source,
+        with_label=True,
+        row_numbers=rows,
+        repeated_elsewhere=later,
+    )
     canon = result.sessions.assign(**{ROW: rows[result.kept_rows]})
     rejects = result.rejects
     rejects[SOURCE_ROW] = rows[rejects[SOURCE_ROW].to_numpy(dtype=np.int64)]
     return {"canon": canon, "rejects": rejects}
-
-
-def _reject_repeated(frame: pd.DataFrame, contracted: dict, repeated: Mapping[str, int]) -> dict:
-    """Move kept rows whose session id was first kept at another input row to the rejects."""
-    canon, rejects = contracted["canon"], contracted["rejects"]
-    first = canon["session_id"].map(repeated)
-    later = (first.notna() & (first != canon[ROW])).to_numpy()
-    if not later.any():
-        return contracted
-    raw = frame.set_index(ROW).loc[canon.loc[later, ROW]].reset_index(drop=True)
-    raw[REJECT_REASON] = [
-        f"session_id duplicate value (got {sid!r})" for sid in canon.loc[later, "session_id"]
-    ]
-    raw[SOURCE_ROW] = canon.loc[later, ROW].to_numpy()
-    return {
-        "canon": canon[~later].reset_index(drop=True),
-        "rejects": pd.concat([rejects, raw], ignore_index=True).sort_values(SOURCE_ROW),
-    }
 
 
 def _item(result: dict, name: str):
@@ -406,12 +403,17 @@ def _codes(labels: pd.Series, classes: list[str]) -> np.ndarray:
     return pd.Categorical(labels, categories=classes).codes.astype(np.int32)
 
 
-def _repeated_ids(client, contracted) -> dict[str, int]:
-    """Session ids kept in more than one partition -> the input row of their first occurrence."""
+def _repeated_ids(client, raw, id_col: str | None) -> dict[str, int]:
+    """Session ids found in more than one partition -> the input row of their first occurrence
+    (every row counts, as in local training, whatever else is wrong with it)."""
     import dask.dataframe as dd
 
+    if not id_col:
+        return {}  # ids are row numbers: unique
     ids = dd.from_delayed(
-        client.map(_kept_ids, contracted), meta=_kept_ids(None), verify_meta=False
+        client.map(_partition_ids, raw, id_col=id_col),
+        meta=_partition_ids(None, id_col),
+        verify_meta=False,
     )
     counts = ids["session_id"].value_counts(split_out=max(1, ids.npartitions))
     repeated = counts[counts > 1].index.compute()
@@ -421,10 +423,15 @@ def _repeated_ids(client, contracted) -> dict[str, int]:
     return rows.groupby("session_id")[ROW].min().to_dict()
 
 
-def _kept_ids(contracted: dict | None) -> pd.DataFrame:
-    if contracted is None:
+def _partition_ids(frame: pd.DataFrame | None, id_col: str) -> pd.DataFrame:
+    """The canonical session ids of a partition (missing ones left out) and their input rows."""
+    if frame is None:
         return pd.DataFrame({"session_id": pd.Series(dtype=object), ROW: np.array([], np.int64)})
-    return contracted["canon"][["session_id", ROW]]
+    ids = as_text(frame[id_col])
+    present = ids.notna().to_numpy()
+    return pd.DataFrame(
+        {"session_id": ids[present].to_numpy(), ROW: frame[ROW].to_numpy()[present]}
+    )
 
 
 def _check_training_classes(stats: pd.DataFrame, classes: list[str], source: str) -> None:

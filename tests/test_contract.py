@@ -15,8 +15,8 @@ from pipelines.contract import (
     ContractError,
     DatasetSpec,
     _array_failures,
-    _as_text,
     _schema_failures,
+    as_text,
     to_contract,
 )
 from tests.conftest import compose_config
@@ -205,14 +205,14 @@ def test_array_checks_quarantine_what_the_pandera_schema_does(rows, with_label):
     # the canonical frame as `to_contract` builds it: text with None for missing, floats
     df = pd.DataFrame(
         {
-            "session_id": _as_text(frame["session_id"]),
+            "session_id": as_text(frame["session_id"]),
             **{
                 c: frame[c].astype(float) for c in frame.columns if c not in ("session_id", "label")
             },
         }
     )
     if with_label:
-        df["label"] = _as_text(frame["label"])
+        df["label"] = as_text(frame["label"])
     columns = {c: df[c] for c in df.columns}
     by_arrays = sorted(_array_failures(columns, spec, with_label))
     by_pandera = sorted(_schema_failures(df, spec, with_label, source="x"))
@@ -259,6 +259,6 @@ def test_category_text_matches_pandas_string_conversion(series):
     if pd.api.types.is_float_dtype(series) and (series.dropna() % 1 == 0).all():
         expected = series.astype("Int64").astype("string")
     expected = expected.astype(object).where(expected.notna(), None)
-    got = _as_text(series)
+    got = as_text(series)
     assert got.dtype == object
     assert got.tolist() == expected.tolist()

@@ -298,16 +298,29 @@ def test_dask_training_quarantines_the_rows_local_training_rejects(client, gener
     # session ids repeated in other journeys: all but the first occurrence are duplicates
     for a, b in zip(first_of_journey[10:16], first_of_journey[400:406], strict=True):
         sessions.loc[b, "session_id"] = sessions.loc[a, "session_id"]
+    # a first occurrence rejected for another reason still makes its repeat a duplicate, and a
+    # duplicate that breaks another rule too gives both reasons, in local training's order
+    first, repeat = first_of_journey[20], first_of_journey[420]
+    sessions.loc[first, "dwell_time_s"] = -2.0
+    sessions.loc[repeat, "session_id"] = sessions.loc[first, "session_id"]
+    both = first_of_journey[430]
+    sessions.loc[both, ["session_id", "latitude"]] = [
+        sessions.loc[first_of_journey[30], "session_id"],
+        95.0,
+    ]
     overrides = [*_train_overrides(generated["local"], tmp_path), "baselines=false"]
     local = train(compose_config("train", overrides), sessions=sessions)
     dask = train(
         compose_config("train", [*overrides, "engine=dask"]), sessions=sessions, client=client
     )
-    assert len(local.rejects) == 8
+    assert len(local.rejects) == 11
+    reasons = dict(zip(local.rejects["source_row"], local.rejects["reject_reason"], strict=True))
+    assert reasons[repeat].startswith("session_id duplicate value")
+    assert reasons[both].startswith("session_id duplicate value") and "latitude" in reasons[both]
     for col in ("source_row", "reject_reason", "session_id"):
         assert dask.rejects[col].tolist() == local.rejects[col].tolist(), col
     assert dask.fingerprint == local.fingerprint
-    assert dask.metrics["data/rows_rejected"] == 8 and dask.metrics["data/rows_in"] == 3000
+    assert dask.metrics["data/rows_rejected"] == 11 and dask.metrics["data/rows_in"] == 3000
 
 
 def test_training_on_an_unreachable_scheduler_is_a_clear_error(train_config):
