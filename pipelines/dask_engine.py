@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contract import REJECT_REASON, SOURCE_ROW
-from pipelines.io import _files, atomic_path
+from pipelines.io import _files, atomic_path, write_parquet
 
 ROW = "__row"
 
@@ -354,10 +354,7 @@ def _generate_part(
 
     params = GeneratorParams.from_config(params_cfg)
     df = generate_chunk(params, n_journeys, chunk_journeys, seed, chunk, posterior)
-    target = Path(folder) / part_name(chunk)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, target)
+    write_parquet(df, Path(folder) / part_name(chunk))
     return len(df)
 
 

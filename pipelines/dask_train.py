@@ -28,7 +28,7 @@ What runs where:
    training fits. Beyond that, only levels too rare to reach the minimum count in the sample are
    lost, and they are scored like any rare level (unknown), as the model could barely learn them.
 6. **Client**: the number of boosting rounds, since `lightgbm.dask` has no early stopping:
-   `engine.num_boost_round` when set, else a local early-stopped run (`modelling.fit_lightgbm`,
+   `engine.num_boost_round` when set, else a local early-stopped run (`train.fit_early_stopped`,
    capped at `model.num_boost_round`, patience `model.early_stopping_rounds`) on the training
    sample against the validation rows, whose best iteration times `engine.rounds_factor` is the
    round count. When the sample is every training row this is the local model's iteration count.
@@ -66,8 +66,8 @@ from pipelines.train import (
     _timed,
     check_splits,
     evaluate,
+    fit_early_stopped,
     make_featurizer,
-    reference_posterior,
 )
 
 SPLIT = "__split"
@@ -150,16 +150,7 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
         )
     model = IntentModel(spec, featurizer, booster, threads=threads)
 
-    with _timed(timings, "evaluate"):
-        evaluation = evaluate(
-            cfg,
-            model,
-            X,
-            y,
-            test_ids=parts["test"]["session_id"].to_numpy(),
-            reference=reference_posterior(cfg, test_raw, classes),
-            timings=timings,
-        )
+    evaluation = evaluate(cfg, model, X, y, parts["test"]["session_id"], test_raw, timings)
     metrics = evaluation.pop("metrics")
     metrics.update(
         {
@@ -227,16 +218,7 @@ def num_boost_round(
     fixed = engine.get("num_boost_round")
     if fixed:
         return int(fixed), None
-    booster = modelling.fit_lightgbm(
-        X["train"],
-        y["train"],
-        X["val"],
-        y["val"],
-        params,
-        featurizer.categorical_features_,
-        num_boost_round=int(model_cfg["num_boost_round"]),
-        early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
-    )
+    booster = fit_early_stopped(model_cfg, params, featurizer, X, y)
     best = int(booster.best_iteration or booster.current_iteration())
     return max(1, round(best * float(engine.get("rounds_factor") or 1.0))), best
 

@@ -121,7 +121,7 @@ def check_splits(sizes: Mapping[str, int], source: str) -> None:
             )
 
 
-def reference_posterior(cfg: Mapping, test_raw: pd.DataFrame, classes: list[str]):
+def _reference_posterior(cfg: Mapping, test_raw: pd.DataFrame, classes: list[str]):
     """The generator's Bayes-optimal posterior of the test rows, when the data carries it."""
     prefix = cfg["data"].get("reference_posterior_prefix")
     ref_cols = [f"{prefix}{c}" for c in classes] if prefix else []
@@ -173,31 +173,12 @@ def _train_local(
     with _timed(timings, "train"):
         model_cfg = cfg["model"]
         params = modelling.lgb_params(model_cfg, len(classes), threads, seed)
-        booster = modelling.fit_lightgbm(
-            X["train"],
-            y["train"],
-            X["val"],
-            y["val"],
-            params,
-            featurizer.categorical_features_,
-            num_boost_round=int(model_cfg["num_boost_round"]),
-            early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
-            callbacks=callbacks,
-        )
+        booster = fit_early_stopped(model_cfg, params, featurizer, X, y, callbacks)
     model = IntentModel(spec, featurizer, booster, threads=threads)
 
     is_test = split.to_numpy() == "test"
     test_raw = raw.iloc[contract.kept_rows[is_test]].reset_index(drop=True)
-    with _timed(timings, "evaluate"):
-        evaluation = evaluate(
-            cfg,
-            model,
-            X,
-            y,
-            test_ids=parts["test"]["session_id"].to_numpy(),
-            reference=reference_posterior(cfg, test_raw, classes),
-            timings=timings,
-        )
+    evaluation = evaluate(cfg, model, X, y, parts["test"]["session_id"], test_raw, timings)
     metrics = evaluation.pop("metrics")
     for key, value in contract.counts.items():
         metrics[f"data/{key}"] = float(value)
@@ -217,23 +198,52 @@ def _train_local(
     )
 
 
+def fit_early_stopped(
+    model_cfg: Mapping,
+    params: Mapping,
+    featurizer: SessionFeaturizer,
+    X: Mapping[str, pd.DataFrame],
+    y: Mapping[str, np.ndarray],
+    callbacks: list | None = None,
+):
+    """LightGBM on the "train" features, stopped early on the "val" ones (`model` config: round
+    cap and patience): the model of local training, the round search of Dask training."""
+    return modelling.fit_lightgbm(
+        X["train"],
+        y["train"],
+        X["val"],
+        y["val"],
+        params,
+        featurizer.categorical_features_,
+        num_boost_round=int(model_cfg["num_boost_round"]),
+        early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
+        callbacks=callbacks,
+    )
+
+
 def evaluate(
     cfg: Mapping,
     model: IntentModel,
     X: Mapping[str, pd.DataFrame],
     y: Mapping[str, np.ndarray],
-    test_ids: np.ndarray,
-    reference: np.ndarray | None = None,
-    timings: dict | None = None,
+    test_ids: pd.Series,
+    test_raw: pd.DataFrame,
+    timings: dict,
 ) -> dict:
-    """Metrics, figures, the test frame and the drift reference of a trained model.
+    """Metrics, figures, the test frame and the drift reference of a trained model, timed as
+    the "evaluate" stage of `timings`.
 
     `X` and `y` hold the "train", "val" and "test" features and class codes; the training rows
-    feed the baselines and the drift profile (a sample of them is enough). `reference` is the
-    Bayes-optimal posterior of the test rows, when known. Returns the `TrainResult` fields
-    `metrics`, `figures`, `test_frame` and `drift_reference`.
+    feed the baselines and the drift profile (a sample of them is enough). `test_raw` is the test
+    split as it came in: when it carries the generator's Bayes-optimal posterior, the model is
+    also measured against it. Returns the `TrainResult` fields `metrics`, `figures`, `test_frame`
+    and `drift_reference`.
     """
-    timings = {} if timings is None else timings
+    with _timed(timings, "evaluate"):
+        return _evaluate(cfg, model, X, y, test_ids.to_numpy(), test_raw, timings)
+
+
+def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
     classes = list(model.classes)
     booster = model.booster
     seed = int(cfg["runtime"]["seed"])
@@ -282,6 +292,7 @@ def evaluate(
                 y["test"], lr, classes
             )[key]
 
+    reference = _reference_posterior(cfg, test_raw, classes)
     if reference is not None:
         bayes = modelling.classification_metrics(y["test"], reference, classes)
         for key in ("accuracy", "macro_f1", "logloss", "ece"):
