@@ -74,11 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"micromoment: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from pipelines import runner
+
+    try:
+        # before Hydra, which records the command line in its output folder
+        runner.refuse_secrets_in_args(argv[1:])
+    except runner.UserError as err:
+        print(f"micromoment {name}: error: {err}", file=sys.stderr, flush=True)
+        return err.code
     module_name, func = COMMANDS[name][0].split(":")
     entry = getattr(importlib.import_module(module_name), func)
     # Hydra reads its overrides from sys.argv
     sys.argv = [f"micromoment {name}", *argv[1:]]
-    entry()
+    try:
+        entry()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not runner.STARTED["value"]:
+            # Hydra refused the config before the command ran (its message is printed above)
+            return runner.EXIT_USAGE
+        raise
     return 0
 
 

@@ -286,7 +286,7 @@ def score_dask(
     # a journey lands whole in one partition, whatever the input order
     ddf = journeys_whole(ddf, model.spec.columns.get("journey_id"), n_parts)
 
-    with atomic_path(out_dir) as work:
+    with atomic_path(out_dir, owner="score") as work:
         work.mkdir(parents=True)
         for sub in ("predictions", "_journeys", "_rejects"):
             (work / sub).mkdir()
@@ -372,7 +372,7 @@ def generate_dask(client, gen_cfg: Mapping, params_cfg: Mapping) -> dict:
     out = Path(gen_cfg["out_dir"])
     n_journeys, chunk = int(gen_cfg["n_journeys"]), int(gen_cfg["chunk_journeys"])
     parts = n_chunks(n_journeys, chunk)
-    with atomic_path(out / "sessions") as work:
+    with atomic_path(out / "sessions", owner="generate") as work:
         work.mkdir(parents=True)
         futures = client.map(
             _generate_part,

@@ -15,8 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.config import hydra_main
-from pipelines.io import atomic_path
+from pipelines.io import atomic_path, claim_output
+from pipelines.runner import command
 from pipelines.synthetic import GeneratorParams, generate_chunks, n_chunks
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ def generate(gen_cfg: Mapping, params_cfg: Mapping) -> dict:
     n_journeys, chunk = int(gen_cfg["n_journeys"]), int(gen_cfg["chunk_journeys"])
     parts = n_chunks(n_journeys, chunk)
     sessions = 0
-    with atomic_path(out / "sessions") as tmp:
+    claim_output(out / "sessions", "generate")
+    claim_output(out / "stores.csv", "generate")
+    with atomic_path(out / "sessions", owner="generate") as tmp:
         tmp.mkdir(parents=True)
         chunks = generate_chunks(
             params, n_journeys, chunk, int(gen_cfg["seed"]), posterior=bool(gen_cfg["posterior"])
@@ -78,6 +80,6 @@ def run_generate(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra_main("generate")
+@command("generate", tracking=False)
 def main(cfg: DictConfig) -> None:
     run_generate(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -65,12 +66,96 @@ def _remove_stale_temporaries(target: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+# the mark a command leaves in each output folder it writes: a later run may replace only these
+OUTPUT_MARK = ".micromoment-output"
+# what an output folder written before outputs were marked holds, by command
+_UNMARKED_OUTPUTS = {
+    "score": ("summary.json", "predictions"),
+    "touchpoints": ("summary.json", "feed.parquet"),
+    "export": ("MLmodel", "export.json"),
+}
+
+
+class OutputRefused(ValueError):
+    """An output path that would overwrite the input or something the command did not write."""
+
+
+def owner_of(path: Path) -> str | None:
+    """The command that wrote the output at `path` (None when no micromoment command did)."""
+    if path.is_dir():
+        mark = path / OUTPUT_MARK
+        if mark.is_file():
+            with contextlib.suppress(ValueError, OSError):
+                return json.loads(mark.read_text()).get("command")
+        for command, names in _UNMARKED_OUTPUTS.items():
+            if all((path / n).exists() for n in names):
+                return command
+        names = [p.name for p in path.iterdir()]
+        if names and all(n.startswith("part-") and n.endswith(".parquet") for n in names):
+            return "generate"
+        return None
+    if path.suffix == ".json":
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            data = json.loads(path.read_text())
+            return data.get("written_by") or ("retrain" if "exit_code" in data else None)
+    if path.suffix == ".lock":
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace")
+            return "retrain" if text == "" or text.startswith("pid ") else None
+    if path.suffix == ".csv":
+        with contextlib.suppress(OSError), path.open() as f:
+            if f.readline().strip() == "store_id,region,latitude,longitude":
+                return "generate"
+    return None
+
+
+def claim_output(
+    target: str | os.PathLike, command: str, inputs: tuple[str | os.PathLike | None, ...] = ()
+) -> Path:
+    """Refuse, before any work, an output path that would destroy what the run did not create.
+
+    Refused: the output equal to an input, inside one, or holding one; an existing file or
+    non-empty folder that is not a previous output of the same command. Replacing a previous
+    output of `command` stays allowed (and atomic, see `atomic_path`).
+    """
+    target = Path(target)
+    resolved = target.resolve()
+    for given in inputs:
+        if given is None or "://" in str(given):
+            continue
+        source = Path(given).resolve()
+        if resolved == source:
+            raise OutputRefused(f"{target}: the output is the input {given}; write it elsewhere")
+        if source in resolved.parents:
+            raise OutputRefused(
+                f"{target}: the output lies inside the input {given}; write it elsewhere"
+            )
+        if resolved in source.parents:
+            raise OutputRefused(
+                f"{target}: the output holds the input {given}, which replacing it would delete; "
+                "write it elsewhere"
+            )
+    if target.is_dir() and not any(target.iterdir()):
+        return target
+    if target.exists() or target.is_symlink():
+        owner = owner_of(target)
+        if owner != command:
+            what = "folder" if target.is_dir() else "file"
+            by = f"written by `micromoment {owner}`" if owner else "not written by micromoment"
+            raise OutputRefused(
+                f"{target}: an existing {what} {by}, not a previous output of "
+                f"`micromoment {command}`; remove it or choose another output path"
+            )
+    return target
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, owner: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     Works for files and folders. A crash inside the block leaves `target` as it was, and a run
-    killed outright leaves only a hidden temporary, which the next run removes.
+    killed outright leaves only a hidden temporary, which the next run removes. With `owner` (a
+    command name) a folder is marked as that command's output (see `claim_output`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +166,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     work = tmp / target.name
     try:
         yield work
+        if owner and work.is_dir():
+            (work / OUTPUT_MARK).write_text(json.dumps({"command": owner}) + "\n")
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)

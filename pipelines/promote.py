@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import modelling
-from pipelines.config import hydra_main
 from pipelines.contract import LABEL, DatasetSpec, to_contract
 from pipelines.gate import Decision, GatePolicy, decide
-from pipelines.io import atomic_path, read_sessions
+from pipelines.io import atomic_path, claim_output, read_sessions
+from pipelines.runner import command
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -188,8 +188,8 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
         )
         wrapper.model_name = wrapper.model_name or name_part
     name, version = wrapper.model_name or "micro_moment_intent", wrapper.model_version
-    target = Path(out_dir) / (f"{name}-v{version}" if version else name)
-    with atomic_path(target) as tmp:
+    target = claim_output(Path(out_dir) / (f"{name}-v{version}" if version else name), "export")
+    with atomic_path(target, owner="export") as tmp:
         mlflow.pyfunc.save_model(
             path=str(tmp),
             python_model=IntentPyfunc(wrapper.model, model_name=name, model_version=version),
@@ -282,16 +282,16 @@ def run_export(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra_main("promote")
+@command("promote")
 def main(cfg: DictConfig) -> None:
     run_promote(cfg)
 
 
-@hydra_main("rollback")
+@command("rollback")
 def rollback_main(cfg: DictConfig) -> None:
     run_rollback(cfg)
 
 
-@hydra_main("export")
+@command("export")
 def export_main(cfg: DictConfig) -> None:
     run_export(cfg)

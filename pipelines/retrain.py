@@ -27,22 +27,28 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines import runner
 from pipelines.config import hydra_main
+from pipelines.io import atomic_path, claim_output
+from pipelines.runner import (
+    EXIT_BAD_DATA,
+    EXIT_BUG,
+    EXIT_LOCKED,
+    EXIT_MODEL,
+    EXIT_OK,
+    UserError,
+)
+
+EXIT_FAILED, EXIT_GATE = EXIT_BUG, EXIT_MODEL  # the names the retrain job's README table uses
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0  # promoted, or kept the champion
-EXIT_FAILED = 1  # anything unexpected (a bug): the traceback is in the log
-EXIT_BAD_DATA = 3  # the window is empty, or the data cannot be read as sessions
-EXIT_TRACKING = 4  # the tracking server or registry cannot be reached
-EXIT_GATE = 5  # the champion/challenger evaluation failed
-EXIT_LOCKED = 6  # another retrain job holds the lock
 
+class RetrainError(UserError):
+    """An expected failure of the job, with the exit code the README promises."""
 
-class RetrainError(Exception):
     def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 @contextlib.contextmanager
@@ -67,30 +73,6 @@ def job_lock(path: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def check_tracking(uri: str) -> None:
-    """Fail fast, with the URI (password hidden), when the tracking server does not answer."""
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.tracking import redact
-
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
-    try:
-        MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
-    except Exception as err:  # any transport or server error means "cannot reach it"
-        raise RetrainError(
-            EXIT_TRACKING,
-            f"tracking server {redact(uri)} cannot be reached: {type(err).__name__}: {redact(str(err))[:300]}",
-        ) from None
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def read_window(
@@ -179,7 +161,7 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
     summary.update(started_at=datetime.now(UTC).isoformat(timespec="seconds"), model_name=name)
     uri = tracking.resolve_tracking_uri(c["tracking"].get("uri"))
     summary["tracking_uri"] = tracking.redact(uri)
-    check_tracking(uri)
+    runner.check_tracking(uri)
     tracking.setup(c["tracking"])
     client = MlflowClient()
 
@@ -317,28 +299,35 @@ def _holdout(window: pd.DataFrame, spec, c: Mapping):
 
 
 def write_summary(summary: Mapping, path: str | Path) -> None:
-    from pipelines.io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str))
 
 
 def run_retrain(cfg: DictConfig) -> int:
+    """The job with its lock; the summary is written on every exit path but a locked one."""
     rt = cfg.retrain
-    summary: dict = {}
+    summary: dict = {"written_by": "retrain"}
+    runner.STARTED["value"] = True
     try:
+        runner.start(cfg, tracking=False)  # retrain checks the server itself, into the summary
+        claim_output(rt.summary_path, "retrain", inputs=(cfg.data.path,))
+        claim_output(rt.lock_path, "retrain", inputs=(cfg.data.path, rt.summary_path))
         with job_lock(rt.lock_path):
             retrain(cfg, summary)
             code = EXIT_OK
-    except RetrainError as err:
-        code = err.code
-        summary.update(decision="error", error=str(err))
-        log.error("%s", err)
-        print(f"retrain failed (exit {code}): {err}", file=sys.stderr, flush=True)
+    except Exception as err:
+        code, message = runner.exit_code_for(err)
+        if code == EXIT_BUG:
+            log.exception("retrain failed with a bug")
+        summary.update(decision="error", error=message)
+        runner.fail("retrain", code, message)
     summary["exit_code"] = code
     summary["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if code != EXIT_LOCKED:  # a job that never ran must not overwrite the running job's summary
-        write_summary(summary, rt.summary_path)
+        try:
+            write_summary(summary, rt.summary_path)
+        except Exception as err:  # the exit code still tells the scheduler what happened
+            runner.fail("retrain", code, f"the summary could not be written: {err}")
     if code == EXIT_OK:
         print(
             f"retrain: {summary['decision']} (champion {summary.get('champion_before')} -> {summary.get('champion_after')}); "

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipelines.config import hydra_main
 from pipelines.generate import run_generate
+from pipelines.runner import command
 from pipelines.touchpoint_feed import run_touchpoints
 from pipelines.train import run_train, task_overrides
 
 
-@hydra_main("run")
+@command("run")
 def main(cfg: DictConfig) -> float:
     run_generate(cfg)
     val_logloss = run_train(cfg, task_overrides())

@@ -8,10 +8,46 @@ the key and the expected type, instead of deep inside a run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class SplitKind(StrEnum):
+    journey = "journey"  # whole journeys to train, val or test at random (seeded)
+    time = "time"  # the journeys that started last are the test split
+
+
+class GateMetric(StrEnum):
+    macro_f1 = "macro_f1"
+    accuracy = "accuracy"
+    logloss = "logloss"
+    ece = "ece"
+
+
+class EngineName(StrEnum):
+    local = "local"
+    dask = "dask"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Objective(StrEnum):
+    conversions = "conversions"
+    value = "value"
+
+
+class IntentSource(StrEnum):
+    auto = "auto"
+    label = "label"
+    predicted = "predicted"
 
 
 @dataclass
@@ -71,7 +107,7 @@ class ModelSchema:
 
 @dataclass
 class SplitSchema:
-    by: str = "journey"
+    by: SplitKind = SplitKind.journey
     val_size: float = 0.15
     test_size: float = 0.15
 
@@ -82,6 +118,9 @@ class TrackingSchema:
     artifact_location: str | None = None
     experiment: str = "micromoment"
     run_name: str | None = None
+    http_max_retries: int = 2
+    http_timeout_s: int = 30
+    http_backoff_s: float = 1.0
 
 
 @dataclass
@@ -94,16 +133,17 @@ class RegistrySchema:
 
 @dataclass
 class GateSchema:
-    metric: str = "macro_f1"
+    metric: GateMetric = GateMetric.macro_f1
     min_improvement: float = 0.0
     max_class_f1_drop: float = 0.02
+    min_holdout_rows: int = 200
 
 
 @dataclass
 class RuntimeSchema:
     threads: int = 2
     seed: int = 42
-    log_level: str = "INFO"
+    log_level: LogLevel = LogLevel.INFO
 
 
 @dataclass
@@ -117,7 +157,7 @@ class GenerateSchema:
 
 @dataclass
 class EngineSchema:
-    name: str = "local"
+    name: EngineName = EngineName.local
     scheduler_address: str | None = None
     connect_timeout_s: float = 10.0
     n_workers: int = 2
@@ -148,7 +188,7 @@ class TouchpointSpecSchema:
 
 @dataclass
 class EstimationSchema:
-    intent_source: str = "auto"
+    intent_source: IntentSource = IntentSource.auto
     min_effective_sessions: float = 50.0
     prior_strength: float = 20.0
     level: float = 0.95
@@ -163,7 +203,7 @@ class AllocationSchema:
 
 @dataclass
 class TouchpointsSchema:
-    objective: str = "conversions"
+    objective: Objective = Objective.conversions
     value_per_conversion: float = 1.0
     budget: float | None = None
     app_channels: list[str] = field(default_factory=list)

@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.config import hydra_main
 from pipelines.contract import REJECT_REASON, SOURCE_ROW
-from pipelines.io import _files, atomic_path
+from pipelines.io import _files, atomic_path, claim_output
+from pipelines.runner import command
 from pipelines.scorer import IntentModel
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def score_file(
     info = dict(model_info or {})
     classes = list(model.classes)
 
-    with atomic_path(out_dir) as work:
+    with atomic_path(out_dir, owner="score") as work:
         work.mkdir(parents=True)
         buckets_dir = work / "_buckets"
         buckets_dir.mkdir()
@@ -284,11 +284,23 @@ def load_scorer(uri: str, threads: int) -> tuple[IntentModel, dict]:
     }
 
 
+def needs_tracking(model_uri: str) -> bool:
+    """True for a registry or run URI; False for a model folder, which loads with no server."""
+    return model_uri.startswith(("models:/", "runs:/"))
+
+
 def run_score(cfg: DictConfig) -> dict:
-    from pipelines import tracking
+    from pipelines import runner, tracking
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    tracking.setup(c["tracking"])
+    uri = str(c["score"]["model_uri"])
+    claim_output(c["score"]["output"], "score", inputs=(c["score"]["input"], uri))
+    if needs_tracking(uri):
+        runner.http_settings(c["tracking"])
+        runner.check_tracking(tracking.resolve_tracking_uri(c["tracking"].get("uri")))
+        tracking.setup(c["tracking"])
+    elif "://" not in uri and not Path(uri).is_dir():
+        raise FileNotFoundError(f"{uri}: no such model folder (score.model_uri)")
     engine = c.get("engine") or {"name": "local"}
     if engine["name"] == "dask":
         import mlflow
@@ -303,7 +315,7 @@ def run_score(cfg: DictConfig) -> dict:
                 c["score"]["output"],
                 partitions=engine.get("partitions"),
                 threads=int(c["runtime"]["threads"]),
-                tracking_uri=mlflow.get_tracking_uri(),
+                tracking_uri=mlflow.get_tracking_uri() if needs_tracking(uri) else None,
             )
         info = summary
     else:
@@ -323,6 +335,6 @@ def run_score(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra_main("score")
+@command("score", tracking=False)
 def main(cfg: DictConfig) -> None:
     run_score(cfg)

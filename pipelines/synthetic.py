@@ -44,6 +44,7 @@ class GeneratorParams:
     max_sessions: int
     start: pd.Timestamp
     days: int
+    cut_at_end: bool  # the export ends at start + days: sessions after it are not in the data
     devices: tuple[str, ...]
     device_probs: np.ndarray
     channels: tuple[str, ...]
@@ -66,6 +67,11 @@ class GeneratorParams:
     touchpoints: tuple[str, ...]
     logging_policy: np.ndarray  # (n_devices, n_touchpoints)
     conversion: np.ndarray  # (K, n_touchpoints)
+
+    @property
+    def extraction_time(self) -> pd.Timestamp:
+        """When the data is exported (UTC): the end of the window journeys start in."""
+        return (self.start + pd.Timedelta(days=self.days)).tz_localize("UTC")
 
     @property
     def n_intents(self) -> int:
@@ -126,6 +132,7 @@ class GeneratorParams:
             max_sessions=int(cfg["max_sessions"]),
             start=pd.Timestamp(cfg["start_date"]),
             days=int(cfg["days"]),
+            cut_at_end=bool(cfg.get("cut_at_end", True)),
             devices=devices,
             device_probs=probs("device_probs", k),
             channels=tuple(cfg["channels"]),
@@ -297,6 +304,11 @@ def simulate(
         + cols["second"].astype("timedelta64[s]")
     )
     utc = pd.to_datetime(local - offsets.astype("timedelta64[m]")).tz_localize("UTC")
+    if p.cut_at_end:
+        # an export taken at the extraction time: journeys still open then are cut there
+        kept = np.asarray(utc < p.extraction_time)
+        cols = {key: v[kept] for key, v in cols.items()}
+        offsets, utc = offsets[kept], utc[kept]
     jid = cols["journey"] + first_journey
     frame = {
         "session_id": [f"s{j:09d}-{t:02d}" for j, t in zip(jid, cols["t"], strict=True)],

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import touchpoint_report as report
-from pipelines.config import hydra_main
 from pipelines.contract import DatasetSpec, to_contract
-from pipelines.io import _files, atomic_path
+from pipelines.io import _files, atomic_path, claim_output
+from pipelines.runner import command
 from pipelines.touchpoints import (
     Catalogue,
     allocate,
@@ -329,11 +329,13 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     logging.getLogger("pipelines").setLevel(c["runtime"].get("log_level", "INFO"))
     f = c["feed"]
-    experiment_id = tracking.setup(c["tracking"])
     stores_path = c["data"].get("stores_path")
+    out = claim_output(
+        f["output"], "touchpoints", inputs=(f["input"], f.get("scores"), stores_path)
+    )
+    experiment_id = tracking.setup(c["tracking"])
     stores = np.asarray(load_stores(stores_path)) if stores_path else None
-    out = Path(f["output"])
-    with atomic_path(out) as work:
+    with atomic_path(out, owner="touchpoints") as work:
         work.mkdir(parents=True)
         if f.get("scores"):
             pred_dir = Path(f["scores"]) / "predictions"
@@ -369,6 +371,6 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     return h
 
 
-@hydra_main("touchpoints")
+@command("touchpoints")
 def main(cfg: DictConfig) -> None:
     run_touchpoints(cfg)

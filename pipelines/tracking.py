@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 
 from pipelines.scorer import IntentModel
+from pipelines.secrets import redact
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -32,11 +32,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URIs (`scheme://user:secret@host` -> `scheme://user:***@host`)."""
-    return re.sub(r"(://[^/:@\s]+:)[^@/\s]+@", r"\1***@", str(text))
 
 
 def setup(tracking: Mapping) -> str:

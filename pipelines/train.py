@@ -20,10 +20,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import drift, modelling, plots
-from pipelines.config import hydra_main
 from pipelines.contract import LABEL, DatasetSpec, to_contract
 from pipelines.features import SessionFeaturizer
 from pipelines.io import read_sessions
+from pipelines.runner import command
 from pipelines.scorer import IntentModel
 
 log = logging.getLogger(__name__)
@@ -478,6 +478,6 @@ def task_overrides() -> list[str]:
         return []
 
 
-@hydra_main("train")
+@command("train")
 def main(cfg: DictConfig) -> float:
     return run_train(cfg, task_overrides())
