@@ -95,6 +95,28 @@ class DatasetSpec:
     def page_roles(self) -> dict[str, str]:
         return {f"pages_{t}": col for t, col in self.page_counts.items()}
 
+    def optional_columns(self) -> list[str]:
+        """The mapped columns a scoring input may lack (all but the session id and the label)."""
+        cols = [c for r, c in self.role_columns().items() if r != "session_id"]
+        cols += list(self.page_counts.values()) + list(self.extra_numeric)
+        cols += list(self.extra_categorical)
+        return list(dict.fromkeys(cols))
+
+    def absent_columns(self, present) -> list[str]:
+        """Mapped optional columns missing from `present` (column names)."""
+        present = set(present)
+        return [c for c in self.optional_columns() if c not in present]
+
+    def check_any_present(self, present, source: str) -> None:
+        """Refuse an input that holds none of the mapped optional columns: every prediction would
+        rest on nothing but the session id (most likely the columns were renamed)."""
+        optional = self.optional_columns()
+        if optional and len(self.absent_columns(present)) == len(optional):
+            raise ContractError(
+                f"{source}: none of the mapped columns is present (expected e.g. "
+                f"{optional[:5]}); columns found: {list(present)[:15]}; map them in data.columns"
+            )
+
     def input_columns(self, with_label: bool) -> list[str]:
         """Every user column the contract reads, in a stable order."""
         cols = list(self.role_columns().values()) + list(self.page_counts.values())
@@ -184,7 +206,8 @@ def as_text(series: pd.Series) -> pd.Series:
 
 @dataclass(frozen=True)
 class RangeRule:
-    """A row rule on a numeric role: the value (when present) lies within [low, high].
+    """A row rule on a numeric column: the value (when present) lies within [low, high], and is
+    finite (no upper bound means below infinity; `low=-inf` means any finite number).
 
     The same rules build the pandera schema that checks batches and the array checks used for a
     few rows at a time, so both quarantine the same rows with the same reasons."""
@@ -195,28 +218,34 @@ class RangeRule:
 
     @property
     def error(self) -> str:
+        if self.low == -np.inf:
+            return "must be a finite number"
         if self.high is None:
-            return f"must be >= {self.low:g}"
+            return f"must be >= {self.low:g} and finite"
         return f"must be within {'[' if self.include_low else '('}{self.low:g}, {self.high:g}]"
 
     def check(self) -> pa.Check:
-        if self.high is None:
-            return pa.Check.ge(self.low, error=self.error)
         return pa.Check.in_range(
-            self.low, self.high, include_min=self.include_low, error=self.error
+            self.low,
+            np.inf if self.high is None else self.high,
+            include_min=self.include_low and self.low != -np.inf,
+            include_max=self.high is not None,
+            error=self.error,
         )
 
     def breaks(self, values: np.ndarray) -> np.ndarray:
         """Which values break the rule (missing values never do)."""
         with np.errstate(invalid="ignore"):
             ok = values >= self.low if self.include_low else values > self.low
-            if self.high is not None:
-                ok &= values <= self.high
+            ok &= values <= self.high if self.high is not None else values < np.inf
+            ok &= values > -np.inf
         return ~ok & ~np.isnan(values)
 
 
 # in the order the checks report: a row breaking several rules lists them in this order
 RANGE_RULES: dict[str, RangeRule] = {
+    # local time is UTC + offset: real offsets lie within -12 h .. +14 h
+    "utc_offset_min": RangeRule(-14 * 60, 14 * 60),
     "latitude": RangeRule(-90, 90),
     "longitude": RangeRule(-180, 180),
     "dwell_time_s": RangeRule(0),
@@ -224,6 +253,7 @@ RANGE_RULES: dict[str, RangeRule] = {
     "touchpoint_propensity": RangeRule(0, 1, include_low=False),
 }
 PAGE_COUNT_RULE = RangeRule(0)
+FINITE_RULE = RangeRule(-np.inf)  # extra numeric columns: any finite number
 # below this many rows, rows are checked on arrays: building pandera's failure report costs
 # more than checking a few sessions, which is what a real-time call sends
 ARRAY_CHECK_MAX_ROWS = 256
@@ -231,12 +261,26 @@ ARRAY_CHECK_MAX_ROWS = 256
 
 def _row_schema(spec: DatasetSpec, with_label: bool) -> pa.DataFrameSchema:
     """Row-level checks on the canonical frame; failures are quarantined, not raised."""
-    return _cached_row_schema(tuple(spec.page_roles), tuple(spec.classes), with_label)
+    return _cached_row_schema(
+        tuple(spec.page_roles), tuple(spec.extra_numeric), tuple(spec.classes), with_label
+    )
+
+
+def _rules(page_roles, extra_numeric) -> dict[str, RangeRule]:
+    """Every range rule of a dataset, in the order reasons are reported."""
+    return (
+        dict(RANGE_RULES)
+        | dict.fromkeys(page_roles, PAGE_COUNT_RULE)
+        | dict.fromkeys((c for c in extra_numeric if c not in RANGE_RULES), FINITE_RULE)
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_row_schema(
-    page_roles: tuple[str, ...], classes: tuple[str, ...], with_label: bool
+    page_roles: tuple[str, ...],
+    extra_numeric: tuple[str, ...],
+    classes: tuple[str, ...],
+    with_label: bool,
 ) -> pa.DataFrameSchema:
     # built once per dataset shape: building a schema costs more than checking one session
     cols = {
@@ -244,8 +288,7 @@ def _cached_row_schema(
             object, nullable=False, unique=True, report_duplicates="exclude_first", coerce=False
         ),
     }
-    rules = dict(RANGE_RULES) | dict.fromkeys(page_roles, PAGE_COUNT_RULE)
-    for role, rule in rules.items():
+    for role, rule in _rules(page_roles, extra_numeric).items():
         cols[role] = pa.Column(float, rule.check(), nullable=True, required=False)
     if with_label:
         cols[LABEL] = pa.Column(
@@ -284,8 +327,7 @@ def _array_failures(columns: Mapping[str, object], spec: DatasetSpec, with_label
     present = np.flatnonzero(~id_missing)
     for i in present[pd.Series(ids[present], dtype=object).duplicated().to_numpy()]:
         failures.append((int(i), f"session_id duplicate value (got {ids[i]!r})"))
-    rules = dict(RANGE_RULES) | dict.fromkeys(spec.page_roles, PAGE_COUNT_RULE)
-    for role, rule in rules.items():
+    for role, rule in _rules(spec.page_roles, spec.extra_numeric).items():
         if role in columns:
             values = np.asarray(columns[role], dtype=np.float64)
             for i in np.flatnonzero(rule.breaks(values)):
@@ -367,6 +409,7 @@ def to_contract(
     """
     if not all_columns:
         present = set(raw.columns)
+        spec.check_any_present(raw.columns, source)
         spec = replace(
             spec,
             columns={

@@ -60,6 +60,7 @@ from pipelines.dask_engine import (
     read_numbered,
     with_row_numbers,
 )
+from pipelines.gate import TrainingSpan, iso_time
 from pipelines.scorer import IntentModel
 from pipelines.train import (
     TrainResult,
@@ -164,7 +165,18 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
     if sample_best is not None:
         metrics["train/sample_best_iteration"] = float(sample_best)
     test = parts["test"].drop(columns=EXTRA).reset_index(drop=True)
+    spans = pd.DataFrame(client.gather(client.map(_span_of, canon)))
+    span = TrainingSpan(
+        split=str(cfg["split"]["by"]),
+        seed=seed,
+        val_size=float(cfg["split"]["val_size"]),
+        test_size=float(cfg["split"]["test_size"]),
+        start=iso_time(spans["start"].min()),
+        end=iso_time(spans["end"].max()),
+        test_from=iso_time(spans["test_from"].min()),
+    )
     return TrainResult(
+        span=span,
         **evaluation,
         metrics=metrics,
         test_raw=test_raw,
@@ -282,16 +294,10 @@ def _item(result: dict, name: str):
     return result[name]
 
 
-def _journey_key(canon: pd.DataFrame) -> pd.Series:
-    """The journey of each session as `modelling.split_sessions` keys it."""
-    journey = canon["journey_id"] if "journey_id" in canon else canon["session_id"]
-    return journey.where(journey.notna(), canon["session_id"]).astype(str)
-
-
 def _journey_starts(canon: pd.DataFrame) -> pd.DataFrame:
     """One row per journey of the partition: its key and first start."""
     starts = canon["started_at"] if "started_at" in canon else pd.Series(pd.NaT, index=canon.index)
-    first = starts.groupby(_journey_key(canon).to_numpy()).min()
+    first = starts.groupby(modelling.journey_key(canon).to_numpy()).min()
     return pd.DataFrame({"journey": first.index.to_numpy(), "started_at": first.to_numpy()})
 
 
@@ -325,8 +331,19 @@ def _with_split(
     if sides is None:
         side = modelling.split_sessions(canon, val_size, test_size, by=by, seed=seed).to_numpy()
     else:
-        side = sides.reindex(_journey_key(canon).to_numpy()).to_numpy()
+        side = sides.reindex(modelling.journey_key(canon).to_numpy()).to_numpy()
     return canon.assign(**{SPLIT: side})
+
+
+def _span_of(canon: pd.DataFrame) -> dict:
+    """First and last start of a partition, and the first start among its test sessions."""
+    starts = (
+        pd.to_datetime(canon["started_at"], utc=True)
+        if "started_at" in canon
+        else pd.Series(pd.NaT, index=canon.index, dtype="datetime64[ns, UTC]")
+    )
+    test = (canon[SPLIT] == "test").to_numpy() if SPLIT in canon else np.zeros(len(canon), bool)
+    return {"start": starts.min(), "end": starts.max(), "test_from": starts[test].min()}
 
 
 def _counts(canon: pd.DataFrame) -> pd.DataFrame:
@@ -355,7 +372,9 @@ def _client_rows(canon: pd.DataFrame, fraction: float, seed: int) -> pd.DataFram
     if fraction >= 1:
         keep[:] = True
     elif train.any():
-        keep |= train & (modelling.unit_hash(_journey_key(canon), f"#sample{seed}") < fraction)
+        keep |= train & (
+            modelling.unit_hash(modelling.journey_key(canon), f"#sample{seed}") < fraction
+        )
     return canon[keep]
 
 

@@ -6,12 +6,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.modelling import journey_key, unit_hash
 
 # metrics where smaller is better; every other metric is better when larger
 LOWER_IS_BETTER = {"logloss", "ece"}
+METRICS = {"macro_f1", "accuracy"} | LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,13 @@ class GatePolicy:
     metric: str = "macro_f1"
     min_improvement: float = 0.0
     max_class_f1_drop: float = 0.02
+    min_holdout_rows: int = 200
 
     def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"gate metric must be one of {sorted(METRICS)}, got {self.metric!r}")
+        if self.min_holdout_rows < 1:
+            raise ValueError(f"min_holdout_rows must be >= 1, got {self.min_holdout_rows}")
         if not (self.min_improvement >= 0 and math.isfinite(self.min_improvement)):
             raise ValueError(f"min_improvement must be a number >= 0, got {self.min_improvement}")
         if not (self.max_class_f1_drop >= 0 and math.isfinite(self.max_class_f1_drop)):
@@ -111,3 +123,82 @@ def decide(
         best,
         gain,
     )
+
+
+@dataclass(frozen=True)
+class TrainingSpan:
+    """Which journeys a model version trained or early-stopped on, recorded with the version.
+
+    A gate judges two versions only on journeys that neither of them saw. The record is the rule
+    the version's split followed, not a list of ids: the split (`journey`: a seeded hash of the
+    journey id; `time`: journeys first seen at or after `test_from` were held out), its sizes and
+    seed, and the time span of the sessions it was given (`start`..`end`, ISO 8601; None when the
+    data had no start times, and then every journey counts as inside the span).
+    """
+
+    split: str
+    seed: int
+    val_size: float
+    test_size: float
+    start: str | None = None
+    end: str | None = None
+    test_from: str | None = None
+
+    TAG = "train.span"
+
+    @classmethod
+    def of(cls, sessions: pd.DataFrame, side: np.ndarray, split_cfg: Mapping, seed: int):
+        """The span of a training run: canonical `sessions` and the split side of each."""
+        starts = _starts(sessions)
+        test = np.asarray(side) == "test"
+        return cls(
+            split=str(split_cfg["by"]),
+            seed=int(seed),
+            val_size=float(split_cfg["val_size"]),
+            test_size=float(split_cfg["test_size"]),
+            start=iso_time(starts.min()),
+            end=iso_time(starts.max()),
+            test_from=iso_time(starts[test].min()) if test.any() else None,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TrainingSpan | None:
+        return cls(**json.loads(text)) if text else None
+
+    def seen(self, sessions: pd.DataFrame) -> np.ndarray:
+        """Per session of canonical `sessions`: whether its journey was in this version's
+        training or validation data (when in doubt, True)."""
+        journey = journey_key(sessions).to_numpy()
+        starts = _starts(sessions)
+        inside = starts.isna().to_numpy()
+        if self.start is not None:
+            inside |= (
+                (starts >= pd.Timestamp(self.start)) & (starts <= pd.Timestamp(self.end))
+            ).to_numpy()
+        else:
+            inside[:] = True
+        journey_inside = pd.Series(inside).groupby(journey).transform("any").to_numpy()
+        if self.split == "journey":
+            held_out = unit_hash(pd.Series(journey), f"#{self.seed}") < self.test_size
+        else:
+            first = pd.Series(starts.where(inside).to_numpy()).groupby(journey).transform("min")
+            held_out = (
+                (first >= pd.Timestamp(self.test_from)).to_numpy()
+                if self.test_from is not None
+                else np.zeros(len(journey), dtype=bool)
+            )
+        return journey_inside & ~held_out
+
+
+def _starts(sessions: pd.DataFrame) -> pd.Series:
+    if "started_at" in sessions:
+        return pd.to_datetime(sessions["started_at"], utc=True).reset_index(drop=True)
+    return pd.Series(pd.NaT, index=range(len(sessions)), dtype="datetime64[ns, UTC]")
+
+
+def iso_time(value) -> str | None:
+    """A timestamp as ISO 8601 text; None when missing."""
+    return None if pd.isna(value) else pd.Timestamp(value).isoformat()

@@ -31,6 +31,12 @@ def unit_hash(keys: pd.Series, salt: str) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def journey_key(sessions: pd.DataFrame) -> pd.Series:
+    """The journey of each session as splits key it: its journey id, or its own id without one."""
+    journey = sessions["journey_id"] if "journey_id" in sessions else sessions["session_id"]
+    return journey.where(journey.notna(), sessions["session_id"]).astype(str)
+
+
 def split_sessions(
     sessions: pd.DataFrame, val_size: float, test_size: float, by: str = "journey", seed: int = 0
 ) -> pd.Series:
@@ -44,8 +50,7 @@ def split_sessions(
         raise ValueError(
             f"split sizes must be in (0, 1) and sum below 1, got val={val_size}, test={test_size}"
         )
-    journey = sessions["journey_id"] if "journey_id" in sessions else sessions["session_id"]
-    journey = journey.where(journey.notna(), sessions["session_id"]).astype(str)
+    journey = journey_key(sessions)
     if by == "journey":
         keys = pd.Series(journey.unique())
         u = pd.Series(unit_hash(keys, f"#{seed}"), index=keys.to_numpy())

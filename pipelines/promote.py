@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import modelling
 from pipelines.contract import LABEL, DatasetSpec, to_contract
-from pipelines.gate import Decision, GatePolicy, decide
+from pipelines.gate import Decision, GatePolicy, TrainingSpan, decide
 from pipelines.io import atomic_path, claim_output, read_sessions
 from pipelines.runner import command
 
@@ -96,6 +98,32 @@ def gate(
     champion_version = resolve_version(client, name, CHAMPION)
     challenger, _ = load_scorer(f"models:/{name}/{challenger_version}", threads)
     classes = list(challenger.classes)
+    fairness = {"gate.rows_offered": str(len(rows))}
+    if champion_version not in (None, challenger_version):
+        unseen, fairness["gate.fairness"] = unseen_rows(
+            client, name, (challenger_version, champion_version), rows, challenger.spec
+        )
+        rows = rows[unseen].reset_index(drop=True)
+        labels = labels[unseen].reset_index(drop=True)
+    if champion_version not in (None, challenger_version) and len(rows) < policy.min_holdout_rows:
+        decision = Decision(
+            False,
+            f"only {len(rows)} held-out sessions are in journeys that neither version trained on, "
+            f"fewer than gate.min_holdout_rows={policy.min_holdout_rows}: keeping the champion",
+            math.nan,
+            None,
+            None,
+        )
+        return _record(
+            client,
+            name,
+            challenger_version,
+            champion_version,
+            decision,
+            policy,
+            fingerprint,
+            {**fairness, "gate.rows": str(len(rows))},
+        )
     ch_metrics = score_metrics(challenger, rows, labels, classes)
     champ_metrics = None
     if champion_version == challenger_version:
@@ -116,18 +144,65 @@ def gate(
             champ_metrics = score_metrics(champion, rows, labels, classes)
         decision = decide(policy, ch_metrics, champ_metrics, classes)
 
+    fairness["gate.rows"] = str(int(ch_metrics["rows"]))
+    return _record(
+        client, name, challenger_version, champion_version, decision, policy, fingerprint, fairness
+    )
+
+
+def unseen_rows(
+    client: MlflowClient, name: str, versions: tuple[str, ...], rows: pd.DataFrame, spec
+) -> tuple[np.ndarray, str]:
+    """Which of `rows` (raw) are in journeys that none of `versions` trained or early-stopped on,
+    from the training span each version recorded, and a note on how that was decided."""
+    canon = to_contract(rows, spec, source="held-out data", with_label=False, all_columns=False)
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[canon.kept_rows] = True
+    unknown = []
+    for version in versions:
+        span = TrainingSpan.from_json(
+            client.get_model_version(name, version).tags.get(TrainingSpan.TAG)
+        )
+        if span is None:
+            unknown.append(version)
+            continue
+        keep[canon.kept_rows] &= ~span.seen(canon.sessions)
+    note = (
+        f"versions {', '.join(unknown)} recorded no training span: rows they may have trained on "
+        "could not be excluded"
+        if unknown
+        else "judged only on journeys neither version trained or early-stopped on"
+    )
+    if unknown:
+        log.warning("gate: %s", note)
+    return keep, note
+
+
+def _record(
+    client: MlflowClient,
+    name: str,
+    challenger_version: str,
+    champion_version: str | None,
+    decision: Decision,
+    policy: GatePolicy,
+    fingerprint: str,
+    extra: Mapping[str, str],
+) -> Decision:
+    """Record the decision as tags on the challenger's version; move the alias if it passed."""
     tags = {
         "gate.decision": "promoted" if decision.promote else "kept_champion",
         "gate.reason": decision.reason[:5000],
         "gate.metric": policy.metric,
-        "gate.challenger_score": f"{decision.challenger_score:.6f}",
+        "gate.challenger_score": ""
+        if not math.isfinite(decision.challenger_score)
+        else f"{decision.challenger_score:.6f}",
         "gate.champion_score": ""
         if decision.champion_score is None
         else f"{decision.champion_score:.6f}",
         "gate.champion_version": champion_version or "",
         "gate.data_fingerprint": fingerprint,
-        "gate.rows": str(int(ch_metrics["rows"])),
         "gate.evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, challenger_version, key, value)
@@ -218,6 +293,7 @@ def policy_from(cfg: Mapping) -> GatePolicy:
         metric=cfg["metric"],
         min_improvement=float(cfg["min_improvement"]),
         max_class_f1_drop=float(cfg["max_class_f1_drop"]),
+        min_holdout_rows=int(cfg.get("min_holdout_rows", 200)),
     )
 
 

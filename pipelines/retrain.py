@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -271,7 +272,9 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
         reason=decision.reason,
         scores={
             "metric": c["gate"]["metric"],
-            "challenger": decision.challenger_score,
+            "challenger": decision.challenger_score
+            if math.isfinite(decision.challenger_score)
+            else None,
             "champion": decision.champion_score,
         },
         holdout={"fingerprint": holdout_fp, "rows": len(rows)},

@@ -240,7 +240,8 @@ def start(cfg: DictConfig, tracking: bool) -> None:
 STARTED = {"value": False}
 
 
-def _in_sweep() -> bool:
+def in_sweep() -> bool:
+    """True inside a job of a Hydra sweep (`-m`)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -268,7 +269,7 @@ def run(name: str, cfg: DictConfig, body: Callable[[DictConfig], Any], tracking:
         if code == EXIT_BUG:
             log.exception("micromoment %s failed with a bug", name)
         fail(name, code, message)
-        if _in_sweep():
+        if in_sweep():
             raise
         sys.exit(code)
 

@@ -13,6 +13,7 @@ contract, with the reason) and `summary.json`. Rows in = rows scored + rows reje
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.contract import REJECT_REASON, SOURCE_ROW
+from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError
 from pipelines.io import _files, atomic_path, claim_output
 from pipelines.runner import command
 from pipelines.scorer import IntentModel
@@ -64,6 +65,49 @@ def count_rows(path: str | Path) -> int:
         else pq.ParquetFile(f).metadata.num_rows
         for f in files
     )
+
+
+class InputFingerprint:
+    """A content hash of an input, folded batch by batch in input order (any batch sizes give
+    the same hash): what proves a scores folder belongs to the input a later stage reads."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.rows == 0:
+            self._hash.update(",".join(batch.schema.names).encode())
+        rows = pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy()
+        self._hash.update(rows.astype(np.uint64).tobytes())
+        self.rows += batch.num_rows
+
+    def hexdigest(self) -> str:
+        return f"{self.rows}:{self._hash.hexdigest()[:24]}"
+
+
+def input_fingerprint(path: str | Path, batch_rows: int = 250_000) -> str:
+    """The `InputFingerprint` of a whole input (the one `score_file` records in its summary)."""
+    fp = InputFingerprint()
+    for batch in iter_batches(path, batch_rows):
+        fp.add(batch)
+    return fp.hexdigest()
+
+
+def absent_columns(spec, names: list[str], source: str) -> list[str]:
+    """Warn about each mapped optional column missing from an input (it is scored without it),
+    naming a column that differs only in case or spelling; refuse an input with none of them."""
+    import difflib
+
+    absent = spec.absent_columns(names)
+    spec.check_any_present(names, source)
+    for col in absent:
+        near = difflib.get_close_matches(col, names, n=1, cutoff=0.75) or [
+            n for n in names if n.lower() == col.lower()
+        ]
+        hint = f" (found '{near[0]}': map it in data.columns)" if near else ""
+        log.warning("%s: mapped column '%s' is missing; scored without it%s", source, col, hint)
+    return absent
 
 
 def _bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
@@ -135,8 +179,13 @@ def score_file(
         # pass 1: route rows to buckets by journey, remembering each row's position in the input
         writers: dict[int, pq.ParquetWriter] = {}
         rows_in = 0
+        fingerprint = InputFingerprint()
+        absent: list[str] | None = None
         try:
             for batch in iter_batches(input_path, chunk_rows):
+                if absent is None:
+                    absent = absent_columns(spec, batch.schema.names, str(input_path))
+                fingerprint.add(batch)
                 n = batch.num_rows
                 row = pa.array(np.arange(rows_in, rows_in + n, dtype=np.int64))
                 batch = pa.RecordBatch.from_arrays(
@@ -163,6 +212,8 @@ def score_file(
         finally:
             for w in writers.values():
                 w.close()
+        if rows_in == 0:
+            raise ContractError(f"{input_path}: holds no sessions")
 
         # pass 2: score bucket by bucket
         pred_dir = work / "predictions"
@@ -260,6 +311,9 @@ def score_file(
             "rows_scored": rows_scored,
             "rows_rejected": rows_rejected,
             "journeys": n_journeys,
+            "input_fingerprint": fingerprint.hexdigest(),
+            "missing_columns": absent or [],
+            "missing_columns_count": len(absent or []),
             "buckets": len(bucket_files),
             "seconds": round(time.perf_counter() - start, 3),
             **{k: (None if v is None else str(v)) for k, v in info.items()},

@@ -56,6 +56,7 @@ class MlflowSweepCallback(Callback):
         self.lower_is_better = lower_is_better
         self.parent = None
         self.jobs: list[dict[str, Any]] = []
+        self.registered: tuple[str, str, str | None] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
@@ -121,6 +122,8 @@ class MlflowSweepCallback(Callback):
                 }
             )
             mlflow.log_metric(f"best/{self.metric}", float(best[self.metric]))
+            if best["run_id"]:
+                self.registered = register_best(config, best["run_id"])
         mlflow.log_metric("sweep/jobs", len(table))
         mlflow.log_metric(
             "sweep/failed_jobs",
@@ -139,7 +142,47 @@ class MlflowSweepCallback(Callback):
             flush=True,
         )
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+        if self.registered is not None:
+            name, version, alias = self.registered
+            print(
+                f"registered the best job as {name} version {version}"
+                + (f" (@{alias})" if alias else ""),
+                flush=True,
+            )
         self.parent = None
+
+
+def register_best(config: DictConfig, run_id: str) -> tuple[str, str, str | None] | None:
+    """Register the best job's model and point the registry alias (`@challenger`) at it.
+
+    Jobs of a sweep log their models without registering them, so a sweep adds one version to
+    the registry, never one per job, and the alias lands on the best job by the sweep metric.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.gate import TrainingSpan
+
+    reg = OmegaConf.to_container(config.registry, resolve=True) if "registry" in config else {}
+    if not reg.get("register", True):
+        return None
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    if run.data.tags.get("sweep.registrable") != "true":
+        return None
+    name = reg["model_name"]
+    version = str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
+    for key in (TrainingSpan.TAG, "data_fingerprint"):
+        if key in run.data.tags:
+            client.set_model_version_tag(name, version, key, run.data.tags[key])
+    client.set_model_version_tag(
+        name, version, "sweep.parent_run_id", run.data.tags.get("mlflow.parentRunId", "")
+    )
+    alias = reg.get("alias")
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    log.info("sweep: registered the best job (run %s) as %s version %s", run_id, name, version)
+    return name, version, alias
 
 
 def _has_tabulate() -> bool:

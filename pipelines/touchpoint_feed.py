@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines import touchpoint_report as report
-from pipelines.contract import DatasetSpec, to_contract
+from pipelines.contract import ContractError, DatasetSpec, to_contract
 from pipelines.io import _files, atomic_path, claim_output
 from pipelines.runner import command
 from pipelines.touchpoints import (
@@ -107,7 +107,20 @@ def scored_sessions(
         label = label.where(label.isin(spec.classes))
         sessions["label"] = label.to_numpy()[contract.kept_rows]
     keep = [c for c in predictions.columns if c not in sessions.columns or c == "input_row"]
-    joined = sessions.merge(predictions[keep], on="input_row", how="inner", validate="one_to_one")
+    keep.append("session_id")
+    joined = sessions.merge(
+        predictions[keep],
+        on="input_row",
+        how="inner",
+        validate="one_to_one",
+        suffixes=("", "_scored"),
+    )
+    differ = joined["session_id"].astype(str) != joined.pop("session_id_scored").astype(str)
+    if differ.any():
+        raise ContractError(
+            f"{input_path}: {int(differ.sum())} of {len(joined)} scored rows carry another "
+            "session id than the input row they claim: the scores belong to another input"
+        )
     counts = {
         "rows_in": len(raw),
         "rows_scored": len(predictions),
@@ -115,6 +128,30 @@ def scored_sessions(
         "rows_rejected": len(raw) - len(joined),
     }
     return joined, counts
+
+
+def check_scores_match(scores: str | Path, input_path: str | Path) -> None:
+    """Refuse scores that were not computed from `input_path`: the content fingerprint the scoring
+    run recorded must equal this input's."""
+    from pipelines.score import input_fingerprint
+
+    summary_path = Path(scores) / "summary.json"
+    recorded = (
+        json.loads(summary_path.read_text()).get("input_fingerprint")
+        if summary_path.is_file()
+        else None
+    )
+    if not recorded:
+        raise ContractError(
+            f"{scores}: records no input fingerprint, so it cannot be matched to {input_path}; "
+            "score the input again with `micromoment score` or set feed.scores=null"
+        )
+    actual = input_fingerprint(input_path)
+    if recorded != actual:
+        raise ContractError(
+            f"{scores}: these scores belong to another input (fingerprint {recorded}, "
+            f"{input_path} has {actual}); score {input_path} or set feed.scores=null"
+        )
 
 
 def _model_alias(uri: str | None) -> str | None:
@@ -344,6 +381,7 @@ def run_touchpoints(cfg: DictConfig) -> dict:
                     f"{pred_dir}: not a `micromoment score` output (feed.scores); "
                     "set feed.scores=null to score the input now"
                 )
+            check_scores_match(f["scores"], f["input"])
         else:
             model, info = load_scorer(f["model_uri"], int(c["runtime"]["threads"]))
             score_file(

@@ -108,12 +108,22 @@ def log_figure(fig, path: str) -> None:
     mlflow.log_figure(fig, path)
 
 
-def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered_name: str | None):
-    """Log the scorer as a pyfunc model that takes raw sessions; register it when a name is given."""
+def log_intent_model(
+    model: IntentModel,
+    input_example: pd.DataFrame,
+    registered_name: str | None,
+    model_name: str | None = None,
+):
+    """Log the scorer as a pyfunc model that takes raw sessions; register it when a name is given.
+
+    `model_name` (default: `registered_name`) is the registered name the model reports once it
+    is registered later (a sweep registers its best job when the sweep ends).
+    """
     from pipelines.pyfunc import IntentPyfunc, input_schema, signature_inputs
 
     run = mlflow.active_run()
-    wrapper = IntentPyfunc(model, model_name=registered_name)
+    model_name = model_name or registered_name
+    wrapper = IntentPyfunc(model, model_name=model_name)
     example = signature_inputs(input_example.reset_index(drop=True), model)
     output = wrapper.predict(None, example)
     signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
@@ -125,7 +135,7 @@ def log_intent_model(model: IntentModel, input_example: pd.DataFrame, registered
         input_example=example,
         registered_model_name=registered_name,
         pip_requirements=_requirements(),
-        model_config={"model_name": registered_name, "run_id": run.info.run_id if run else None},
+        model_config={"model_name": model_name, "run_id": run.info.run_id if run else None},
     )
     return info
 

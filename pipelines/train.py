@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines import drift, modelling, plots
 from pipelines.contract import LABEL, DatasetSpec, to_contract
 from pipelines.features import SessionFeaturizer
+from pipelines.gate import TrainingSpan
 from pipelines.io import read_sessions
-from pipelines.runner import command
+from pipelines.runner import command, in_sweep
 from pipelines.scorer import IntentModel
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TrainResult:
     drift_reference: dict = field(
         default_factory=dict
     )  # feature profile and intent mix (see drift)
+    span: TrainingSpan | None = None  # the journeys it trained and early-stopped on (see gate)
 
 
 @contextmanager
@@ -195,6 +197,7 @@ def _train_local(
         fingerprint=fingerprint,
         timings=timings,
         input_example=raw.iloc[contract.kept_rows[:5]],
+        span=TrainingSpan.of(canon, split.to_numpy(), cfg["split"], seed),
     )
 
 
@@ -369,17 +372,25 @@ def log_and_register(
             tracking.log_figure(fig, path)
         tracking.write_json_artifact(result.model.describe(), "model_contract.json")
         tracking.write_json_artifact(result.drift_reference, "drift_reference.json")
+        tags = dict(tags or {})
+        if result.span is not None:
+            tags[TrainingSpan.TAG] = result.span.to_json()
         if tags:
-            mlflow.set_tags(dict(tags))
+            mlflow.set_tags(tags)
         if len(result.rejects):
             target = Path(output_dir or ".") / "rejects.parquet"
             write_rejects(result.rejects, target)
             mlflow.log_artifact(str(target), "rejects")
             log.warning("%d rows rejected; reasons in %s", len(result.rejects), target)
+        # a sweep's jobs are registered by the sweep when it ends: only its best job
+        sweep_job = in_sweep()
+        if sweep_job and reg.get("register", True):
+            mlflow.set_tag("sweep.registrable", "true")
         info = tracking.log_intent_model(
             result.model,
             result.input_example,
-            reg["model_name"] if reg.get("register", True) else None,
+            reg["model_name"] if reg.get("register", True) and not sweep_job else None,
+            model_name=reg["model_name"],
         )
         version = getattr(info, "registered_model_version", None)
         if version is not None:
@@ -391,6 +402,10 @@ def log_and_register(
                 tracking.set_alias(reg["model_name"], version, reg["alias"])
         mlflow.log_metric("time/log_s", time.perf_counter() - start)
         decision = None
+        if sweep_job and reg.get("gate"):
+            log.warning(
+                "registry.gate is not applied to sweep jobs: judge the sweep's best with `micromoment promote`"
+            )
         if version is not None and reg.get("gate"):
             from mlflow.tracking import MlflowClient
 
