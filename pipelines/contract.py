@@ -95,28 +95,6 @@ class DatasetSpec:
     def page_roles(self) -> dict[str, str]:
         return {f"pages_{t}": col for t, col in self.page_counts.items()}
 
-    def optional_columns(self) -> list[str]:
-        """The mapped columns a scoring input may lack (all but the session id and the label)."""
-        cols = [c for r, c in self.role_columns().items() if r != "session_id"]
-        cols += list(self.page_counts.values()) + list(self.extra_numeric)
-        cols += list(self.extra_categorical)
-        return list(dict.fromkeys(cols))
-
-    def absent_columns(self, present) -> list[str]:
-        """Mapped optional columns missing from `present` (column names)."""
-        present = set(present)
-        return [c for c in self.optional_columns() if c not in present]
-
-    def check_any_present(self, present, source: str) -> None:
-        """Refuse an input that holds none of the mapped optional columns: every prediction would
-        rest on nothing but the session id (most likely the columns were renamed)."""
-        optional = self.optional_columns()
-        if optional and len(self.absent_columns(present)) == len(optional):
-            raise ContractError(
-                f"{source}: none of the mapped columns is present (expected e.g. "
-                f"{optional[:5]}); columns found: {list(present)[:15]}; map them in data.columns"
-            )
-
     def input_columns(self, with_label: bool) -> list[str]:
         """Every user column the contract reads, in a stable order."""
         cols = list(self.role_columns().values()) + list(self.page_counts.values())
@@ -124,6 +102,31 @@ class DatasetSpec:
         if with_label and self.label_column:
             cols.append(self.label_column)
         return list(dict.fromkeys(cols))
+
+
+def optional_columns(spec: DatasetSpec) -> list[str]:
+    """The mapped columns a scoring input may lack (all but the session id and the label)."""
+    cols = [c for r, c in spec.columns.items() if c and r != "session_id"]
+    cols += list(spec.page_counts.values()) + list(spec.extra_numeric)
+    cols += list(spec.extra_categorical)
+    return list(dict.fromkeys(cols))
+
+
+def absent_columns(spec: DatasetSpec, present) -> list[str]:
+    """Mapped optional columns missing from `present` (column names)."""
+    present = set(present)
+    return [c for c in optional_columns(spec) if c not in present]
+
+
+def check_any_present(spec: DatasetSpec, present, source: str) -> None:
+    """Refuse an input that holds none of the mapped optional columns: every prediction would
+    rest on nothing but the session id (most likely the columns were renamed)."""
+    optional = optional_columns(spec)
+    if optional and len(absent_columns(spec, present)) == len(optional):
+        raise ContractError(
+            f"{source}: none of the mapped columns is present (expected e.g. "
+            f"{optional[:5]}); columns found: {list(present)[:15]}; map them in data.columns"
+        )
 
 
 def _kind_of(role: str) -> str:
@@ -409,7 +412,7 @@ def to_contract(
     """
     if not all_columns:
         present = set(raw.columns)
-        spec.check_any_present(raw.columns, source)
+        check_any_present(spec, raw.columns, source)
         spec = replace(
             spec,
             columns={

@@ -59,6 +59,8 @@ class Decision:
     challenger_score: float
     champion_score: float | None
     improvement: float | None  # in the "better" direction: positive means the challenger is better
+    rows: int | None = None  # held-out sessions both were judged on
+    fairness: str = ""  # how rows either version trained on were kept out
 
 
 def decide(
@@ -173,13 +175,11 @@ class TrainingSpan:
         training or validation data (when in doubt, True)."""
         journey = journey_key(sessions).to_numpy()
         starts = _starts(sessions)
-        inside = starts.isna().to_numpy()
-        if self.start is not None:
-            inside |= (
-                (starts >= pd.Timestamp(self.start)) & (starts <= pd.Timestamp(self.end))
-            ).to_numpy()
+        if self.start is None:
+            inside = np.ones(len(sessions), dtype=bool)
         else:
-            inside[:] = True
+            within = (starts >= pd.Timestamp(self.start)) & (starts <= pd.Timestamp(self.end))
+            inside = np.asarray(starts.isna() | within, dtype=bool)
         journey_inside = pd.Series(inside).groupby(journey).transform("any").to_numpy()
         if self.split == "journey":
             held_out = unit_hash(pd.Series(journey), f"#{self.seed}") < self.test_size

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,6 +114,8 @@ def gate(
             math.nan,
             None,
             None,
+            rows=len(rows),
+            fairness=fairness["gate.fairness"],
         )
         return _record(
             client,
@@ -145,6 +148,9 @@ def gate(
         decision = decide(policy, ch_metrics, champ_metrics, classes)
 
     fairness["gate.rows"] = str(int(ch_metrics["rows"]))
+    decision = replace(
+        decision, rows=int(ch_metrics["rows"]), fairness=fairness.get("gate.fairness", "")
+    )
     return _record(
         client, name, challenger_version, champion_version, decision, policy, fingerprint, fairness
     )
@@ -325,10 +331,14 @@ def run_promote(cfg: DictConfig) -> Decision:
     )
     verdict = "promoted to champion" if decision.promote else "not promoted"
     champ = "none" if decision.champion_score is None else f"{decision.champion_score:.4f}"
+    judged = len(rows) if decision.rows is None else decision.rows
     print(
         f"{name} version {challenger}: {verdict}\n"
-        f"  {c['gate']['metric']}: challenger {decision.challenger_score:.4f}, champion {champ} on {len(rows)} held-out rows "
-        f"(data {fingerprint}, {time.perf_counter() - start:.1f}s)\n  reason: {decision.reason}",
+        f"  {c['gate']['metric']}: challenger {decision.challenger_score:.4f}, champion {champ} on "
+        f"{judged} of {len(rows)} held-out rows (data {fingerprint}, "
+        f"{time.perf_counter() - start:.1f}s)\n"
+        + (f"  {decision.fairness}\n" if decision.fairness else "")
+        + f"  reason: {decision.reason}",
         flush=True,
     )
     return decision

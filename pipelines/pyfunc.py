@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from pipelines.contract import ROLES
+from pipelines.contract import ROLES, ContractError
 from pipelines.scorer import IntentModel
 
 # outcomes are not read when scoring
@@ -21,13 +23,17 @@ def _col_type(kind: str):
 
 
 def input_schema(model: IntentModel) -> Schema:
-    """Input columns by role: only the session id is required; every other role is optional."""
+    """Input columns by role, every one optional to MLflow.
+
+    The session id is required, but by the session contract inside `predict`, not by the schema:
+    MLflow's own refusal of a missing column quotes the whole request back to the caller.
+    """
     spec = model.spec
     cols = []
     for role, col in spec.role_columns().items():
         if role in _NOT_INPUTS:
             continue
-        cols.append(ColSpec(_col_type(ROLES[role]), col, required=role == "session_id"))
+        cols.append(ColSpec(_col_type(ROLES[role]), col, required=False))
     cols += [ColSpec(AnyType(), col, required=False) for col in spec.page_counts.values()]
     cols += [ColSpec(AnyType(), col, required=False) for col in spec.extra_numeric]
     cols += [ColSpec(AnyType(), col, required=False) for col in spec.extra_categorical]
@@ -47,9 +53,46 @@ def signature_inputs(raw: pd.DataFrame, model: IntentModel) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+class InputRejected(MlflowException, ContractError):
+    """A request the session contract cannot read at all (a missing session id, a column of the
+    wrong type): HTTP 400 from `mlflow models serve`, a `ContractError` in process.
+
+    MLflow's scoring server rewrites the message of any MlflowException from `predict` as
+    "Failed to predict data '<the whole input frame>'. Error: <message>" (a newline before
+    "Error"), which sends the request back to the caller. The message therefore keeps only what
+    follows MLflow's last "Error: " marker: the contract's message, which names the column and
+    shows at most three of its values. Any other exception would reach the caller as MLflow's
+    "unexpected error" with a server traceback instead of the column.
+    """
+
+    _MLFLOW_PREFIX_END = "\nError: "
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = str(value).rpartition(self._MLFLOW_PREFIX_END)[2]
+
+
 class IntentPyfunc(mlflow.pyfunc.PythonModel):
     """Raw sessions -> session_id, p_<intent>..., intent, confidence, margin, reject_reason,
     model_name, model_version.
+
+    Missing values are `pd.NA`, never NaN: the probability, `confidence` and `margin` columns are
+    pandas' nullable `Float64` (numbers for scored rows, `<NA>` for rejected ones) and the text
+    columns (`session_id`, `intent`, `reject_reason`, `model_name`, `model_version`) are `string`
+    (`<NA>` where there is nothing to say: the reason of a scored row, the intent of a rejected
+    one). MLflow's scoring server answers `<NA>` with JSON `null`; a float64 or pandas-3 `str`
+    column would answer NaN with a bare `NaN`, which most JSON parsers refuse. In process the
+    columns stay numeric: `out["p_buy"] > 0.5`, sums and means work as on float64 (a comparison
+    with `<NA>` is `<NA>`, which a filter treats as False); `.astype(float)` gives float64 with NaN.
+
+    An input the contract cannot read at all raises `InputRejected` (a `ContractError`).
 
     The registry assigns the version after the model is logged, so a model loaded from the registry
     looks its version up by run id when it is loaded; an exported model carries it in its config.
@@ -72,11 +115,30 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         version = None if self.model_version is None else str(self.model_version)
-        return self.model.predict(
-            frame,
-            source="model input",
-            extra={"model_name": self.model_name, "model_version": version},
-        )
+        try:
+            out = self.model.predict(
+                frame,
+                source="model input",
+                extra={"model_name": self.model_name, "model_version": version},
+            )
+        except ContractError as err:
+            raise InputRejected(str(err)) from err
+        return out.astype(_nullable_dtypes(out))
+
+
+def _nullable_dtypes(out: pd.DataFrame) -> dict[str, str]:
+    """Float columns -> `Float64`, text columns -> `string`: dtypes whose missing value is `pd.NA`,
+    which `DataFrame.to_dict` (and so MLflow's scoring server) turns into None / JSON null. Their
+    NumPy counterparts keep NaN, which goes out as a bare `NaN` that strict JSON parsers refuse."""
+    dtypes = {}
+    for name, column in out.items():
+        if pd.api.types.is_float_dtype(column.dtype):
+            dtypes[name] = "Float64"
+        elif pd.api.types.is_object_dtype(column.dtype) or pd.api.types.is_string_dtype(
+            column.dtype
+        ):
+            dtypes[name] = "string"
+    return dtypes
 
 
 def _registered_version(name: str, run_id: str) -> str | None:

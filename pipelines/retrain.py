@@ -277,7 +277,12 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
             else None,
             "champion": decision.champion_score,
         },
-        holdout={"fingerprint": holdout_fp, "rows": len(rows)},
+        holdout={
+            "fingerprint": holdout_fp,
+            "rows_offered": len(rows),
+            "rows_judged": decision.rows,
+            "fairness": decision.fairness,
+        },
         champion_after=resolve_version(client, name, CHAMPION),
     )
     if summary.get("run_id"):

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from pipelines import contract
 from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError
 from pipelines.io import _files, atomic_path, claim_output
 from pipelines.runner import command
@@ -99,8 +100,8 @@ def absent_columns(spec, names: list[str], source: str) -> list[str]:
     naming a column that differs only in case or spelling; refuse an input with none of them."""
     import difflib
 
-    absent = spec.absent_columns(names)
-    spec.check_any_present(names, source)
+    absent = contract.absent_columns(spec, names)
+    contract.check_any_present(spec, names, source)
     for col in absent:
         near = difflib.get_close_matches(col, names, n=1, cutoff=0.75) or [
             n for n in names if n.lower() == col.lower()
