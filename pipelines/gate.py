@@ -184,7 +184,8 @@ class TrainingSpan:
         if self.split == "journey":
             held_out = unit_hash(pd.Series(journey), f"#{self.seed}") < self.test_size
         else:
-            first = pd.Series(starts.where(inside).to_numpy()).groupby(journey).transform("min")
+            first = starts.where(pd.Series(inside, index=starts.index))
+            first = first.groupby(journey).transform("min")
             held_out = (
                 (first >= pd.Timestamp(self.test_from)).to_numpy()
                 if self.test_from is not None
@@ -195,7 +196,8 @@ class TrainingSpan:
 
 def _starts(sessions: pd.DataFrame) -> pd.Series:
     if "started_at" in sessions:
-        return pd.to_datetime(sessions["started_at"], utc=True).reset_index(drop=True)
+        starts = pd.to_datetime(sessions["started_at"], utc=True).reset_index(drop=True)
+        return starts.astype("datetime64[ns, UTC]")
     return pd.Series(pd.NaT, index=range(len(sessions)), dtype="datetime64[ns, UTC]")
 
 

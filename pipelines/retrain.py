@@ -31,16 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines import runner
 from pipelines.config import hydra_main
 from pipelines.io import atomic_path, claim_output
-from pipelines.runner import (
-    EXIT_BAD_DATA,
-    EXIT_BUG,
-    EXIT_LOCKED,
-    EXIT_MODEL,
-    EXIT_OK,
-    UserError,
-)
+from pipelines.runner import UserError
 
-EXIT_FAILED, EXIT_GATE = EXIT_BUG, EXIT_MODEL  # the names the retrain job's README table uses
+# the exit codes of the README's table, under the names the job uses (see pipelines.runner)
+EXIT_OK = runner.EXIT_OK  # promoted, or kept the champion
+EXIT_FAILED = runner.EXIT_BUG  # anything unexpected (a bug): the traceback is in the log
+EXIT_BAD_DATA = runner.EXIT_BAD_DATA  # the window is empty, or the data cannot be read as sessions
+EXIT_TRACKING = runner.EXIT_TRACKING  # the tracking server or registry cannot be reached
+EXIT_GATE = runner.EXIT_MODEL  # the champion/challenger evaluation failed
+EXIT_LOCKED = runner.EXIT_LOCKED  # another retrain job holds the lock
+EXIT_USAGE = runner.EXIT_USAGE  # a config value refused (a password inside a URI, an output path)
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def run_retrain(cfg: DictConfig) -> int:
             code = EXIT_OK
     except Exception as err:
         code, message = runner.exit_code_for(err)
-        if code == EXIT_BUG:
+        if code == EXIT_FAILED:
             log.exception("retrain failed with a bug")
         summary.update(decision="error", error=message)
         runner.fail("retrain", code, message)

@@ -119,7 +119,7 @@ def http_settings(tracking: Mapping) -> None:
     """Bound MLflow's HTTP retries, so an outage ends a job in seconds rather than minutes."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(tracking["http_max_retries"]))
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(tracking["http_timeout_s"]))
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(float(tracking["http_backoff_s"]))
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(int(tracking["http_backoff_s"]))
 
 
 def check_tracking(uri: str) -> None:

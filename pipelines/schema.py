@@ -120,7 +120,7 @@ class TrackingSchema:
     run_name: str | None = None
     http_max_retries: int = 2
     http_timeout_s: int = 30
-    http_backoff_s: float = 1.0
+    http_backoff_s: int = 1
 
 
 @dataclass

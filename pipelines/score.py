@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 import warnings
@@ -102,10 +103,10 @@ def absent_columns(spec, names: list[str], source: str) -> list[str]:
 
     absent = contract.absent_columns(spec, names)
     contract.check_any_present(spec, names, source)
+    plain = {re.sub(r"[^a-z0-9]", "", n.lower()): n for n in names}
     for col in absent:
-        near = difflib.get_close_matches(col, names, n=1, cutoff=0.75) or [
-            n for n in names if n.lower() == col.lower()
-        ]
+        key = re.sub(r"[^a-z0-9]", "", col.lower())
+        near = [plain[k] for k in difflib.get_close_matches(key, list(plain), n=1, cutoff=0.8)]
         hint = f" (found '{near[0]}': map it in data.columns)" if near else ""
         log.warning("%s: mapped column '%s' is missing; scored without it%s", source, col, hint)
     return absent

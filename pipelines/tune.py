@@ -3,9 +3,11 @@
 The search space lives in `conf/search/*.yaml`. The study is persistent (an Optuna journal file),
 so a search that is killed resumes where it stopped when the same command runs again: trials that
 were running when it died are marked failed, finished ones are kept, and the search runs until
-`tune.n_trials` trials have finished. Bad trials are pruned while LightGBM trains, from the
-validation log-loss reported every few boosting rounds. All trials of a study nest under one MLflow
-parent run, which carries the best trial's parameters.
+`tune.n_trials` trials have finished. A resumed search never tries a parameter set again: its
+sampler is seeded from the configured seed and the number of trials the study already holds, and
+a set equal to an earlier trial's is drawn again before the trial starts. Bad trials are pruned
+while LightGBM trains, from the validation log-loss reported every few boosting rounds. All trials
+of a study nest under one MLflow parent run, which carries the best trial's parameters.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from pipelines.config import hydra_main
 
@@ -25,26 +34,128 @@ log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def suggest(trial: optuna.Trial, space: list[Mapping]) -> dict[str, object]:
-    """Draw one value per search-space entry: {name, type: float|int|categorical, low, high, log, choices}."""
-    values: dict[str, object] = {}
+def distributions(space: list[Mapping]) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of each search-space entry:
+    {name, type: float|int|categorical, low, high, log, choices}."""
+    out: dict[str, BaseDistribution] = {}
     for p in space:
         kind, name = p["type"], p["name"]
         if kind == "float":
-            values[name] = trial.suggest_float(
-                name, float(p["low"]), float(p["high"]), log=bool(p.get("log", False))
+            out[name] = FloatDistribution(
+                float(p["low"]), float(p["high"]), log=bool(p.get("log", False))
             )
         elif kind == "int":
-            values[name] = trial.suggest_int(
-                name, int(p["low"]), int(p["high"]), log=bool(p.get("log", False))
+            out[name] = IntDistribution(
+                int(p["low"]), int(p["high"]), log=bool(p.get("log", False))
             )
         elif kind == "categorical":
-            values[name] = trial.suggest_categorical(name, list(p["choices"]))
+            out[name] = CategoricalDistribution(list(p["choices"]))
         else:
             raise ValueError(
                 f"search.params: {name} has type {kind!r}; use float, int or categorical"
             )
+    return out
+
+
+def suggest(trial: optuna.Trial, space: list[Mapping]) -> dict[str, object]:
+    """Draw one value per search-space entry (see `distributions`)."""
+    values: dict[str, object] = {}
+    for name, dist in distributions(space).items():
+        if isinstance(dist, FloatDistribution):
+            values[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, IntDistribution):
+            values[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+        else:
+            values[name] = trial.suggest_categorical(name, list(dist.choices))
     return values
+
+
+class SearchSpaceExhausted(RuntimeError):
+    """Every parameter set the sampler can find has been tried by a trial of the study."""
+
+
+def _params_key(params: Mapping[str, object]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+class NoRepeatSampler(optuna.samplers.BaseSampler):
+    """Wraps a sampler so that no trial tries a parameter set an earlier trial of the study tried
+    (complete, pruned, failed or still running).
+
+    Optuna stores each parameter as soon as it is drawn, so a repeat must be refused before the
+    trial sees it: the whole set is drawn when the trial starts (as Optuna's "relative" parameters,
+    from the wrapped sampler's per-parameter draws) and drawn again while it equals an earlier
+    trial's. After `max_draws // 2` repeats the draws come from a seeded random sampler, which a
+    sampler settled on one point cannot hold back. The wrapped sampler's own joint ("relative")
+    sampling, as multivariate TPE's, is not used.
+    """
+
+    def __init__(
+        self,
+        sampler: optuna.samplers.BaseSampler,
+        space: Mapping[str, BaseDistribution],
+        seed: int | None = None,
+        max_draws: int = 100,
+    ):
+        self.sampler = sampler
+        self.space = dict(space)
+        self.max_draws = max_draws
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return dict(self.space)
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, object]:
+        if not search_space:
+            return {}
+        tried = {
+            _params_key(t.params): t.number
+            for t in study.get_trials(deepcopy=False)
+            if t.params and t.number != trial.number
+        }
+        for draw in range(self.max_draws):
+            source = self.sampler if draw < self.max_draws // 2 else self._random
+            values = {
+                name: dist.to_external_repr(
+                    dist.to_internal_repr(source.sample_independent(study, trial, name, dist))
+                )
+                for name, dist in search_space.items()
+            }
+            earlier = tried.get(_params_key(values))
+            if earlier is None:
+                return values
+            if draw == 0:
+                log.warning(
+                    "trial %d drew the parameters trial %d already tried; drawing another set",
+                    trial.number,
+                    earlier,
+                )
+        raise SearchSpaceExhausted(
+            f"trial {trial.number} found no parameter set that none of the study's "
+            f"{len(tried)} trials tried in {self.max_draws} draws"
+        )
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> object:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
+        self._random.reseed_rng()
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The sampler's seed for a study that holds `trials_so_far` trials: `seed` itself for a fresh
+    study, so a search is reproducible; mixed with the trial count for a resumed one, whose
+    sampler would otherwise replay the first run's draws."""
+    if trials_so_far == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), trials_so_far]).generate_state(1)[0])
 
 
 def pruning_callback(trial: optuna.Trial, every: int = 10):
@@ -62,7 +173,10 @@ def pruning_callback(trial: optuna.Trial, every: int = 10):
     return _callback
 
 
-def open_study(tune_cfg: Mapping, direction: str, seed: int) -> optuna.Study:
+def open_study(tune_cfg: Mapping, search: Mapping, seed: int) -> optuna.Study:
+    """The study in `tune_cfg["storage"]`, created or resumed, with trials a killed search left
+    running marked failed and a sampler that never repeats a parameter set (`NoRepeatSampler`
+    around TPE, seeded by `sampler_seed`)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -73,12 +187,23 @@ def open_study(tune_cfg: Mapping, direction: str, seed: int) -> optuna.Study:
         study_name=tune_cfg["study_name"],
         storage=storage,
         load_if_exists=True,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        direction=search["direction"],
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=int(tune_cfg["prune_after_trials"]),
             n_warmup_steps=int(tune_cfg["prune_warmup_rounds"]),
         ),
+    )
+    trials_so_far = len(study.trials)
+    seed = sampler_seed(seed, trials_so_far)
+    if trials_so_far:
+        log.info(
+            "resuming study %s after %d trials; sampler seed %d",
+            tune_cfg["study_name"],
+            trials_so_far,
+            seed,
+        )
+    study.sampler = NoRepeatSampler(
+        optuna.samplers.TPESampler(seed=seed), distributions(search["params"]), seed=seed
     )
     # trials left running by a killed search can never finish: close them as failed
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -98,7 +223,7 @@ def run_tune(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     tune_cfg, search = c["tune"], c["search"]
     metric = search["metric"]
-    study = open_study(tune_cfg, search["direction"], int(c["runtime"]["seed"]))
+    study = open_study(tune_cfg, search, int(c["runtime"]["seed"]))
     experiment_id = tracking.setup(c["tracking"])
     client = MlflowClient()
 
@@ -155,12 +280,15 @@ def run_tune(cfg: DictConfig) -> dict:
         finished = sum(t.state in FINISHED for t in study.trials)
         remaining = max(0, int(tune_cfg["n_trials"]) - finished)
         if remaining:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=tune_cfg.get("timeout_s"),
-                catch=(ValueError,),
-            )
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=tune_cfg.get("timeout_s"),
+                    catch=(ValueError,),
+                )
+            except SearchSpaceExhausted as err:
+                print(f"search stopped: {err}", flush=True)
         else:
             print(
                 f"study {tune_cfg['study_name']} already has {finished} finished trials", flush=True

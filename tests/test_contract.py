@@ -74,13 +74,18 @@ def test_wrong_type_names_column_expected_and_found(small_sessions, spec):
         ("intent", "browse", "label must be one of"),
         ("pages_cart", -1, "pages_cart must be >= 0"),
         ("started_at", "not a time", "started_at unreadable timestamp"),
+        ("dwell_time_s", float("inf"), "dwell_time_s must be >= 0 and finite (got inf)"),
+        ("page_views", float("inf"), "page_views must be >= 0 and finite"),
+        ("utc_offset_min", 99999, "utc_offset_min must be within [-840, 840] (got 99999.0)"),
+        ("utc_offset_min", -900, "utc_offset_min must be within [-840, 840]"),
+        ("latitude", float("-inf"), "latitude must be within [-90, 90]"),
     ],
 )
 def test_impossible_values_are_quarantined_with_reason(small_sessions, spec, column, value, reason):
     raw = small_sessions.copy()
     if column == "started_at":
         raw[column] = raw[column].astype(str).astype(object)
-    elif column == "pages_cart":
+    elif column in ("pages_cart", "page_views", "utc_offset_min"):
         raw[column] = raw[column].astype(float)
     raw.loc[7, column] = value
     result = to_contract(raw, spec, source="s.parquet")
@@ -262,3 +267,23 @@ def test_category_text_matches_pandas_string_conversion(series):
     got = as_text(series)
     assert got.dtype == object
     assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("rows", [5, 400])  # arrays for a few rows, pandera for batches
+def test_infinite_extra_numeric_values_are_quarantined_both_ways(rows):
+    spec = DatasetSpec(columns={"session_id": "id"}, extra_numeric=("PageValues",))
+    raw = pd.DataFrame({"id": [f"s{i}" for i in range(rows)], "PageValues": 1.0})
+    raw.loc[1, "PageValues"] = float("inf")
+    raw.loc[2, "PageValues"] = float("-inf")
+    result = to_contract(raw, spec, with_label=False)
+    assert result.reasons == {
+        1: "PageValues must be a finite number (got inf)",
+        2: "PageValues must be a finite number (got -inf)",
+    }
+
+
+def test_an_input_with_none_of_the_mapped_columns_is_refused_naming_them(small_sessions, spec):
+    renamed = small_sessions.rename(columns=lambda c: c if c == "session_id" else c.title())
+    with pytest.raises(ContractError, match="none of the mapped columns is present") as err:
+        to_contract(renamed, spec, source="renamed.csv", with_label=False, all_columns=False)
+    assert "renamed.csv" in str(err.value) and "Device" in str(err.value)

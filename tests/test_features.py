@@ -135,8 +135,8 @@ def test_missing_location_is_flagged_and_distance_is_missing(spec):
 def test_absent_roles_at_scoring_give_missing_features(spec):
     raw = three_journeys()
     fz = featurizer(spec).fit(canonical(raw, spec))
-    only_id = pd.DataFrame({"session_id": ["x", "y"]})
-    f = fz.transform(canonical(only_id, spec))
+    only_device = pd.DataFrame({"session_id": ["x", "y"], "device": ["mobile", None]})
+    f = fz.transform(canonical(only_device, spec))
     assert list(f.columns) == fz.feature_names_
     assert f["dwell_time_s"].isna().all() and f["session_index"].tolist() == [0.0, 0.0]
 

@@ -80,3 +80,93 @@ def test_nan_challenger_never_promotes():
 def test_policy_rejects_negative_margins():
     with pytest.raises(ValueError, match="min_improvement must be a number >= 0, got -0.1"):
         GatePolicy(min_improvement=-0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a version trained on: the gate judges two versions only on journeys neither saw
+
+
+def _journeys(n: int, first_day: str = "2026-09-01", sessions_each: int = 3):
+    import pandas as pd
+
+    rows = []
+    start = pd.Timestamp(first_day, tz="UTC")
+    for j in range(n):
+        for s in range(sessions_each):
+            rows.append(
+                {
+                    "session_id": f"j{j}-{s}",
+                    "journey_id": f"j{j}",
+                    "started_at": start + pd.Timedelta(hours=j * 5 + s),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_a_journey_split_version_saw_exactly_its_train_and_val_journeys():
+    from pipelines.gate import TrainingSpan
+    from pipelines.modelling import split_sessions
+
+    sessions = _journeys(400)
+    side = split_sessions(sessions, 0.15, 0.15, by="journey", seed=7).to_numpy()
+    span = TrainingSpan.of(
+        sessions, side, {"by": "journey", "val_size": 0.15, "test_size": 0.15}, 7
+    )
+    # recomputed from the recorded rule alone, in any row order
+    shuffled = sessions.sample(frac=1.0, random_state=3)
+    seen = span.seen(shuffled)
+    expected = side[shuffled.index.to_numpy()] != "test"
+    assert (seen == expected).all()
+    assert 0 < (~seen).sum() < len(seen)
+
+
+def test_a_time_split_version_saw_the_journeys_before_its_test_window():
+    from pipelines.gate import TrainingSpan
+    from pipelines.modelling import split_sessions
+
+    sessions = _journeys(200)
+    # timestamps as parquet files often hold them: second resolution
+    sessions["started_at"] = sessions["started_at"].astype("datetime64[s, UTC]")
+    side = split_sessions(sessions, 0.15, 0.15, by="time", seed=1).to_numpy()
+    span = TrainingSpan.of(sessions, side, {"by": "time", "val_size": 0.15, "test_size": 0.15}, 1)
+    assert (span.seen(sessions) == (side != "test")).all()
+
+
+def test_journeys_outside_a_versions_data_are_unseen_and_journeys_crossing_into_it_are_seen():
+    import pandas as pd
+
+    from pipelines.gate import TrainingSpan
+
+    old = _journeys(100, "2026-01-01")
+    span = TrainingSpan.of(
+        old, ["train"] * len(old), {"by": "journey", "val_size": 0.15, "test_size": 0.15}, 7
+    )
+    later = _journeys(50, "2026-06-01")
+    later["journey_id"] = "new-" + later["journey_id"]
+    assert not span.seen(later).any()
+    # a journey the version trained on that goes on after its data ends is still seen
+    crossing = pd.concat([old[old.journey_id == "j0"], later.head(3).assign(journey_id="j0")])
+    seen = span.seen(crossing.reset_index(drop=True))
+    from pipelines.modelling import unit_hash
+
+    j0_held_out = unit_hash(pd.Series(["j0"]), "#7")[0] < 0.15
+    assert (seen == (not j0_held_out)).all()
+
+
+def test_the_span_round_trips_through_its_registry_tag():
+    from pipelines.gate import TrainingSpan
+
+    sessions = _journeys(10)
+    span = TrainingSpan.of(
+        sessions,
+        ["train"] * 24 + ["test"] * 6,
+        {"by": "time", "val_size": 0.1, "test_size": 0.2},
+        3,
+    )
+    assert TrainingSpan.from_json(span.to_json()) == span
+    assert TrainingSpan.from_json(None) is None
+
+
+def test_a_gate_metric_outside_the_known_ones_is_refused():
+    with pytest.raises(ValueError, match="gate metric must be one of"):
+        GatePolicy(metric="f2")

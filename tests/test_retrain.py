@@ -23,6 +23,7 @@ from pipelines.retrain import (
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_TRACKING,
+    EXIT_USAGE,
     job_lock,
     run_retrain,
 )
@@ -244,15 +245,95 @@ def test_bad_or_empty_data_exits_3_naming_the_file(stream, tmp_path, capsys, cas
 # the tracking server: exit 4, and secrets stay out of every record
 
 
-def test_unreachable_tracking_server_exits_4_with_the_password_hidden(stream, tmp_path, capsys):
-    uri = "http://retrain:s3cr3t-pw@127.0.0.1:9/"  # the discard port: nothing listens
+def test_unreachable_tracking_server_exits_4_naming_it(stream, tmp_path, capsys):
+    uri = "http://127.0.0.1:9/"  # the discard port: nothing listens
     code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_TRACKING
     err = capsys.readouterr().err
     assert "cannot be reached" in err and "127.0.0.1:9" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["exit_code"] == EXIT_TRACKING and summary["tracking_uri"] == uri
+
+
+def test_a_password_inside_the_tracking_uri_is_refused_and_never_recorded(stream, tmp_path, capsys):
+    uri = "http://retrain:s3cr3t-pw@127.0.0.1:9/"
+    code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_PASSWORD" in err and "s3cr3t-pw" not in err
     summary_text = (tmp_path / "summary.json").read_text()
-    assert "s3cr3t-pw" not in err and "s3cr3t-pw" not in summary_text
-    assert json.loads(summary_text)["tracking_uri"] == "http://retrain:***@127.0.0.1:9/"
+    assert "s3cr3t-pw" not in summary_text
+    assert json.loads(summary_text)["exit_code"] == EXIT_USAGE
+
+
+def test_an_empty_csv_exits_3_and_the_summary_replaces_the_last_jobs(stream, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "summary.json").write_text(json.dumps({"written_by": "retrain", "exit_code": 0}))
+    for content in ("", "session_id,journey_id,started_at,intent\n"):
+        (tmp_path / "empty.csv").write_text(content)
+        code = run_retrain(_config(stream, uri, tmp_path / "empty.csv", tmp_path))
+        assert code == EXIT_BAD_DATA
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["exit_code"] == EXIT_BAD_DATA and "empty.csv" in summary["error"]
+    assert len([ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]) == 2
+
+
+def test_a_summary_path_that_is_the_data_is_refused_and_the_data_kept(stream, tmp_path):
+    data = tmp_path / "sessions.parquet"
+    pd.read_parquet(stream / "sessions").head(50).to_parquet(data)
+    before = data.read_bytes()
+    cfg = _config(stream, f"sqlite:///{tmp_path}/mlflow.db", data, tmp_path)
+    cfg.retrain.summary_path = str(data)
+    assert run_retrain(cfg) == EXIT_USAGE
+    assert data.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_the_gate_judges_only_journeys_the_champion_did_not_train_on(stream, tmp_path):
+    """A champion trained with a journey split over all the data saw most journeys of any later
+    window: only the window's latest journeys that were in the champion's own test split count."""
+    from pipelines.contract import DatasetSpec, to_contract
+    from pipelines.io import read_sessions
+    from pipelines.modelling import split_sessions
+    from pipelines.promote import holdout
+    from pipelines.retrain import read_window
+    from pipelines.train import log_and_register, train
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = [
+        f"data.path={stream / 'sessions'}",
+        f"data.stores_path={stream / 'stores.csv'}",
+        f"tracking.uri={uri}",
+        f"output_dir={tmp_path}",
+        "runtime.threads=1",
+        "baselines=false",
+        "model.num_boost_round=60",
+        "registry.gate=true",
+    ]
+    champion_cfg = compose_config("train", base)
+    log_and_register(champion_cfg, train(champion_cfg), [], str(tmp_path))
+    assert _champion(uri) == "1"
+
+    cfg = _config(stream, uri, stream / "sessions", tmp_path, "retrain.end=2026-10-31")
+    assert run_retrain(cfg) == EXIT_OK
+    summary = json.loads((tmp_path / "summary.json").read_text())
+
+    # independently: the window's held-out rows, and which journeys were the champion's test split
+    c = OmegaConf.to_container(cfg, resolve=True)
+    spec = DatasetSpec.from_config(c["data"])
+    window, _, _ = read_window(str(stream / "sessions"), "started_at", 61, "2026-10-31")
+    rows, _, _ = holdout(window, spec, dict(c["split"], by="time"), 42, "window")
+    everything = to_contract(read_sessions(stream / "sessions"), spec).sessions
+    side = split_sessions(everything, 0.15, 0.15, by="journey", seed=42)
+    champion_test = set(everything.loc[side.to_numpy() == "test", "journey_id"])
+    expected = int(rows["journey_id"].isin(champion_test).sum())
+
+    assert summary["holdout"]["rows_offered"] == len(rows)
+    assert summary["holdout"]["rows_judged"] == expected
+    assert 0 < expected < 0.3 * len(rows)
+    assert "neither version trained" in summary["holdout"]["fairness"]
+    if expected < 200:
+        assert summary["decision"] == "kept" and "gate.min_holdout_rows=200" in summary["reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +342,7 @@ def test_unreachable_tracking_server_exits_4_with_the_password_hidden(stream, tm
 
 def test_a_second_job_exits_6_while_the_first_holds_the_lock(stream, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    (tmp_path / "summary.json").write_text('{"from": "the running job"}')
+    (tmp_path / "summary.json").write_text('{"written_by": "retrain", "from": "the running job"}')
     with job_lock(tmp_path / "retrain.lock"):
         code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_LOCKED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -206,3 +207,57 @@ def test_a_table_without_session_ids_is_scored_in_buckets_with_ids_from_its_row_
     np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy())
     journeys = pd.read_parquet(tmp_path / "out" / "journeys.parquet")
     assert journeys["journey_id"].is_unique and len(journeys) == len(sessions)
+
+
+def test_a_mapped_column_missing_from_the_input_is_named_and_counted(
+    champion, small_sessions, tmp_path, caplog
+):
+    model, _ = champion
+    raw = small_sessions.drop(columns=["intent"]).rename(
+        columns={"device": "Device", "started_at": "StartedAt"}
+    )
+    raw.to_parquet(tmp_path / "in.parquet")
+    with caplog.at_level("WARNING", logger="pipelines.score"):
+        summary = score_file(model, tmp_path / "in.parquet", tmp_path / "out")
+    assert summary["missing_columns"] == ["started_at", "device"]
+    assert summary["missing_columns_count"] == 2
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "mapped column 'device' is missing" in warned and "found 'Device'" in warned
+    assert "mapped column 'started_at' is missing" in warned and "found 'StartedAt'" in warned
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["missing_columns_count"] == 2
+
+
+def test_an_input_with_no_mapped_column_is_refused(champion, small_sessions, tmp_path):
+    from pipelines.contract import ContractError
+
+    model, _ = champion
+    raw = small_sessions[["session_id"]].assign(Whatever=1)
+    raw.to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ContractError, match="none of the mapped columns is present"):
+        score_file(model, tmp_path / "in.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_without_rows_is_refused(champion, tmp_path):
+    from pipelines.contract import ContractError
+
+    model, _ = champion
+    (tmp_path / "header_only.csv").write_text("session_id,journey_id,device,dwell_time_s\n")
+    with pytest.raises(ContractError, match="holds no sessions"):
+        score_file(model, tmp_path / "header_only.csv", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_fingerprints_the_input_whatever_the_batch_size(
+    champion, small_sessions, tmp_path
+):
+    from pipelines.score import input_fingerprint
+
+    model, _ = champion
+    raw = small_sessions.drop(columns=["intent"])
+    raw.to_parquet(tmp_path / "in.parquet")
+    summary = score_file(model, tmp_path / "in.parquet", tmp_path / "out", chunk_rows=70)
+    assert summary["input_fingerprint"] == input_fingerprint(tmp_path / "in.parquet", 1000)
+    raw.assign(dwell_time_s=raw["dwell_time_s"] + 1).to_parquet(tmp_path / "other.parquet")
+    assert input_fingerprint(tmp_path / "other.parquet") != summary["input_fingerprint"]

@@ -27,7 +27,7 @@ from pipelines.synthetic import (
 )
 
 # enough sessions (about 100k) for sharp calibration checks, still about a second to generate
-LARGE_JOURNEYS = 30_000
+LARGE_JOURNEYS = 35_000  # about 100k sessions once the export is cut at the extraction time
 # statistical checks allow this many (journey-clustered) standard errors
 N_SE = 4.5
 
@@ -520,7 +520,8 @@ def test_generate_chunks_rejects_non_positive_sizes(params, n_journeys, chunk_jo
 
 
 def test_journey_lengths_follow_the_end_probabilities_and_the_cap(params):
-    p = dataclasses.replace(params, max_sessions=3)
+    # whole journeys: no export cut at the extraction time
+    p = dataclasses.replace(params, max_sessions=3, cut_at_end=False)
     df = simulate(p, 20_000, np.random.default_rng(13))
     lengths = df.groupby("journey_id").size()
     assert lengths.max() == 3
@@ -670,3 +671,23 @@ def test_from_config_builds_the_default_generator(params):
     np.testing.assert_allclose((1 - params.gap_p) / params.gap_p, _config()["gap_mean_days"])
     assert params.logging_policy.shape == (len(params.devices), len(params.touchpoints))
     assert set(params.stores_frame()["region"]) == {c.name for c in params.cities}
+
+
+def test_the_export_ends_at_the_extraction_time_with_steady_traffic_before_it(params):
+    df = simulate(params, 20_000, np.random.default_rng(5))
+    cut = params.extraction_time
+    assert df["started_at"].max() < cut
+    whole = simulate(
+        dataclasses.replace(params, cut_at_end=False), 20_000, np.random.default_rng(5)
+    )
+    assert whole["started_at"].max() > cut  # journeys still open at the export were cut
+    # sessions before the cut are the same whether or not the export cut the rest
+    kept = whole[whole["started_at"] < cut].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, df.reset_index(drop=True))
+    # once journeys have built up, every week up to the export holds about the same traffic
+    week = (cut - df["started_at"]).dt.days // 7
+    per_week = df.groupby(week).size().sort_index()
+    recent = per_week.loc[0:3]  # the last four weeks
+    assert recent.min() > 0.85 * recent.max()
+    last_28_days = (df["started_at"] >= cut - pd.Timedelta(days=28)).sum()
+    assert last_28_days > 0.4 * len(df)
