@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	bash scripts/ensure_postgres.sh
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project with its pinned dependencies

@@ -25,13 +25,19 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import runner
+from pipelines import drift, modelling, runner, tracking
 from pipelines.config import hydra_main
-from pipelines.io import atomic_path, claim_output
+from pipelines.contract import ContractError, DatasetSpec, to_contract
+from pipelines.io import atomic_path, claim_output, read_sessions
+from pipelines.promote import CHAMPION, gate, holdout, policy_from, resolve_version
 from pipelines.runner import UserError
+from pipelines.score import load_scorer
+from pipelines.train import log_and_register, train
 
 # the exit codes of the README's table, under the names the job uses (see pipelines.runner)
 EXIT_OK = runner.EXIT_OK  # promoted, or kept the champion
@@ -80,8 +86,6 @@ def read_window(
     path: str, started_col: str, days: float, end: str | None
 ) -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
     """Sessions that started in the last `days` days before `end` (default: the latest session)."""
-    from pipelines.io import read_sessions
-
     raw = read_sessions(path)
     if started_col not in raw.columns:
         raise RetrainError(
@@ -112,12 +116,6 @@ def job_key(fingerprint: str, cfg: Mapping) -> str:
 
 def champion_drift(client, name: str, champion: str, window: pd.DataFrame) -> dict:
     """PSI of the window's features and predicted-intent mix against the champion's training data."""
-    import mlflow
-
-    from pipelines import drift
-    from pipelines.contract import to_contract
-    from pipelines.score import load_scorer
-
     version = client.get_model_version(name, champion)
     try:
         reference = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/drift_reference.json")
@@ -147,14 +145,6 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
 
     `summary` is filled in as the job goes, so a job that fails still reports how far it got.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from pipelines import modelling, tracking
-    from pipelines.contract import ContractError, DatasetSpec, to_contract
-    from pipelines.promote import CHAMPION, gate, policy_from, resolve_version
-    from pipelines.train import log_and_register, train
-
     c = OmegaConf.to_container(cfg, resolve=True)
     rt = c["retrain"]
     name = c["registry"]["model_name"]
@@ -300,8 +290,6 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
 
 def _holdout(window: pd.DataFrame, spec, c: Mapping):
     """The most recent journeys of the window: both models are judged on exactly these rows."""
-    from pipelines.promote import holdout
-
     split = dict(c["split"], by="time")
     return holdout(window, spec, split, int(c["runtime"]["seed"]), str(c["data"]["path"]))
 

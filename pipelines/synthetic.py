@@ -70,8 +70,9 @@ class GeneratorParams:
 
     @property
     def extraction_time(self) -> pd.Timestamp:
-        """When the data is exported (UTC): the end of the window journeys start in."""
-        return (self.start + pd.Timedelta(days=self.days)).tz_localize("UTC")
+        """When the data is exported, in each city's local time: the end of the window journeys
+        start in."""
+        return self.start + pd.Timedelta(days=self.days)
 
     @property
     def n_intents(self) -> int:
@@ -305,8 +306,9 @@ def simulate(
     )
     utc = pd.to_datetime(local - offsets.astype("timedelta64[m]")).tz_localize("UTC")
     if p.cut_at_end:
-        # an export taken at the extraction time: journeys still open then are cut there
-        kept = np.asarray(utc < p.extraction_time)
+        # an export taken at the end of the window (each city's midnight): journeys still open
+        # then are cut there, and every journey keeps at least its first session
+        kept = local < p.extraction_time.to_datetime64()
         cols = {key: v[kept] for key, v in cols.items()}
         offsets, utc = offsets[kept], utc[kept]
     jid = cols["journey"] + first_journey

@@ -203,6 +203,28 @@ def test_sweep_is_one_parent_run_with_a_child_per_job(tmp_path):
         "sweep_summary.md",
         "sweep_summary.csv",
     }
+    # one version for the whole sweep, @challenger on its best job, reporting its own version
+    versions = client.search_model_versions("name = 'micro_moment_intent'")
+    assert [v.run_id for v in versions] == [best.info.run_id]
+    challenger = client.get_model_version_by_alias("micro_moment_intent", "challenger")
+    assert challenger.run_id == best.info.run_id
+    assert "registered the best job as micro_moment_intent version 1" in proc.stdout
+    code = (
+        "import mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/micro_moment_intent@challenger')\n"
+        "print(m.predict(pd.DataFrame({'session_id': ['a'], 'device': ['mobile']}))"
+        "['model_version'].iloc[0])\n"
+    )
+    consumer = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert consumer.returncode == 0, consumer.stderr[-2000:]
+    assert consumer.stdout.strip().splitlines()[-1] == "1"
 
 
 def test_config_typos_fail_at_compose_time():

@@ -1,4 +1,5 @@
-"""Retraining against a real `mlflow server` on loopback (SQLite backend, proxied artifacts)."""
+"""Retraining against a real `mlflow server` on loopback (SQLite backend, proxied artifacts), with
+MLflow's basic authentication, and a server that dies in the middle of a job."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.retrain import EXIT_OK, EXIT_TRACKING, run_retrain
+from pipelines import retrain as retrain_module
+from pipelines.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
 from tests.test_retrain import NAME, _config, stream  # noqa: F401  (the module-scoped data)
 
 pytestmark = pytest.mark.slow
@@ -34,13 +37,33 @@ def _mlflow_executable() -> str:
     return str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
 
 
+USER, PASSWORD = "scheduler", "hunter2-secret"
+SERVERS: dict[str, subprocess.Popen] = {}  # url -> the server process, to kill one mid-job
+
+
 @contextlib.contextmanager
-def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
+def mlflow_server(root: Path, port: int | None = None, auth: bool = False) -> Iterator[str]:
     """A `mlflow server` process on 127.0.0.1 over `root` (SQLite store and artifact folder);
-    yields its URL once `/health` answers, and stops it on the way out, whatever happened."""
+    yields its URL once `/health` answers, and stops it on the way out, whatever happened.
+    With `auth`, MLflow's basic authentication with `USER` as its admin (password `PASSWORD`)."""
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(root / f"server-{port}.log", "ab")  # noqa: SIM115  (closed below)
+    env = dict(os.environ)
+    extra = []
+    if auth:
+        ini = root / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{root}/basic_auth.db\n"
+            f"admin_username = {USER}\n"
+            f"admin_password = {PASSWORD}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-only-secret-key"
+        extra = ["--app-name", "basic-auth"]
     proc = subprocess.Popen(
         [
             _mlflow_executable(),
@@ -55,11 +78,14 @@ def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
             str(root / "artifacts"),
             "--workers",
             "1",
+            *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
+    SERVERS[url] = proc
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -89,14 +115,34 @@ def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
         log.close()
 
 
-def _with_password(url: str) -> str:
-    return url.replace("http://", "http://scheduler:hunter2-secret@")
+def _every_text(root: Path) -> str:
+    return "\n".join(
+        p.read_text(errors="replace")
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix not in (".db", ".lock") and p.stat().st_size < 5e6
+    )
 
 
-def test_retrain_over_http_promotes_and_the_registry_answers_over_http(stream, tmp_path):  # noqa: F811
-    with mlflow_server(tmp_path) as url:
+def test_retrain_over_http_with_basic_auth_promotes_and_no_secret_is_recorded(
+    stream,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
+    with mlflow_server(tmp_path, auth=True) as url:
+        # credentials in the URI are refused, and that refusal records no secret
+        work = tmp_path / "refused"
+        with_password = url.replace("http://", f"http://{USER}:{PASSWORD}@")
+        assert run_retrain(_config(stream, with_password, stream / "sessions", work)) == EXIT_USAGE
+        # no credentials at all: the server says no, and the job says it cannot use the server
+        work = tmp_path / "anonymous"
+        assert run_retrain(_config(stream, url, stream / "sessions", work)) == EXIT_TRACKING
+
+        # the way the README says: the URI without them, the credentials in MLflow's variables
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
         work = tmp_path / "job"
-        cfg = _config(stream, _with_password(url), stream / "sessions", work, "retrain.end=null")
+        cfg = _config(stream, url, stream / "sessions", work, "retrain.end=null")
         assert run_retrain(cfg) == EXIT_OK
         summary = json.loads((work / "summary.json").read_text())
         assert summary["decision"] == "promoted" and summary["champion_after"] == "1"
@@ -109,10 +155,25 @@ def test_retrain_over_http_promotes_and_the_registry_answers_over_http(stream, t
         assert champion.tags["retrain.job_key"] == summary["job_key"]
         run = client.get_run(summary["run_id"])
         assert run.data.metrics["test/macro_f1"] > 0.7
-        # the password in the tracking URI reaches no param, tag or summary
-        recorded = json.dumps([run.data.params, run.data.tags, summary])
-        assert "hunter2-secret" not in recorded
-        assert summary["tracking_uri"] == _with_password(url).replace("hunter2-secret", "***")
+
+        # the password reaches no param, tag, artifact, summary, log file or stream
+        artifacts = Path(
+            mlflow.artifacts.download_artifacts(
+                f"runs:/{run.info.run_id}/", dst_path=str(tmp_path / "dl")
+            )
+        )
+        streams = capsys.readouterr()
+        recorded = json.dumps([run.data.params, run.data.tags, champion.tags, summary])
+        for text in (
+            recorded,
+            _every_text(artifacts),
+            _every_text(tmp_path / "refused"),
+            _every_text(tmp_path / "anonymous"),
+            _every_text(work),
+            streams.out,
+            streams.err,
+        ):
+            assert PASSWORD not in text
 
         # a consumer in a fresh process loads @champion over HTTP and scores raw sessions
         code = (
@@ -123,7 +184,9 @@ def test_retrain_over_http_promotes_and_the_registry_answers_over_http(stream, t
             "print(out['model_version'].iloc[0], out['intent'].iloc[0])\n"
         )
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["MLFLOW_TRACKING_URI"] = url
+        env["MLFLOW_TRACKING_URI"] = (
+            url  # the credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
+        )
         consumer = subprocess.run(
             [sys.executable, "-c", code],
             cwd=tmp_path,
@@ -153,4 +216,44 @@ def test_a_server_that_goes_down_exits_4_and_leaves_the_registry_as_it_was(strea
     with mlflow_server(tmp_path, port) as url:
         client = MlflowClient(url, registry_uri=url)
         assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+        assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+
+def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
+    stream,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The server answers the start-up check, then dies while the challenger trains: the job ends
+    with exit 4 within a bounded time (not after minutes of retries), its summary replaces the
+    last job's, and the registry is as it was."""
+    port = _free_port()
+    work = tmp_path / "job"
+    with mlflow_server(tmp_path, port) as url:
+        first = _config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31")
+        assert run_retrain(first) == EXIT_OK
+    assert json.loads((work / "summary.json").read_text())["exit_code"] == EXIT_OK
+
+    original_train = retrain_module.train
+    with mlflow_server(tmp_path, port) as url:
+        died = {}
+
+        def train_then_lose_the_server(*args, **kwargs):
+            result = original_train(*args, **kwargs)
+            os.killpg(SERVERS[url].pid, 9)  # the server dies before the run is logged
+            SERVERS[url].wait(timeout=30)
+            died["at"] = time.monotonic()
+            return result
+
+        monkeypatch.setattr(retrain_module, "train", train_then_lose_the_server)
+        cfg = _config(stream, url, stream / "sessions", work, "retrain.end=2026-10-31")
+        code = run_retrain(cfg)
+        elapsed = time.monotonic() - died["at"]
+    assert code == EXIT_TRACKING
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to give up after the server died"
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["exit_code"] == EXIT_TRACKING and "stopped answering" in summary["error"]
+    assert summary["window"]["end"].startswith("2026-10-31")  # how far it got
+    with mlflow_server(tmp_path, port) as url:
+        client = MlflowClient(url, registry_uri=url)
         assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"

@@ -675,19 +675,20 @@ def test_from_config_builds_the_default_generator(params):
 
 def test_the_export_ends_at_the_extraction_time_with_steady_traffic_before_it(params):
     df = simulate(params, 20_000, np.random.default_rng(5))
-    cut = params.extraction_time
-    assert df["started_at"].max() < cut
+    cut = params.extraction_time  # local time
+    assert _local_time(df).max() < cut
+    assert df["journey_id"].nunique() == 20_000  # every journey started before the export
     whole = simulate(
         dataclasses.replace(params, cut_at_end=False), 20_000, np.random.default_rng(5)
     )
-    assert whole["started_at"].max() > cut  # journeys still open at the export were cut
+    assert _local_time(whole).max() > cut  # journeys still open at the export were cut
     # sessions before the cut are the same whether or not the export cut the rest
-    kept = whole[whole["started_at"] < cut].reset_index(drop=True)
+    kept = whole[(_local_time(whole) < cut).to_numpy()].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, df.reset_index(drop=True))
     # once journeys have built up, every week up to the export holds about the same traffic
-    week = (cut - df["started_at"]).dt.days // 7
+    week = (cut - _local_time(df)).dt.days // 7
     per_week = df.groupby(week).size().sort_index()
     recent = per_week.loc[0:3]  # the last four weeks
     assert recent.min() > 0.85 * recent.max()
-    last_28_days = (df["started_at"] >= cut - pd.Timedelta(days=28)).sum()
+    last_28_days = (_local_time(df) >= cut - pd.Timedelta(days=28)).sum()
     assert last_28_days > 0.4 * len(df)
