@@ -304,9 +304,10 @@ def run_retrain(cfg: DictConfig) -> int:
     rt = cfg.retrain
     summary: dict = {"written_by": "retrain"}
     runner.STARTED["value"] = True
+    summary_path = None  # known to be the job's own only once claimed
     try:
         runner.start(cfg, tracking=False)  # retrain checks the server itself, into the summary
-        claim_output(rt.summary_path, "retrain", inputs=(cfg.data.path,))
+        summary_path = claim_output(rt.summary_path, "retrain", inputs=(cfg.data.path,))
         claim_output(rt.lock_path, "retrain", inputs=(cfg.data.path, rt.summary_path))
         with job_lock(rt.lock_path):
             retrain(cfg, summary)
@@ -319,9 +320,10 @@ def run_retrain(cfg: DictConfig) -> int:
         runner.fail("retrain", code, message)
     summary["exit_code"] = code
     summary["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    if code != EXIT_LOCKED:  # a job that never ran must not overwrite the running job's summary
+    # a job that never ran must not overwrite the running job's summary, nor a refused path
+    if code != EXIT_LOCKED and summary_path is not None:
         try:
-            write_summary(summary, rt.summary_path)
+            write_summary(summary, summary_path)
         except Exception as err:  # the exit code still tells the scheduler what happened
             runner.fail("retrain", code, f"the summary could not be written: {err}")
     if code == EXIT_OK:

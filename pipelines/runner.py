@@ -187,7 +187,7 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
     from omegaconf.errors import MissingMandatoryValue
 
     from pipelines.contract import ContractError
-    from pipelines.io import OutputRefused
+    from pipelines.io import EmptyInput, OutputRefused, PartMismatch
 
     if isinstance(err, UserError):
         return err.code, redact(str(err))
@@ -197,7 +197,15 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
         return EXIT_TRACKING, f"the tracking server stopped answering: {_first_line(err)}"
     if isinstance(err, MissingMandatoryValue):
         return EXIT_USAGE, f"a required value is not set: {_first_line(err)}"
-    if isinstance(err, ContractError | FileNotFoundError | IsADirectoryError | NotADirectoryError):
+    if isinstance(
+        err,
+        ContractError
+        | EmptyInput
+        | PartMismatch
+        | FileNotFoundError
+        | IsADirectoryError
+        | NotADirectoryError,
+    ):
         return EXIT_BAD_DATA, _first_line(err)
     if isinstance(err, pd.errors.EmptyDataError):
         return EXIT_BAD_DATA, f"the input is empty: {_first_line(err)}"

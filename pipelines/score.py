@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipelines import contract
 from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError
-from pipelines.io import _files, atomic_path, claim_output
+from pipelines.io import EmptyInput, _files, atomic_path, check_parts, claim_output
 from pipelines.runner import command
 from pipelines.scorer import IntentModel
 
@@ -47,9 +47,10 @@ _CSV_READ = pacsv.ReadOptions(block_size=1 << 22)
 def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of at most `batch_rows` rows from parquet files or CSV files."""
     files = _files(Path(path))
+    check_parts([f for f in files if f.suffix == ".parquet"])
     for f in files:
         if f.suffix == ".csv":
-            reader = pacsv.open_csv(f, read_options=_CSV_READ)
+            reader = _open_csv(f)
             for batch in reader:
                 for start in range(0, batch.num_rows, batch_rows):
                     yield batch.slice(start, batch_rows)
@@ -57,12 +58,19 @@ def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
 
 
+def _open_csv(path: Path):
+    try:
+        return pacsv.open_csv(path, read_options=_CSV_READ)
+    except pa.ArrowInvalid as err:
+        raise EmptyInput(f"{path}: cannot be read as CSV: {err}") from None
+
+
 def count_rows(path: str | Path) -> int:
     """Row count: from parquet metadata, or for CSV by streaming through the files once (the
     bucket count follows from it, and with it the memory of scoring)."""
     files = _files(Path(path))
     return sum(
-        sum(b.num_rows for b in pacsv.open_csv(f, read_options=_CSV_READ))
+        sum(b.num_rows for b in _open_csv(f))
         if f.suffix == ".csv"
         else pq.ParquetFile(f).metadata.num_rows
         for f in files

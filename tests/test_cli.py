@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -261,3 +262,27 @@ def test_presets_change_what_they_say():
         ]
         == 127
     )
+
+
+@pytest.mark.slow
+def test_run_then_retrain_on_the_embedded_default_exits_0_and_a_rerun_reuses_the_version(tmp_path):
+    """What a scheduler does after `make demo`: the default data holds a full recent window."""
+    run = _cli(["run", "runtime.threads=1"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = _cli(["retrain", "runtime.threads=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "retrain_summary.json").read_text())
+    assert summary["exit_code"] == 0 and summary["data"]["rows_kept"] > 20_000
+    assert summary["decision"] in ("promoted", "kept") and summary["reason"]
+    # judged only on journeys neither version trained on: a fraction of the window's latest ones
+    held_out = summary["holdout"]
+    assert 200 <= held_out["rows_judged"] < held_out["rows_offered"]
+    again = _cli(["retrain", "runtime.threads=1"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "retrain_summary.json").read_text())
+    assert rerun["reused_version"] is True and rerun["challenger"] == summary["challenger"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    versions = MlflowClient(uri, registry_uri=uri).search_model_versions(
+        "name = 'micro_moment_intent'"
+    )
+    assert len(versions) == 2

@@ -349,7 +349,10 @@ def test_a_second_job_exits_6_while_the_first_holds_the_lock(stream, tmp_path, c
     err = capsys.readouterr().err
     assert "another retrain job holds the lock" in err and f"pid {os.getpid()}" in err
     # the job that never ran leaves the running job's summary alone, and registers nothing
-    assert json.loads((tmp_path / "summary.json").read_text()) == {"from": "the running job"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "written_by": "retrain",
+        "from": "the running job",
+    }
     assert _versions(uri) == []
 
 

@@ -249,3 +249,36 @@ def test_scoring_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_p
     assert proc.returncode == runner.EXIT_USAGE
     assert "not written by micromoment" in proc.stderr
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_parquet_parts_with_other_columns_or_types_are_named(tmp_path):
+    from pipelines.io import PartMismatch, read_sessions
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    pd.DataFrame({"session_id": ["a"], "dwell_time_s": [1.5]}).to_parquet(folder / "part-0.parquet")
+    pd.DataFrame({"session_id": ["b"], "dwell_time_s": ["long"]}).to_parquet(
+        folder / "part-1.parquet"
+    )
+    with pytest.raises(PartMismatch, match=r"part-1.parquet: column 'dwell_time_s' is (large_)?string here but double"):
+        read_sessions(folder)
+    pd.DataFrame({"session_id": ["b"], "Dwell": [2.0]}).to_parquet(folder / "part-1.parquet")
+    with pytest.raises(PartMismatch, match="column 'dwell_time_s' is missing from this part"):
+        read_sessions(folder)
+    # integer and float widths, and all-null columns, read across parts as they always did
+    pd.DataFrame({"session_id": ["b"], "dwell_time_s": [None]}).to_parquet(
+        folder / "part-1.parquet"
+    )
+    assert len(read_sessions(folder)) == 2
+
+
+def test_an_empty_csv_names_the_file(tmp_path):
+    from pipelines.io import EmptyInput, read_sessions
+    from pipelines.score import count_rows
+
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(EmptyInput, match="empty.csv"):
+        read_sessions(tmp_path / "empty.csv")
+    with pytest.raises(EmptyInput, match="empty.csv"):
+        count_rows(tmp_path / "empty.csv")
+    assert runner.exit_code_for(EmptyInput("x"))[0] == runner.EXIT_BAD_DATA

@@ -477,3 +477,43 @@ def test_input_without_logged_touchpoints_is_refused(registry_store, synthetic_d
     with pytest.raises(ValueError, match="no session records a touchpoint shown"):
         run_touchpoints(OmegaConf.create(cfg))
     assert not (tmp_path / "feed").exists()
+
+
+def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.contract import ContractError
+    from pipelines.score import load_scorer, score_file
+    from pipelines.touchpoint_feed import run_touchpoints
+
+    mlflow.set_tracking_uri(registry_store["uri"])
+    mlflow.set_registry_uri(registry_store["uri"])
+    model, info = load_scorer("models:/micro_moment_intent@champion", threads=1)
+    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    sessions.iloc[: len(sessions) // 2].to_parquet(a)
+    # the same shape and row count, other sessions: positions line up, intents do not
+    sessions.iloc[len(sessions) // 2 : 2 * (len(sessions) // 2)].to_parquet(b)
+    score_file(model, b, tmp_path / "scores_b", model_info=info)
+
+    def feed(input_path, scores):
+        cfg = compose_config(
+            "touchpoints",
+            [
+                f"feed.input={input_path}",
+                f"feed.scores={scores}",
+                f"data.stores_path={synthetic_dir}/stores.csv",
+                f"tracking.uri={registry_store['uri']}",
+                "runtime.threads=1",
+                f"feed.output={tmp_path / 'feed'}",
+                "feed.log_to_mlflow=false",
+                "touchpoints.estimation.min_effective_sessions=10",
+            ],
+        )
+        return run_touchpoints(OmegaConf.create(cfg))
+
+    with pytest.raises(ContractError, match="these scores belong to another input"):
+        feed(a, tmp_path / "scores_b")
+    assert not (tmp_path / "feed").exists()
+    summary = feed(b, tmp_path / "scores_b")  # its own input is accepted
+    assert summary["rows_in_feed"] + summary["rows_rejected"] == summary["rows_in"]

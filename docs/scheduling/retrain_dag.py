@@ -22,8 +22,9 @@ with DAG(
 ) as dag:
     BashOperator(
         task_id="retrain",
-        # MLFLOW_TRACKING_URI comes from the worker's environment or an Airflow connection;
-        # never put credentials in the command line.
+        # MLFLOW_TRACKING_URI (without credentials: micromoment refuses a password inside a
+        # URI) and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD come from the worker's
+        # environment or an Airflow connection; never put credentials in the command line.
         bash_command=(
             "cd /opt/micromoment && "
             ".venv/bin/micromoment retrain "
