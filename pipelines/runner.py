@@ -237,10 +237,11 @@ def start(cfg: DictConfig, tracking: bool) -> None:
     logging.getLogger("pipelines").setLevel(level)
     check_config(cfg)
     refuse_secrets_in_args([])
+    if "tracking" in cfg:
+        http_settings(cfg.tracking)  # also for commands that check the server themselves
     if tracking and "tracking" in cfg:
         from pipelines.tracking import resolve_tracking_uri
 
-        http_settings(cfg.tracking)
         check_tracking(resolve_tracking_uri(cfg.tracking.get("uri")))
 
 
