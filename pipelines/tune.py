@@ -83,11 +83,11 @@ class NoRepeatSampler(optuna.samplers.BaseSampler):
     (complete, pruned, failed or still running).
 
     Optuna stores each parameter as soon as it is drawn, so a repeat must be refused before the
-    trial sees it: the whole set is drawn when the trial starts (as Optuna's "relative" parameters,
-    from the wrapped sampler's per-parameter draws) and drawn again while it equals an earlier
-    trial's. After `max_draws // 2` repeats the draws come from a seeded random sampler, which a
-    sampler settled on one point cannot hold back. The wrapped sampler's own joint ("relative")
-    sampling, as multivariate TPE's, is not used.
+    trial sees it: the whole set is drawn when the trial starts (Optuna's "relative" parameters),
+    by the wrapped sampler exactly as a trial would ask it (its joint draw, then a draw per
+    parameter it left out), and drawn again while it equals an earlier trial's. After
+    `max_draws // 2` repeats the draws come from a seeded random sampler, which a sampler settled
+    on one point cannot hold back; after `max_draws`, `SearchSpaceExhausted`.
     """
 
     def __init__(
@@ -113,14 +113,18 @@ class NoRepeatSampler(optuna.samplers.BaseSampler):
             for t in study.get_trials(deepcopy=False)
             if t.params and t.number != trial.number
         }
+        # what the wrapped sampler draws jointly (multivariate TPE: the parameters all finished
+        # trials share), where it agrees with the configured space
+        joint = {
+            name: dist
+            for name, dist in self.sampler.infer_relative_search_space(study, trial).items()
+            if search_space.get(name) == dist
+        }
         for draw in range(self.max_draws):
-            source = self.sampler if draw < self.max_draws // 2 else self._random
-            values = {
-                name: dist.to_external_repr(
-                    dist.to_internal_repr(source.sample_independent(study, trial, name, dist))
-                )
-                for name, dist in search_space.items()
-            }
+            if draw < self.max_draws // 2:
+                values = self._draw(self.sampler, study, trial, search_space, joint)
+            else:
+                values = self._draw(self._random, study, trial, search_space, {})
             earlier = tried.get(_params_key(values))
             if earlier is None:
                 return values
@@ -134,6 +138,20 @@ class NoRepeatSampler(optuna.samplers.BaseSampler):
             f"trial {trial.number} found no parameter set that none of the study's "
             f"{len(tried)} trials tried in {self.max_draws} draws"
         )
+
+    @staticmethod
+    def _draw(sampler, study, trial, search_space, joint) -> dict[str, object]:
+        drawn = sampler.sample_relative(study, trial, joint) if joint else {}
+        values = {}
+        for name, dist in search_space.items():
+            value = (
+                drawn[name]
+                if name in drawn and name in joint
+                else sampler.sample_independent(study, trial, name, dist)
+            )
+            # as the trial will store it
+            values[name] = dist.to_external_repr(dist.to_internal_repr(value))
+        return values
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> object:
         return self.sampler.sample_independent(study, trial, param_name, param_distribution)

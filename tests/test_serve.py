@@ -23,15 +23,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json(body: bytes):
+    """JSON as a strict client reads it: a bare NaN or Infinity is an error, not a number."""
+    return json.loads(body, parse_constant=_refuse)
+
+
+def post(url: str, payload: dict) -> tuple[int, bytes]:
     req = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, resp.read()
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        return err.code, err.read()
+
+
+def as_records(rows) -> list[dict]:
+    rows = rows.drop(columns=["intent"]).copy()
+    rows["started_at"] = rows["started_at"].map(lambda t: t.isoformat())
+    return json.loads(rows.to_json(orient="records"))
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +99,10 @@ def server(registry_store):
 
 
 def test_invocations_return_probabilities(server, small_sessions):
-    rows = small_sessions.head(3).drop(columns=["intent"]).copy()
-    rows["started_at"] = rows["started_at"].map(lambda t: t.isoformat())
-    records = json.loads(rows.to_json(orient="records"))
-    status, body = post(f"{server}/invocations", {"dataframe_records": records})
+    rows = small_sessions.head(3)
+    status, body = post(f"{server}/invocations", {"dataframe_records": as_records(rows)})
     assert status == 200, body
-    preds = body["predictions"]
+    preds = strict_json(body)["predictions"]
     assert [p["session_id"] for p in preds] == rows["session_id"].tolist()
     for p in preds:
         total = p["p_know"] + p["p_go"] + p["p_do"] + p["p_buy"]
@@ -97,9 +110,69 @@ def test_invocations_return_probabilities(server, small_sessions):
         assert p["intent"] in {"know", "go", "do", "buy"} and p["model_version"] == "2"
 
 
-def test_request_missing_the_session_id_is_a_clear_400(server):
-    status, body = post(
-        f"{server}/invocations", {"dataframe_records": [{"device": "mobile", "dwell_time_s": 30}]}
-    )
-    assert status == 400
-    assert "session_id" in json.dumps(body)
+def test_rejected_rows_answer_null_not_nan(server, small_sessions):
+    records = as_records(small_sessions.head(3))
+    records[1]["dwell_time_s"] = -5.0
+    status, body = post(f"{server}/invocations", {"dataframe_records": records})
+    assert status == 200, body
+    preds = strict_json(body)["predictions"]
+    rejected = preds[1]
+    assert "dwell_time_s" in rejected["reject_reason"]
+    for key in ("p_know", "p_go", "p_do", "p_buy", "intent", "confidence", "margin"):
+        assert rejected[key] is None, key
+    for p in (preds[0], preds[2]):
+        assert p["reject_reason"] is None
+        assert abs(p["p_know"] + p["p_go"] + p["p_do"] + p["p_buy"] - 1.0) < 1e-9
+        assert 0 <= p["margin"] <= p["confidence"] <= 1
+
+
+def test_in_process_predictions_stay_numeric_with_na_for_rejected_rows(
+    registry_store, small_sessions
+):
+    import mlflow
+    import pandas as pd
+
+    from pipelines.contract import ContractError
+
+    mlflow.set_tracking_uri(registry_store["uri"])
+    mlflow.set_registry_uri(registry_store["uri"])
+    model = mlflow.pyfunc.load_model("models:/micro_moment_intent@champion")
+    raw = small_sessions.head(3).drop(columns=["intent"]).reset_index(drop=True)
+    raw.loc[1, "dwell_time_s"] = -5.0
+    out = model.predict(raw)
+    probs = ["p_know", "p_go", "p_do", "p_buy"]
+    assert all(out[c].dtype == "Float64" for c in [*probs, "confidence", "margin"])
+    assert out[probs].iloc[[0, 2]].sum(axis=1).round(9).tolist() == [1.0, 1.0]
+    assert out.loc[1, [*probs, "intent", "confidence", "margin"]].isna().all()
+    assert (out["confidence"] > 0.25).tolist() == [True, pd.NA, True]
+    assert out["reject_reason"].isna().tolist() == [True, False, True]
+    # what the scoring server sends: None, never NaN, for what is missing
+    strict_json(json.dumps(out.to_dict(orient="records")).encode())
+
+    with pytest.raises(ContractError, match="'dwell_time_s'"):
+        model.predict(raw.assign(dwell_time_s="long"))
+
+
+def _assert_short_error_naming(status: int, body: bytes, column: str, records: list[dict]):
+    assert 400 <= status < 500, body[:2000]
+    error = strict_json(body)
+    assert column in error["message"], error
+    # the message names the column; it does not send the request back
+    assert len(body) < 1000, body[:2000]
+    text = body.decode()
+    for key in ("session_id", "journey_id", "channel", "started_at"):
+        assert not any(r[key] in text for r in records), key
+
+
+def test_wrongly_typed_column_is_a_short_4xx_naming_it(server, small_sessions):
+    records = as_records(small_sessions.head(500))
+    sent = [{**r, "dwell_time_s": "long"} for r in records]
+    status, body = post(f"{server}/invocations", {"dataframe_records": sent})
+    _assert_short_error_naming(status, body, "dwell_time_s", records)
+
+
+def test_request_missing_the_session_id_is_a_short_4xx_naming_it(server, small_sessions):
+    records = as_records(small_sessions.head(500))
+    sent = [{k: v for k, v in r.items() if k != "session_id"} for r in records]
+    status, body = post(f"{server}/invocations", {"dataframe_records": sent})
+    _assert_short_error_naming(status, body, "session_id", records)

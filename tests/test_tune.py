@@ -12,8 +12,45 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.tune import pruning_callback, suggest
+from pipelines.tune import (
+    NoRepeatSampler,
+    SearchSpaceExhausted,
+    distributions,
+    open_study,
+    pruning_callback,
+    suggest,
+)
 from tests.conftest import compose_config
+
+SMALL_SPACE = [
+    {"name": "model.params.boosting", "type": "categorical", "choices": ["gbdt", "dart"]},
+    {"name": "model.params.num_leaves", "type": "int", "low": 2, "high": 4},
+]
+
+
+def _search() -> dict:
+    return compose_config("tune", ["output_dir=/tmp"])["search"]
+
+
+def _tune_cfg(tmp_path) -> dict:
+    return {
+        "storage": str(tmp_path / "optuna" / "s.journal"),
+        "study_name": "s",
+        "prune_after_trials": 5,
+        "prune_warmup_rounds": 30,
+    }
+
+
+def _objective(space):
+    def objective(trial):
+        values = suggest(trial, space)
+        return float(values["model.params.learning_rate"])
+
+    return objective
+
+
+def _param_sets(study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in study.trials if t.params]
 
 
 def test_search_space_draws_within_bounds():
@@ -34,6 +71,53 @@ def test_unknown_parameter_type_is_named():
     trial = optuna.create_study().ask()
     with pytest.raises(ValueError, match="model.params.x has type 'normal'"):
         suggest(trial, [{"name": "model.params.x", "type": "normal"}])
+
+
+def test_resumed_study_draws_no_parameter_set_an_earlier_trial_tried(tmp_path):
+    """A killed search resumed with the same seed: the sampler must not replay the first run."""
+    search = _search()
+    first = open_study(_tune_cfg(tmp_path), search, seed=0)
+    first.optimize(_objective(search["params"]), n_trials=2)
+    killed = first.ask()  # the run dies inside this trial: its parameters are stored
+    suggest(killed, search["params"])
+
+    resumed = open_study(_tune_cfg(tmp_path), search, seed=0)
+    resumed.optimize(_objective(search["params"]), n_trials=3)
+    states = [t.state for t in resumed.trials]
+    assert states[2] == optuna.trial.TrialState.FAIL
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+    sets = _param_sets(resumed)
+    assert len(sets) == 6 and len(set(sets)) == 6
+
+
+def test_fresh_study_draws_what_tpe_with_the_seed_draws(tmp_path):
+    search = _search()
+    draws = []
+    for run in ("a", "b"):
+        study = open_study(_tune_cfg(tmp_path / run), search, seed=7)
+        study.optimize(_objective(search["params"]), n_trials=12)  # past TPE's 10 random trials
+        draws.append(_param_sets(study))
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=7))
+    plain.optimize(_objective(search["params"]), n_trials=12)
+    assert draws[0] == draws[1] == _param_sets(plain)
+
+
+def test_no_repeat_sampler_tries_each_set_once_then_stops(caplog):
+    # a small space and a sampler that settles at once: repeats are drawn and refused
+    sampler = NoRepeatSampler(
+        optuna.samplers.TPESampler(seed=0, n_startup_trials=1),
+        distributions(SMALL_SPACE),
+        seed=0,
+    )
+    study = optuna.create_study(sampler=sampler)
+    with caplog.at_level("WARNING", logger="pipelines.tune"):
+        study.optimize(lambda t: float(suggest(t, SMALL_SPACE)["model.params.num_leaves"]), 6)
+    sets = _param_sets(study)
+    assert len(set(sets)) == 6  # 2 x 3: every set, each once
+    assert "already tried; drawing another set" in caplog.text
+    with pytest.raises(SearchSpaceExhausted, match="none of the study's 6 trials"):
+        study.optimize(lambda t: float(suggest(t, SMALL_SPACE)["model.params.num_leaves"]), 1)
+    assert len(set(_param_sets(study))) == len(_param_sets(study)) == 6
 
 
 def test_pruning_callback_stops_a_trial_worse_than_the_median():
@@ -64,7 +148,7 @@ def _tune(args, cwd, **popen):
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_to_the_requested_trial_count(tmp_path):
+def test_killed_search_resumes_to_the_requested_trial_count_repeating_no_trial(tmp_path):
     gen = subprocess.run(
         [
             sys.executable,
@@ -111,6 +195,9 @@ def test_killed_search_resumes_to_the_requested_trial_count(tmp_path):
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert optuna.trial.TrialState.RUNNING not in states
     assert "best trial" in out
+    # no parameter set is tried twice: not a finished trial's, nor the one the kill interrupted
+    tried = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(tried)) == len(tried), [(t.number, t.state, t.params) for t in study.trials]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
