@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,4 +59,21 @@ def web_analytics_export(n: int = 1500, seed: int = 0) -> pd.DataFrame:
             "Weekend": rng.random(n) < 0.23,
             "Revenue": revenue,
         }
+    )
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`micromoment <args>` in a fresh process, as a scheduler runs it: no MLflow settings from
+    this environment unless `env` gives them."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -17,6 +17,7 @@ from pipelines.cli import COMMANDS, main
 from pipelines.config import CONF_DIR
 from pipelines.train import log_and_register, train
 from tests.conftest import compose_config
+from tests.fixtures import run_cli
 
 PRIMARY_CONFIGS = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
 
@@ -89,16 +90,7 @@ def test_secrets_in_tracking_uri_are_redacted():
 
 
 def _cli(args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 600):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(args, cwd, env_extra, timeout)
 
 
 @pytest.mark.slow

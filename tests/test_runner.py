@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,20 +10,11 @@ import pytest
 from pipelines import runner
 from pipelines.io import OUTPUT_MARK, OutputRefused, atomic_path, claim_output
 from pipelines.secrets import has_secret, redact
+from tests.fixtures import run_cli
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300):
-    """`micromoment <args>` in a fresh process, as a scheduler runs it."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    full.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(list(args), cwd, env, timeout)
 
 
 def every_file_text(root: Path) -> str:
@@ -260,7 +248,10 @@ def test_parquet_parts_with_other_columns_or_types_are_named(tmp_path):
     pd.DataFrame({"session_id": ["b"], "dwell_time_s": ["long"]}).to_parquet(
         folder / "part-1.parquet"
     )
-    with pytest.raises(PartMismatch, match=r"part-1.parquet: column 'dwell_time_s' is (large_)?string here but double"):
+    with pytest.raises(
+        PartMismatch,
+        match=r"part-1.parquet: column 'dwell_time_s' is (large_)?string here but double",
+    ):
         read_sessions(folder)
     pd.DataFrame({"session_id": ["b"], "Dwell": [2.0]}).to_parquet(folder / "part-1.parquet")
     with pytest.raises(PartMismatch, match="column 'dwell_time_s' is missing from this part"):

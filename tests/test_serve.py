@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, wait_healthy
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _refuse(constant: str):
@@ -76,20 +70,11 @@ def server(registry_store):
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited: {proc.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail("mlflow models serve did not become healthy in 120 s")
-        time.sleep(0.5)
+    try:
+        wait_healthy(proc, f"{base}/ping", 120, lambda: proc.stderr.read()[-3000:])
+    except (RuntimeError, TimeoutError) as err:
+        proc.kill()
+        pytest.fail(f"mlflow models serve did not start: {err}")
     yield base
     proc.terminate()
     try:

@@ -3,16 +3,11 @@ MLflow's basic authentication, and a server that dies in the middle of a job."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -21,98 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import retrain as retrain_module
 from pipelines.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
+from tests.servers import PASSWORD, SERVERS, USER, free_port, mlflow_server
 from tests.test_retrain import NAME, _config, stream  # noqa: F401  (the module-scoped data)
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlflow_executable() -> str:
-    exe = Path(sys.executable).with_name("mlflow")
-    return str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
-
-
-USER, PASSWORD = "scheduler", "hunter2-secret"
-SERVERS: dict[str, subprocess.Popen] = {}  # url -> the server process, to kill one mid-job
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path, port: int | None = None, auth: bool = False) -> Iterator[str]:
-    """A `mlflow server` process on 127.0.0.1 over `root` (SQLite store and artifact folder);
-    yields its URL once `/health` answers, and stops it on the way out, whatever happened.
-    With `auth`, MLflow's basic authentication with `USER` as its admin (password `PASSWORD`)."""
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / f"server-{port}.log", "ab")  # noqa: SIM115  (closed below)
-    env = dict(os.environ)
-    extra = []
-    if auth:
-        ini = root / "basic_auth.ini"
-        ini.write_text(
-            "[mlflow]\n"
-            "default_permission = READ\n"
-            f"database_uri = sqlite:///{root}/basic_auth.db\n"
-            f"admin_username = {USER}\n"
-            f"admin_password = {PASSWORD}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        )
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
-        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-only-secret-key"
-        extra = ["--app-name", "basic-auth"]
-    proc = subprocess.Popen(
-        [
-            _mlflow_executable(),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-    )
-    SERVERS[url] = proc
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}: "
-                    f"{(root / f'server-{port}.log').read_text()[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server on {url} not healthy after 120 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=30)
-        log.close()
 
 
 def _every_text(root: Path) -> str:
@@ -201,7 +108,7 @@ def test_retrain_over_http_with_basic_auth_promotes_and_no_secret_is_recorded(
 
 
 def test_a_server_that_goes_down_exits_4_and_leaves_the_registry_as_it_was(stream, tmp_path):  # noqa: F811
-    port = _free_port()
+    port = free_port()
     work = tmp_path / "job"
     with mlflow_server(tmp_path, port) as url:
         assert (
@@ -227,7 +134,7 @@ def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
     """The server answers the start-up check, then dies while the challenger trains: the job ends
     with exit 4 within a bounded time (not after minutes of retries), its summary replaces the
     last job's, and the registry is as it was."""
-    port = _free_port()
+    port = free_port()
     work = tmp_path / "job"
     with mlflow_server(tmp_path, port) as url:
         first = _config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31")

@@ -14,13 +14,11 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,17 +27,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
+from tests.servers import free_port, mlflow_server
 
 pytestmark = pytest.mark.slow
 
 NAME = "micro_moment_intent"
 IS_ROOT = os.geteuid() == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_bin() -> Path | None:
@@ -98,7 +91,7 @@ def postgres() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="micromoment-pg-"))
     if IS_ROOT:
         os.chown(root, owner.pw_uid, owner.pw_gid)
-    data, port, password = root / "data", _free_port(), secrets.token_urlsafe(18)
+    data, port, password = root / "data", free_port(), secrets.token_urlsafe(18)
     started = False
     try:
         _run(
@@ -158,62 +151,6 @@ def postgres() -> Iterator[str]:
                 with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                     _run(_as_cluster_owner([*stop, "immediate"]), cwd=root, timeout=45)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, root: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 over `backend_store_uri`, proxying artifacts to
-    `root/artifacts`; yields its URL once `/health` answers and stops it whatever happened."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = root / "mlflow-server.log"
-    exe = Path(sys.executable).with_name("mlflow")
-    log = open(log_path, "ab")  # noqa: SIM115  (closed below)
-    proc = subprocess.Popen(
-        [
-            str(exe) if exe.exists() else "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            backend_store_uri,
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180  # the first start creates the schema in PostgreSQL
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}: {log_path.read_text()[-3000:]}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{url}/health", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server on {url} not healthy after 180 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=30)
-        log.close()
 
 
 # The consumer: a separate process that loads @champion in a loop, as a service would, and writes
@@ -336,7 +273,7 @@ def test_train_promote_and_retrain_on_a_postgres_server_while_a_consumer_loads_t
     postgres, tmp_path
 ):
     classes = list(OmegaConf.load(f"{CONF_DIR}/data/synthetic.yaml").label.classes)
-    with mlflow_server(postgres, tmp_path) as url:
+    with mlflow_server(tmp_path, backend_store_uri=postgres, startup_s=180) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env.pop("PYTHONPATH", None)
         env["MLFLOW_TRACKING_URI"] = url
