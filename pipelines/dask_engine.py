@@ -275,13 +275,16 @@ def score_dask(
     tracking_uri: str | None = None,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary."""
-    from pipelines.score import journey_summary, load_scorer
+    from pipelines.score import absent_columns, input_fingerprint, journey_summary, load_scorer
 
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
     # the model's column mapping decides the journey column; load it here once for that
     model, info = load_scorer(model_uri, threads)
     ddf, rows_in = read_numbered(input_path)
+    absent = absent_columns(model.spec, [c for c in ddf.columns if c != ROW], str(input_path))
+    # one streaming pass on the client: the same fingerprint local scoring records
+    fingerprint = input_fingerprint(input_path)
     n_parts = int(partitions or max(ddf.npartitions, n_workers(client)))
     # a journey lands whole in one partition, whatever the input order
     ddf = journeys_whole(ddf, model.spec.columns.get("journey_id"), n_parts)
@@ -329,6 +332,9 @@ def score_dask(
             "rows_scored": scored,
             "rows_rejected": rejected,
             "journeys": int(counts["journeys"].sum()),
+            "input_fingerprint": fingerprint,
+            "missing_columns": absent,
+            "missing_columns_count": len(absent),
             "partitions": int(len(counts)),
             "workers": n_workers(client),
             "seconds": round(time.perf_counter() - start, 3),

@@ -306,8 +306,8 @@ def run_retrain(cfg: DictConfig) -> int:
     runner.STARTED["value"] = True
     summary_path = None  # known to be the job's own only once claimed
     try:
-        runner.start(cfg, tracking=False)  # retrain checks the server itself, into the summary
         summary_path = claim_output(rt.summary_path, "retrain", inputs=(cfg.data.path,))
+        runner.start(cfg, tracking=False)  # retrain checks the server itself, into the summary
         claim_output(rt.lock_path, "retrain", inputs=(cfg.data.path, rt.summary_path))
         with job_lock(rt.lock_path):
             retrain(cfg, summary)

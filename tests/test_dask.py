@@ -4,6 +4,7 @@ lightgbm.dask registers a model as good as local training's, which consumers loa
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -74,6 +75,9 @@ def test_dask_scoring_matches_local_scoring(
     local_pred, local_journeys = _read(local_scores)
     assert summary["rows_in"] == summary["rows_scored"] + summary["rows_rejected"]
     assert summary["partitions"] == 5 and summary["workers"] == 2
+    local_summary = json.loads((local_scores / "summary.json").read_text())
+    assert summary["input_fingerprint"] == local_summary["input_fingerprint"]
+    assert summary["missing_columns"] == local_summary["missing_columns"] == []
     assert list(pred.columns) == list(local_pred.columns)
     pd.testing.assert_series_equal(pred["session_id"], local_pred["session_id"])
     np.testing.assert_allclose(pred[PROBS], local_pred[PROBS], rtol=0, atol=1e-9)
@@ -81,7 +85,12 @@ def test_dask_scoring_matches_local_scoring(
     assert pred["session_id"].is_unique
     # a journey never spans two partitions: its summary matches the local one
     pd.testing.assert_frame_equal(journeys, local_journeys, check_exact=False, atol=1e-9)
-    assert set(os.listdir(out)) == {"predictions", "journeys.parquet", "summary.json"}
+    assert set(os.listdir(out)) == {
+        "predictions",
+        "journeys.parquet",
+        "summary.json",
+        ".micromoment-output",
+    }
 
 
 @pytest.mark.slow
@@ -198,7 +207,12 @@ def test_dask_generation_writes_the_local_generators_files(generated):
     local, dask = generated["local"], generated["dask"]
     assert generated["dask_summary"] == {**generated["local_summary"], "out_dir": str(dask)}
     names = sorted(p.name for p in (local / "sessions").iterdir())
-    assert names == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert names == [
+        ".micromoment-output",  # the mark that lets the next `generate` replace this folder
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert sorted(p.name for p in (dask / "sessions").iterdir()) == names
     for name in names:  # byte for byte: same sessions, same schema, same file metadata
         assert (dask / "sessions" / name).read_bytes() == (local / "sessions" / name).read_bytes()
