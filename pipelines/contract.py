@@ -136,7 +136,10 @@ def _kind_of(role: str) -> str:
 def _type_error(
     source: str, col: str, role: str, expected: str, series: pd.Series
 ) -> ContractError:
-    sample = series.dropna().astype(str).unique()[:3].tolist()
+    values = series.dropna()
+    if expected == "numeric":  # show the values that are not numbers, not the ones that are
+        values = values[pd.to_numeric(values, errors="coerce").isna()]
+    sample = values.astype(str).unique()[:3].tolist()
     return ContractError(
         f"{source}: column '{col}' (role {role}) must be {expected}, found {series.dtype} (e.g. {sample})"
     )

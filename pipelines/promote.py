@@ -27,7 +27,7 @@ from pipelines import modelling
 from pipelines.contract import LABEL, DatasetSpec, to_contract
 from pipelines.gate import Decision, GatePolicy, TrainingSpan, decide
 from pipelines.io import atomic_path, claim_output, read_sessions
-from pipelines.runner import command
+from pipelines.runner import EXIT_MODEL, UserError, command
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -312,7 +312,9 @@ def run_promote(cfg: DictConfig) -> Decision:
     name = c["registry"]["model_name"]
     challenger = resolve_version(client, name, c["promote"]["challenger"])
     if challenger is None:
-        raise ValueError(f"{name} has no version with alias '{c['promote']['challenger']}'")
+        raise UserError(
+            f"{name} has no version with alias '{c['promote']['challenger']}'", EXIT_MODEL
+        )
     spec = DatasetSpec.from_config(c["data"])
     source = str(c["data"]["path"])
     rows, labels, fingerprint = holdout(

@@ -393,7 +393,13 @@ def run_score(cfg: DictConfig) -> dict:
         )
     print(
         f"scored {summary['rows_scored']} of {summary['rows_in']} sessions ({summary['rows_rejected']} rejected) "
-        f"in {summary['journeys']} journeys with {info['model_name']} version {info['model_version']} -> {summary['output']}",
+        f"in {summary['journeys']} journeys with {info['model_name']} version {info['model_version']} -> {summary['output']}"
+        + (
+            f"\n  {summary['missing_columns_count']} mapped columns missing from the input, "
+            f"scored without them: {', '.join(summary['missing_columns'])}"
+            if summary.get("missing_columns_count")
+            else ""
+        ),
         flush=True,
     )
     return summary

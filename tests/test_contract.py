@@ -63,6 +63,7 @@ def test_wrong_type_names_column_expected_and_found(small_sessions, spec):
     message = str(err.value)
     assert "export.csv" in message and "'dwell_time_s'" in message
     assert "must be numeric" in message and "found" in message
+    assert "about a minute" in message  # the value that is not a number, not the ones that are
 
 
 @pytest.mark.parametrize(

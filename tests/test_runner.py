@@ -273,3 +273,22 @@ def test_an_empty_csv_names_the_file(tmp_path):
     with pytest.raises(EmptyInput, match="empty.csv"):
         count_rows(tmp_path / "empty.csv")
     assert runner.exit_code_for(EmptyInput("x"))[0] == runner.EXIT_BAD_DATA
+
+
+def test_promoting_an_alias_that_does_not_exist_is_exit_5(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.promote import run_promote
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "promote",
+        [
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            "promote.challenger=nosuch",
+            f"data.path={tmp_path}/unused",
+        ],
+    )
+    with pytest.raises(runner.UserError, match="has no version with alias 'nosuch'") as err:
+        run_promote(OmegaConf.create(cfg))
+    assert err.value.code == runner.EXIT_MODEL
