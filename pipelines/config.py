@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# conf/ sits beside the package in the source tree (the project is installed editable)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_PACKAGE = Path(__file__).resolve().parent
+# an installed wheel carries the configs as pipelines/conf; a checkout keeps them in conf/ beside
+# the package. Users add their own (a dataset config, say) with `--config-dir DIR`.
+CONF_DIR = str(
+    _PACKAGE / "conf" if (_PACKAGE / "conf" / "train.yaml").is_file() else _PACKAGE.parent / "conf"
+)
 
 
 def hydra_main(config_name: str):
