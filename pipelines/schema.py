@@ -215,6 +215,154 @@ class TouchpointsSchema:
     catalogue: dict[str, TouchpointSpecSchema] = field(default_factory=dict)
 
 
+class Direction(StrEnum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+class ParamType(StrEnum):
+    float = "float"
+    int = "int"
+    categorical = "categorical"
+
+
+@dataclass
+class SearchParamSchema:
+    """One searched key of `micromoment tune` (see conf/search/default.yaml)."""
+
+    name: str = MISSING
+    type: ParamType = ParamType.float
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+
+@dataclass
+class SearchSchema:
+    metric: str = "val/logloss"
+    direction: Direction = Direction.minimize
+    pruning: bool = True
+    params: list[SearchParamSchema] = field(default_factory=list)
+
+
+@dataclass
+class CitySchema:
+    name: str = MISSING
+    lat: float = MISSING
+    lon: float = MISSING
+    utc_offset_min: int = 0
+    stores: list[list[float]] = field(default_factory=list)
+
+
+@dataclass
+class GeneratorSchema:
+    """Every parameter of the synthetic journeys (see conf/generator/default.yaml)."""
+
+    intents: list[str] = MISSING
+    initial: list[float] = MISSING
+    transition: list[list[float]] = MISSING
+    end_prob: list[float] = MISSING
+    max_sessions: int = MISSING
+    start_date: str = MISSING
+    days: int = MISSING
+    cut_at_end: bool = True
+    devices: list[str] = MISSING
+    device_probs: list[list[float]] = MISSING
+    channels: list[str] = MISSING
+    channel_probs: list[list[float]] = MISSING
+    hour_peak: list[int] = MISSING
+    hour_concentration: list[float] = MISSING
+    gap_mean_days: list[float] = MISSING
+    location_share: dict[str, float] = MISSING
+    near_store_mobile: list[float] = MISSING
+    near_store_other: list[float] = MISSING
+    near_store_mean_km: float = MISSING
+    city_radius_km: float = MISSING
+    dwell_log_mean: list[float] = MISSING
+    dwell_log_sd: list[float] = MISSING
+    extra_pages_mean: list[float] = MISSING
+    page_types: list[str] = MISSING
+    page_type_probs: list[list[float]] = MISSING
+    returning_first: list[float] = MISSING
+    cities: list[CitySchema] = MISSING
+    city_probs: list[float] = MISSING
+    touchpoints: list[str] = MISSING
+    logging_policy: dict[str, list[float]] = MISSING
+    conversion: list[list[float]] = MISSING
+
+
+# the blocks of the primary configs (`score:` in conf/score.yaml, ...): each primary config puts
+# its block's schema first (`blocks/<name>@<name>`), so a typo or a wrong type fails on compose
+
+
+@dataclass
+class ScoreBlock:
+    model_uri: str = "models:/micro_moment_intent@champion"
+    input: str = MISSING
+    output: str = "scores/latest"
+    chunk_rows: int = 250000
+
+
+@dataclass
+class FeedBlock:
+    enabled: bool = True
+    input: str = MISSING
+    scores: str | None = None
+    model_uri: str = "models:/micro_moment_intent@champion"
+    output: str = "touchpoints/latest"
+    chunk_rows: int = 250000
+    log_to_mlflow: bool = True
+
+
+@dataclass
+class RetrainBlock:
+    window_days: float = 28.0
+    end: str | None = None
+    min_rows: int = 1000
+    min_psi: float | None = None
+    lock_path: str = "retrain.lock"
+    summary_path: str = "retrain_summary.json"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TuneBlock:
+    n_trials: int = 20
+    study_name: str = "micromoment"
+    storage: str = MISSING
+    timeout_s: float | None = None
+    report_every: int = 10
+    prune_after_trials: int = 5
+    prune_warmup_rounds: int = 30
+
+
+@dataclass
+class PromoteBlock:
+    challenger: str = "challenger"
+
+
+@dataclass
+class RollbackBlock:
+    to_version: int | None = None
+
+
+@dataclass
+class ExportBlock:
+    model_uri: str = "models:/micro_moment_intent@champion"
+    out_dir: str = "models"
+
+
+BLOCKS = {
+    "score": ScoreBlock,
+    "feed": FeedBlock,
+    "retrain": RetrainBlock,
+    "tune": TuneBlock,
+    "promote": PromoteBlock,
+    "rollback": RollbackBlock,
+    "export": ExportBlock,
+}
+
 SCHEMAS = {
     "data": DataSchema,
     "features": FeaturesSchema,
@@ -227,6 +375,8 @@ SCHEMAS = {
     "generate": GenerateSchema,
     "touchpoints": TouchpointsSchema,
     "engine": EngineSchema,
+    "search": SearchSchema,
+    "generator": GeneratorSchema,
 }
 
 
@@ -235,3 +385,5 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for group, node in SCHEMAS.items():
         cs.store(group=group, name="schema", node=node)
+    for name, node in BLOCKS.items():
+        cs.store(group="blocks", name=name, node=node)

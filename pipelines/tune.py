@@ -40,6 +40,15 @@ def distributions(space: list[Mapping]) -> dict[str, BaseDistribution]:
     out: dict[str, BaseDistribution] = {}
     for p in space:
         kind, name = p["type"], p["name"]
+        if kind in ("float", "int") and not (
+            p.get("low") is not None and p.get("high") is not None and p["low"] < p["high"]
+        ):
+            raise ValueError(
+                f"search.params: {name} ({kind}) needs low < high, got low={p.get('low')} "
+                f"high={p.get('high')}"
+            )
+        if kind == "categorical" and not p.get("choices"):
+            raise ValueError(f"search.params: {name} (categorical) needs a list of choices")
         if kind == "float":
             out[name] = FloatDistribution(
                 float(p["low"]), float(p["high"]), log=bool(p.get("log", False))

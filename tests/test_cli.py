@@ -278,3 +278,30 @@ def test_run_then_retrain_on_the_embedded_default_exits_0_and_a_rerun_reuses_the
         "name = 'micro_moment_intent'"
     )
     assert len(versions) == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "override"),
+    [
+        ("score", "score.chunk_rows=many"),
+        ("score", "score.inptu=x.csv"),
+        ("touchpoints", "feed.log_to_mlflow=maybe"),
+        ("run", "feed.enabled=sometimes"),
+        ("retrain", "retrain.window_days=a_month"),
+        ("retrain", "retrain.min_row=10"),
+        ("tune", "tune.n_trials=lots"),
+        ("tune", "search.direction=up"),
+        ("promote", "promote.challanger=3"),
+        ("rollback", "rollback.to_version=previous"),
+        ("export", "export.out=models"),
+        ("generate", "generator.days=soon"),
+        ("generate", "generator.dayz=30"),
+    ],
+)
+def test_every_command_block_is_typed_at_compose_time(config, override):
+    from hydra.errors import ConfigCompositionException
+
+    extra = ["output_dir=/tmp"] if config in ("run", "retrain", "tune") else []
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(config, [override, *extra])
+    assert override.split("=")[0].split(".")[-1] in str(err.value) + str(err.value.__cause__)

@@ -207,3 +207,18 @@ def test_killed_search_resumes_to_the_requested_trial_count_repeating_no_trial(t
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len([c for c in children if c.data.tags.get("tune.state") == "COMPLETE"]) == 3
     assert parents[0].data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "model.params.x", "type": "float", "low": None, "high": 1.0}, "needs low < high"),
+        ({"name": "model.params.x", "type": "int", "low": 9, "high": 3}, "needs low < high"),
+        ({"name": "model.params.x", "type": "categorical", "choices": None}, "list of choices"),
+    ],
+)
+def test_a_malformed_search_entry_is_named(entry, message):
+    from pipelines.tune import distributions
+
+    with pytest.raises(ValueError, match=message):
+        distributions([entry])
