@@ -87,6 +87,30 @@ class DatasetSpec:
             extra_categorical=tuple(cfg.get("extra_categorical") or ()),
         )
 
+    def to_dict(self) -> dict:
+        """Plain JSON values (see `from_dict`)."""
+        return {
+            "columns": dict(self.columns),
+            "page_counts": dict(self.page_counts),
+            "label_column": self.label_column,
+            "classes": list(self.classes),
+            "label_mapping": dict(self.label_mapping),
+            "extra_numeric": list(self.extra_numeric),
+            "extra_categorical": list(self.extra_categorical),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> DatasetSpec:
+        return cls(
+            columns=dict(data["columns"]),
+            page_counts=dict(data["page_counts"]),
+            label_column=data["label_column"],
+            classes=tuple(data["classes"]),
+            label_mapping=dict(data["label_mapping"]),
+            extra_numeric=tuple(data["extra_numeric"]),
+            extra_categorical=tuple(data["extra_categorical"]),
+        )
+
     def role_columns(self) -> dict[str, str]:
         """Roles this dataset provides -> the user's column names."""
         return {role: col for role, col in self.columns.items() if col}

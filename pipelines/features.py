@@ -171,6 +171,35 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         state.pop("_level_lookup", None)
         return state
 
+    def to_state(self) -> dict:
+        """The parameters and fitted state as plain JSON values (see `from_state`)."""
+        check_is_fitted(self, "feature_names_")
+        params = self.get_params()
+        for key in ("page_types", "extra_numeric", "extra_categorical"):
+            params[key] = list(params[key])
+        if params["stores"] is not None:
+            params["stores"] = np.asarray(params["stores"], dtype=float).tolist()
+        return {
+            "params": params,
+            "categories_": {k: list(v) for k, v in self.categories_.items()},
+            "feature_names_": list(self.feature_names_),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> SessionFeaturizer:
+        """A fitted featurizer from `to_state()`: the same features, bit for bit, with no pickle."""
+        featurizer = cls(**state["params"])
+        featurizer._validate_params()
+        stores = featurizer.stores
+        featurizer.store_index_ = (
+            BallTree(np.radians(np.asarray(stores, dtype=float)), metric="haversine")
+            if stores is not None and len(stores)
+            else None
+        )
+        featurizer.categories_ = {k: list(v) for k, v in state["categories_"].items()}
+        featurizer.feature_names_ = list(state["feature_names_"])
+        return featurizer
+
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self, "feature_names_")
         return np.asarray(self.feature_names_, dtype=object)

@@ -247,10 +247,11 @@ def rollback(
 
 def export(model_uri: str, out_dir: str | Path) -> Path:
     """Write a registered model as a standalone MLflow model folder that loads by path."""
+    import tempfile
+
     import mlflow
 
-    from pipelines.pyfunc import IntentPyfunc
-    from pipelines.tracking import PACKAGE_DIR, _requirements
+    from pipelines.tracking import model_files, requirements
 
     source = mlflow.artifacts.download_artifacts(model_uri)
     pyfunc = mlflow.pyfunc.load_model(source)
@@ -270,14 +271,14 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
         wrapper.model_name = wrapper.model_name or name_part
     name, version = wrapper.model_name or "micro_moment_intent", wrapper.model_version
     target = claim_output(Path(out_dir) / (f"{name}-v{version}" if version else name), "export")
-    with atomic_path(target, owner="export") as tmp:
+    with atomic_path(target, owner="export") as tmp, tempfile.TemporaryDirectory() as files:
+        # written as data plus code, whatever format the registered version was logged in
         mlflow.pyfunc.save_model(
             path=str(tmp),
-            python_model=IntentPyfunc(wrapper.model, model_name=name, model_version=version),
-            code_paths=[str(PACKAGE_DIR)],
+            **model_files(wrapper.model, files),
             signature=pyfunc.metadata.signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=requirements(),
             model_config={"model_name": name, "model_version": version},
         )
         (tmp / "export.json").write_text(

@@ -164,3 +164,18 @@ def _registered_version(name: str, run_id: str) -> str | None:
     except Exception:  # a consumer without a reachable registry still gets predictions
         return None
     return str(max(int(v.version) for v in found)) if found else None
+
+
+class IntentFromFiles(IntentPyfunc):
+    """The registered model as data plus this code: `load_context` reads the booster (LightGBM
+    text) and the featurizer's state (JSON) from the model's `model` artifact, so loading a
+    version runs no pickle. `pipelines/model_code.py` is the file MLflow loads it from."""
+
+    def __init__(self) -> None:
+        super().__init__(model=None)
+
+    def load_context(self, context) -> None:
+        from pipelines.scorer import load_model
+
+        self.model = load_model(context.artifacts["model"])
+        super().load_context(context)

@@ -7,7 +7,9 @@ consumers pass raw sessions and never rebuild features themselves.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -119,3 +121,41 @@ class IntentModel:
                 k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.spec).items()
             },
         }
+
+
+# the files of a saved `IntentModel`: LightGBM's own text format, and JSON for the rest
+BOOSTER_FILE = "booster.txt"
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+
+
+def save_model(model: IntentModel, folder: str | Path) -> Path:
+    """Write `model` as data: the booster as LightGBM text, the dataset spec and the featurizer's
+    fitted state as JSON. Loading it (`load_model`) runs no pickle."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / BOOSTER_FILE).write_text(model.booster.model_to_string())
+    state = {
+        "format_version": FORMAT_VERSION,
+        "spec": model.spec.to_dict(),
+        "featurizer": model.featurizer.to_state(),
+    }
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    return folder
+
+
+def load_model(folder: str | Path, threads: int = 1) -> IntentModel:
+    """The `IntentModel` that `save_model` wrote to `folder`."""
+    folder = Path(folder)
+    state = json.loads((folder / STATE_FILE).read_text())
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{folder}: model format {state.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    booster = lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text())
+    return IntentModel(
+        DatasetSpec.from_dict(state["spec"]),
+        SessionFeaturizer.from_state(state["featurizer"]),
+        booster,
+        threads=threads,
+    )

@@ -127,20 +127,33 @@ def log_intent_model(
     example = signature_inputs(input_example.reset_index(drop=True), model)
     output = wrapper.predict(None, example)
     signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=wrapper,
-        code_paths=[str(PACKAGE_DIR)],
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_name,
-        pip_requirements=_requirements(),
-        model_config={"model_name": model_name, "run_id": run.info.run_id if run else None},
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            **model_files(model, tmp),
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            pip_requirements=requirements(),
+            model_config={"model_name": model_name, "run_id": run.info.run_id if run else None},
+        )
     return info
 
 
-def _requirements() -> list[str]:
+def model_files(model: IntentModel, tmp: str | os.PathLike) -> dict:
+    """The arguments that log or save `model` as data plus code: its files (`save_model`) as the
+    `model` artifact, loaded by `pipelines/model_code.py` (MLflow's models-from-code), with the
+    package beside it. Loading such a model runs no pickle."""
+    from pipelines.scorer import save_model
+
+    return {
+        "python_model": str(PACKAGE_DIR / "model_code.py"),
+        "artifacts": {"model": str(save_model(model, Path(tmp) / "model"))},
+        "code_paths": [str(PACKAGE_DIR)],
+    }
+
+
+def requirements() -> list[str]:
     from importlib.metadata import version
 
     pkgs = ["mlflow", "lightgbm", "scikit-learn", "pandas", "pandera", "pyarrow", "numpy", "scipy"]

@@ -98,3 +98,97 @@ def test_exported_model_loads_by_path_without_a_tracking_server(registry_store, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     version, intent = proc.stdout.split()[-2:]
     assert version == "2" and intent in {"know", "go", "do", "buy"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the model format: data plus code, no pickle
+
+
+PROBS = ["p_know", "p_go", "p_do", "p_buy"]
+
+
+def _no_pickle_process(code: str, uri: str, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false")
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_registered_version_is_data_plus_code_and_loads_with_pickles_refused(
+    registry_store, client, small_sessions, tmp_path
+):
+    from pipelines.score import load_scorer
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
+    files = {p.name for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    assert "python_model.pkl" not in files and not any(f.endswith(".pkl") for f in files)
+    assert {"booster.txt", "state.json", "model_code.py"} <= files
+    # a fresh process that refuses to unpickle anything loads and scores it
+    raw = small_sessions.drop(columns=["intent"]).head(200)
+    raw.to_parquet(tmp_path / "raw.parquet")
+    code = (
+        "import mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model('models:/{NAME}/2')\n"
+        f"out = m.predict(pd.read_parquet({str(tmp_path / 'raw.parquet')!r}))\n"
+        f"out.astype({{c: float for c in {PROBS!r}}}).to_parquet({str(tmp_path / 'out.parquet')!r})\n"
+    )
+    proc = _no_pickle_process(code, registry_store["uri"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = __import__("pandas").read_parquet(tmp_path / "out.parquet")
+    # the same probabilities as the model that was trained, in this process
+    model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
+    trained = registry_store["summaries"][1]
+    assert trained["registered_version"] in (2, "2")
+    expected = model.predict(raw)
+    assert (served["model_version"] == "2").all()
+    assert abs(served[PROBS].to_numpy() - expected[PROBS].to_numpy()).max() <= 1e-12
+
+
+def test_saved_model_files_round_trip_exactly(registry_store, client, small_sessions, tmp_path):
+    from pipelines.score import load_scorer
+    from pipelines.scorer import load_model, save_model
+
+    model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
+    again = load_model(save_model(model, tmp_path / "m"), threads=1)
+    raw = small_sessions.drop(columns=["intent"])
+    assert again.spec == model.spec
+    assert again.featurizer.categories_ == model.featurizer.categories_
+    features = model.featurizer.transform_matrix(model_contract(model, raw))
+    assert (again.featurizer.transform_matrix(model_contract(again, raw)) == features)[
+        ~__import__("numpy").isnan(features)
+    ].all()
+    diff = again.predict(raw)[PROBS].to_numpy() - model.predict(raw)[PROBS].to_numpy()
+    assert abs(diff).max() <= 1e-12
+
+
+def model_contract(model, raw):
+    from pipelines.contract import to_contract
+
+    return to_contract(raw, model.spec, with_label=False, all_columns=False).sessions
+
+
+def test_a_version_logged_as_a_pickle_before_still_loads_and_scores(
+    registry_store, client, small_sessions, tmp_path
+):
+    """Versions registered before the model became data plus code were cloudpickled objects:
+    they load and score as they always did."""
+    from pipelines.pyfunc import IntentPyfunc, input_schema
+    from pipelines.score import load_scorer
+    from pipelines.tracking import PACKAGE_DIR
+
+    model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
+    with mlflow.start_run() as run:  # as versions were logged before
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=IntentPyfunc(model, model_name="legacy_intent"),
+            code_paths=[str(PACKAGE_DIR)],
+            signature=mlflow.models.ModelSignature(inputs=input_schema(model)),
+            registered_model_name="legacy_intent",
+            model_config={"model_name": "legacy_intent", "run_id": run.info.run_id},
+        )
+    legacy, meta = load_scorer(f"models:/legacy_intent/{info.registered_model_version}", 1)
+    raw = small_sessions.drop(columns=["intent"])
+    diff = legacy.predict(raw)[PROBS].to_numpy() - model.predict(raw)[PROBS].to_numpy()
+    assert abs(diff).max() == 0
+    assert meta["model_version"] == str(info.registered_model_version)
