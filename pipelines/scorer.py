@@ -60,6 +60,7 @@ class IntentModel:
         source: str = "<input>",
         extra: dict | None = None,
         row_numbers: np.ndarray | None = None,
+        nullable: bool = False,
     ) -> pd.DataFrame:
         """One output row per input row, in the input order.
 
@@ -67,7 +68,8 @@ class IntentModel:
         Extra columns are ignored; optional roles may be absent. `extra` adds constant columns
         (the model's name and version) after the predictions. `row_numbers` are the rows'
         numbers in the whole input when `raw` is a piece of it: a table without a session id
-        column gets `row-<n>` ids from them.
+        column gets `row-<n>` ids from them. With `nullable`, missing values are `pd.NA` in
+        `Float64` and `string` columns (what a JSON answer turns into null) instead of NaN/None.
         """
         result = to_contract(
             raw,
@@ -94,18 +96,23 @@ class IntentModel:
         for row, reason in result.reasons.items():
             reasons[row] = reason
         # one frame built at once: adding columns one by one costs more than scoring a session
-        columns = {"session_id": pd.Series(ids, dtype=object).astype(str)}
-        columns.update({f"p_{c}": proba[:, j] for j, c in enumerate(self.classes)})
+        as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _same)
+        columns = {
+            "session_id": as_text(pd.Series(ids, dtype=object).astype(str).to_numpy(dtype=object))
+            if nullable
+            else pd.Series(ids, dtype=object).astype(str)
+        }
+        columns.update({f"p_{c}": as_float(proba[:, j]) for j, c in enumerate(self.classes)})
         columns.update(
             {
-                "intent": intent,
-                "confidence": best,
-                "margin": best - second,
-                REJECT_REASON: reasons,
+                "intent": as_text(intent),
+                "confidence": as_float(best),
+                "margin": as_float(best - second),
+                REJECT_REASON: as_text(reasons),
             }
         )
         for name, value in (extra or {}).items():
-            columns[name] = np.full(n, value, dtype=object)
+            columns[name] = as_text(np.full(n, value, dtype=object))
         return pd.DataFrame(columns)
 
     def describe(self) -> dict:
@@ -121,6 +128,26 @@ class IntentModel:
                 k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.spec).items()
             },
         }
+
+
+_TEXT = pd.StringDtype("python", na_value=pd.NA)
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+def _nullable_float(values: np.ndarray) -> pd.arrays.FloatingArray:
+    return pd.arrays.FloatingArray(values, np.isnan(values))
+
+
+def _nullable_text(values: np.ndarray):
+    values = np.asarray(values, dtype=object)
+    missing = pd.isna(values)
+    if missing.any():
+        values = values.copy()
+        values[missing] = pd.NA
+    return pd.array(values, dtype=_TEXT)
 
 
 # the files of a saved `IntentModel`: LightGBM's own text format, and JSON for the rest
