@@ -5,7 +5,7 @@ one date-partitioned folder: two with the default generator, then two after a ma
 (`conf/generator/shifted.yaml`: a site redesign, more mobile go-moments near stores, a new
 `ai_assistant` channel). Runs the real `micromoment retrain` job (`pipelines.retrain.run_retrain`)
 on each period's window in turn, against a temporary SQLite MLflow store, and on each window's
-holdout (its most recent journeys, the rows the gate judges on) reports the accuracy of:
+holdout (its most recent journeys, the rows offered to the gate) reports the accuracy of:
 
 - the **stale** model: the first champion, trained on period 1 and never replaced;
 - the **retrained** challenger of that window, and the champion the job leaves in service;
@@ -136,7 +136,8 @@ def run(sessions: int, threads: int, seed: int) -> dict:
             if code != 0:
                 raise RuntimeError(f"retrain on {label} exited {code}: {summary.get('error')}")
             stale_version = stale_version or summary["champion_after"]
-            # the very rows the gate judged on, scored again by each model
+            # the very rows offered to the gate, scored again by each model (the gate judges
+            # only those in journeys neither version trained on: `holdout.rows_judged`)
             spec = DatasetSpec.from_config(cfg["data"])
             window, _, _ = read_window(
                 str(stream), "started_at", PERIOD_DAYS, cfg["retrain"]["end"]
@@ -149,6 +150,7 @@ def run(sessions: int, threads: int, seed: int) -> dict:
                     "window": label,
                     "generator": name,
                     "holdout_rows": len(rows),
+                    "rows_judged": (summary.get("holdout") or {}).get("rows_judged"),
                     "stale": accuracy(f"models:/{NAME}/{stale_version}", rows, labels, threads),
                     "retrained": accuracy(
                         f"models:/{NAME}/{summary['challenger']}", rows, labels, threads
@@ -197,13 +199,15 @@ def render(res: dict, command: str, meta: list[str]) -> str:
         "shift of `conf/generator/shifted.yaml`; one `micromoment retrain` job per window, in "
         "order, on one SQLite MLflow store; default `retrain` config (gate: macro-F1 + 0.005), "
         f"LightGBM with {res['threads']} threads",
-        "- accuracy on each window's holdout (its most recent journeys: the rows the gate "
-        "judged); *stale* is the first champion (trained on W1) never replaced",
+        "- accuracy on each window's holdout (its most recent journeys: the rows offered to the "
+        "gate); *judged* is how many of them the gate actually judged on (`holdout.rows_judged`: "
+        "only journeys neither version trained or early-stopped on); *stale* is the first "
+        "champion (trained on W1) never replaced",
         "",
-        "| window | data | holdout rows | stale | retrained | in service after the job | "
-        "Bayes-optimal | stale / Bayes | retrained / Bayes | decision (champion) | max feature PSI | "
-        "intent-mix PSI |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| window | data | holdout rows offered | judged by the gate | stale | retrained | "
+        "in service after the job | Bayes-optimal | stale / Bayes | retrained / Bayes | "
+        "decision (champion) | max feature PSI | intent-mix PSI |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in res["rows"]:
         psi = (
@@ -212,9 +216,10 @@ def render(res: dict, command: str, meta: list[str]) -> str:
             else f"{r['max_feature_psi']:.3f} ({r['max_feature']})"
         )
         mix = "" if r["intent_mix_psi"] is None else f"{r['intent_mix_psi']:.3f}"
+        judged = "" if r["rows_judged"] is None else f"{r['rows_judged']:,}"
         lines.append(
-            f"| {r['window']} | {r['generator']} | {r['holdout_rows']:,} | {r['stale']:.4f} | "
-            f"{r['retrained']:.4f} | {r['champion_after']:.4f} | {r['bayes']:.4f} | "
+            f"| {r['window']} | {r['generator']} | {r['holdout_rows']:,} | {judged} | "
+            f"{r['stale']:.4f} | {r['retrained']:.4f} | {r['champion_after']:.4f} | {r['bayes']:.4f} | "
             f"{pct(r['stale'] / r['bayes'])} | {pct(r['retrained'] / r['bayes'])} | "
             f"{r['decision']} ({r['versions']}) | {psi} | {mix} |"
         )
