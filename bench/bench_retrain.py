@@ -44,7 +44,7 @@ from omegaconf import OmegaConf
 from pipelines.config import CONF_DIR
 from pipelines.contract import DatasetSpec
 from pipelines.generate import generate
-from pipelines.retrain import _holdout, read_window, run_retrain
+from pipelines.retrain import read_window, run_retrain, window_holdout
 from pipelines.score import load_scorer
 
 NAME = "micro_moment_intent"
@@ -142,7 +142,7 @@ def run(sessions: int, threads: int, seed: int) -> dict:
             window, _, _ = read_window(
                 str(stream), "started_at", PERIOD_DAYS, cfg["retrain"]["end"]
             )
-            rows, labels, _ = _holdout(window, spec, cfg)
+            rows, labels, _ = window_holdout(window, spec, cfg)
             bayes_cols = [f"bayes_p_{c}" for c in spec.classes]
             bayes = np.asarray(spec.classes)[rows[bayes_cols].to_numpy().argmax(axis=1)]
             rows_out.append(

@@ -168,13 +168,13 @@ def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterato
         # row checks: pandera for a chunk, the same rules on arrays for a few rows
         (
             pipelines.contract,
-            "_schema_failures",
-            watch.wrap("validate", pipelines.contract._schema_failures),
+            "schema_failures",
+            watch.wrap("validate", pipelines.contract.schema_failures),
         ),
         (
             pipelines.contract,
-            "_array_failures",
-            watch.wrap("validate", pipelines.contract._array_failures),
+            "array_failures",
+            watch.wrap("validate", pipelines.contract.array_failures),
         ),
         (
             model.featurizer,
@@ -191,7 +191,7 @@ def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterato
                 "iter_batches",
                 watch.wrap_iter("read_input", pipelines.score.iter_batches),
             ),
-            (pipelines.score, "_bucket_of", watch.wrap("route", pipelines.score._bucket_of)),
+            (pipelines.score, "bucket_of", watch.wrap("route", pipelines.score.bucket_of)),
             (
                 pq.ParquetWriter,
                 "write_table",

@@ -329,7 +329,7 @@ def _cached_row_schema(
     return pa.DataFrameSchema(cols, strict=False)
 
 
-def _schema_failures(df: pd.DataFrame, spec: DatasetSpec, with_label: bool, source: str) -> list:
+def schema_failures(df: pd.DataFrame, spec: DatasetSpec, with_label: bool, source: str) -> list:
     """(row, reason) of every row rule broken, by pandera."""
     try:
         _row_schema(spec, with_label).validate(df, lazy=True)
@@ -346,7 +346,7 @@ def _schema_failures(df: pd.DataFrame, spec: DatasetSpec, with_label: bool, sour
     return []
 
 
-def _array_failures(columns: Mapping[str, object], spec: DatasetSpec, with_label: bool) -> list:
+def array_failures(columns: Mapping[str, object], spec: DatasetSpec, with_label: bool) -> list:
     """(row, reason) of every row rule broken, checked on the converted columns' arrays: the
     rules and reasons of `_cached_row_schema`, in its order, for frames of a few rows."""
     failures = []
@@ -514,9 +514,9 @@ def to_contract(
     df = pd.DataFrame(out)
 
     failures = (
-        _array_failures(out, spec, with_label)
+        array_failures(out, spec, with_label)
         if len(df) <= ARRAY_CHECK_MAX_ROWS
-        else _schema_failures(df, spec, with_label, source)
+        else schema_failures(df, spec, with_label, source)
     )
     if repeated_elsewhere is not None:
         ids = out["session_id"].to_numpy(dtype=object)

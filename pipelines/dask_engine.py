@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.contract import REJECT_REASON, SOURCE_ROW
-from pipelines.io import _files, atomic_path, write_parquet
+from pipelines.io import atomic_path, input_files, write_parquet
 
 ROW = "__row"
 
@@ -189,7 +189,7 @@ def read_numbered(path: str | Path):
     input order (column `__row`), and the row count."""
     import dask.dataframe as dd
 
-    files = [str(f) for f in _files(Path(path))]
+    files = [str(f) for f in input_files(Path(path))]
     if all(f.endswith(".csv") for f in files):
         ddf = dd.read_csv(files, blocksize="64MB", dtype=csv_dtypes(files))
     elif any(f.endswith(".csv") for f in files):

@@ -64,11 +64,11 @@ from pipelines.gate import TrainingSpan, iso_time
 from pipelines.scorer import IntentModel
 from pipelines.train import (
     TrainResult,
-    _timed,
     check_splits,
     evaluate,
     fit_early_stopped,
     make_featurizer,
+    timed,
 )
 
 SPLIT = "__split"
@@ -96,7 +96,7 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
     threads, seed = int(cfg["runtime"]["threads"]), int(cfg["runtime"]["seed"])
     source = str(data_cfg.get("path") or "<frame>")
 
-    with _timed(timings, "read"):
+    with timed(timings, "read"):
         if sessions is None:
             ddf, rows_in = read_numbered(data_cfg["path"])
         else:
@@ -107,7 +107,7 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
         # raw partitions stay on the cluster until the raw test rows are gathered
         raw = client.compute(ddf.to_delayed())
 
-    with _timed(timings, "validate"):
+    with timed(timings, "validate"):
         canon, rejects = _contract_and_split(client, raw, spec, source, cfg["split"], seed)
         counts = client.gather(client.map(_counts, canon))
         stats = pd.concat([c.assign(part=i) for i, c in enumerate(counts)], ignore_index=True)
@@ -121,7 +121,7 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
         _check_training_classes(stats, classes, source)
         hashes = client.gather(client.map(_row_hashes, canon))
 
-    with _timed(timings, "gather"):
+    with timed(timings, "gather"):
         fraction = min(1.0, float(engine["sample_rows"]) / sizes["train"])
         gathered = _sorted(
             client.gather(client.map(_client_rows, canon, fraction=fraction, seed=seed))
@@ -136,16 +136,16 @@ def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResul
         test_raw = kept_raw[is_test].drop(columns=[ROW]).reset_index(drop=True)
         input_example = kept_raw.nsmallest(5, ROW).set_index(ROW).rename_axis(None)
 
-    with _timed(timings, "features"):
+    with timed(timings, "features"):
         featurizer = make_featurizer(spec, cfg).fit(parts["train"].drop(columns=EXTRA))
         X = {side: featurizer.transform(part.drop(columns=EXTRA)) for side, part in parts.items()}
         y = {side: _codes(part[LABEL], classes) for side, part in parts.items()}
 
-    with _timed(timings, "rounds"):
+    with timed(timings, "rounds"):
         params = modelling.lgb_params(model_cfg, len(classes), threads, seed)
         rounds, sample_best = num_boost_round(engine, model_cfg, params, featurizer, X, y)
 
-    with _timed(timings, "train"):
+    with timed(timings, "train"):
         booster = _fit_on_cluster(
             client, canon, stats, featurizer, classes, X["train"], params, rounds
         )

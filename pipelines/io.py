@@ -14,7 +14,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 
-def _files(path: Path) -> list[Path]:
+def input_files(path: Path) -> list[Path]:
+    """The data files of an input: the file itself, or a folder's .parquet/.csv files in name
+    order (hidden and `_` files, such as output marks, left out)."""
     if path.is_dir():
         files = sorted(
             p
@@ -32,7 +34,7 @@ def _files(path: Path) -> list[Path]:
 def read_sessions(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a parquet file, a folder of parquet parts, or a CSV file into one frame."""
     path = Path(path)
-    files = _files(path)
+    files = input_files(path)
     if all(f.suffix == ".csv" for f in files):
         frames = [_read_csv(f, columns) for f in files]
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

@@ -242,7 +242,7 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
     summary["challenger"] = version
 
     try:
-        rows, labels, holdout_fp = _holdout(window, spec, c)
+        rows, labels, holdout_fp = window_holdout(window, spec, c)
         decision = gate(
             client,
             name,
@@ -288,7 +288,7 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
     return summary
 
 
-def _holdout(window: pd.DataFrame, spec, c: Mapping):
+def window_holdout(window: pd.DataFrame, spec, c: Mapping):
     """The most recent journeys of the window: both models are judged on exactly these rows."""
     split = dict(c["split"], by="time")
     return holdout(window, spec, split, int(c["runtime"]["seed"]), str(c["data"]["path"]))

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipelines import contract
 from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError
-from pipelines.io import EmptyInput, _files, atomic_path, check_parts, claim_output
+from pipelines.io import EmptyInput, atomic_path, check_parts, claim_output, input_files
 from pipelines.runner import command
 from pipelines.scorer import IntentModel
 
@@ -46,7 +46,7 @@ _CSV_READ = pacsv.ReadOptions(block_size=1 << 22)
 
 def iter_batches(path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of at most `batch_rows` rows from parquet files or CSV files."""
-    files = _files(Path(path))
+    files = input_files(Path(path))
     check_parts([f for f in files if f.suffix == ".parquet"])
     for f in files:
         if f.suffix == ".csv":
@@ -68,7 +68,7 @@ def _open_csv(path: Path):
 def count_rows(path: str | Path) -> int:
     """Row count: from parquet metadata, or for CSV by streaming through the files once (the
     bucket count follows from it, and with it the memory of scoring)."""
-    files = _files(Path(path))
+    files = input_files(Path(path))
     return sum(
         sum(b.num_rows for b in _open_csv(f))
         if f.suffix == ".csv"
@@ -120,7 +120,8 @@ def absent_columns(spec, names: list[str], source: str) -> list[str]:
     return absent
 
 
-def _bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
+def bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
+    """The bucket of each journey id: a stable hash, so a journey lands whole in one bucket."""
     h = pd.util.hash_pandas_object(journeys.astype(str), index=False).to_numpy()
     return (h % np.uint64(n_buckets)).astype(np.int64)
 
@@ -209,7 +210,7 @@ def score_file(
                 else:
                     key = pd.Series(np.arange(rows_in, rows_in + n)).astype(str)
                 rows_in += n
-                bucket = _bucket_of(key, n_buckets)
+                bucket = bucket_of(key, n_buckets)
                 for b in np.unique(bucket):
                     part = pa.Table.from_batches(
                         [batch.take(pa.array(np.flatnonzero(bucket == b)))]

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines import touchpoint_report as report
 from pipelines.contract import ContractError, DatasetSpec, to_contract
-from pipelines.io import _files, atomic_path, claim_output
+from pipelines.io import atomic_path, claim_output, input_files
 from pipelines.runner import command
 from pipelines.touchpoints import (
     Catalogue,
@@ -69,7 +69,7 @@ FEED_ROLES = (
 def read_input(path: str | Path, columns: list[str]) -> pd.DataFrame:
     """The given columns of every input file, in the order the scorer numbers rows."""
     parts = []
-    for f in _files(Path(path)):
+    for f in input_files(Path(path)):
         if f.suffix == ".csv":
             opts = pacsv.ConvertOptions(include_columns=columns, include_missing_columns=True)
             table = pacsv.read_csv(f, convert_options=opts)

@@ -53,7 +53,8 @@ class TrainResult:
 
 
 @contextmanager
-def _timed(timings: dict, stage: str):
+def timed(timings: dict, stage: str):
+    """Add the seconds the block takes to `timings[stage]`."""
     start = time.perf_counter()
     yield
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
@@ -142,11 +143,11 @@ def _train_local(
     threads, seed = int(cfg["runtime"]["threads"]), int(cfg["runtime"]["seed"])
     source = str(data_cfg.get("path") or "<frame>")
 
-    with _timed(timings, "read"):
+    with timed(timings, "read"):
         raw = (
             read_sessions(data_cfg["path"]) if sessions is None else sessions.reset_index(drop=True)
         )
-    with _timed(timings, "validate"):
+    with timed(timings, "validate"):
         contract = to_contract(raw, spec, source=source, with_label=True)
         canon = contract.sessions
         if len(canon) == 0:
@@ -165,14 +166,14 @@ def _train_local(
         )
         check_splits(split.value_counts().to_dict(), source)
 
-    with _timed(timings, "features"):
+    with timed(timings, "features"):
         featurizer = make_featurizer(spec, cfg)
         parts = {side: canon[split.to_numpy() == side] for side in modelling.SPLITS}
         featurizer.fit(parts["train"])
         X = {side: featurizer.transform(part) for side, part in parts.items()}
         y = {side: y_all[split.to_numpy() == side] for side in modelling.SPLITS}
 
-    with _timed(timings, "train"):
+    with timed(timings, "train"):
         model_cfg = cfg["model"]
         params = modelling.lgb_params(model_cfg, len(classes), threads, seed)
         booster = fit_early_stopped(model_cfg, params, featurizer, X, y, callbacks)
@@ -242,7 +243,7 @@ def evaluate(
     also measured against it. Returns the `TrainResult` fields `metrics`, `figures`, `test_frame`
     and `drift_reference`.
     """
-    with _timed(timings, "evaluate"):
+    with timed(timings, "evaluate"):
         return _evaluate(cfg, model, X, y, test_ids.to_numpy(), test_raw, timings)
 
 
@@ -280,7 +281,7 @@ def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
             metrics[f"test/majority/{key}"] = modelling.classification_metrics(
                 y["test"], maj, classes
             )[key]
-        with _timed(timings, "baseline_logreg"):
+        with timed(timings, "baseline_logreg"):
             cap = int(cfg.get("logreg_max_rows", 200_000))
             rng = np.random.default_rng(seed)
             take = np.sort(

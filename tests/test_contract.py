@@ -14,9 +14,9 @@ from pipelines.contract import (
     SOURCE_ROW,
     ContractError,
     DatasetSpec,
-    _array_failures,
-    _schema_failures,
+    array_failures,
     as_text,
+    schema_failures,
     to_contract,
 )
 from tests.conftest import compose_config
@@ -220,8 +220,8 @@ def test_array_checks_quarantine_what_the_pandera_schema_does(rows, with_label):
     if with_label:
         df["label"] = as_text(frame["label"])
     columns = {c: df[c] for c in df.columns}
-    by_arrays = sorted(_array_failures(columns, spec, with_label))
-    by_pandera = sorted(_schema_failures(df, spec, with_label, source="x"))
+    by_arrays = sorted(array_failures(columns, spec, with_label))
+    by_pandera = sorted(schema_failures(df, spec, with_label, source="x"))
     assert by_arrays == by_pandera
 
 
