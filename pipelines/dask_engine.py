@@ -275,7 +275,13 @@ def score_dask(
     tracking_uri: str | None = None,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary."""
-    from pipelines.score import absent_columns, input_fingerprint, journey_summary, load_scorer
+    from pipelines.score import (
+        absent_columns,
+        check_accounting,
+        input_fingerprint,
+        journey_summary,
+        load_scorer,
+    )
 
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -320,10 +326,7 @@ def score_dask(
                 p.unlink()
             (work / sub).rmdir()
         scored, rejected = int(counts["scored"].sum()), int(counts["rejected"].sum())
-        if rows_in != scored + rejected:
-            raise RuntimeError(
-                f"row accounting broke: {rows_in} in, {scored} scored, {rejected} rejected"
-            )
+        check_accounting(rows_in, scored, rejected)
         summary = {
             "input": str(input_path),
             "output": str(out_dir),

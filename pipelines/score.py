@@ -126,6 +126,14 @@ def bucket_of(journeys: pd.Series, n_buckets: int) -> np.ndarray:
     return (h % np.uint64(n_buckets)).astype(np.int64)
 
 
+def check_accounting(rows_in: int, scored: int, rejected: int) -> None:
+    """Rows in = rows scored + rows rejected, or the run fails before its output appears."""
+    if rows_in != scored + rejected:
+        raise RuntimeError(
+            f"row accounting broke: {rows_in} in, {scored} scored, {rejected} rejected"
+        )
+
+
 def journey_summary(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """One row per journey: its latest session's intent and probabilities, and the intent sequence."""
     if pred.empty:
@@ -311,10 +319,7 @@ def score_file(
             for key, value in info.items():
                 empty[key] = value
             empty.to_parquet(work / "journeys.parquet", index=False)
-        if rows_in != rows_scored + rows_rejected:
-            raise RuntimeError(
-                f"row accounting broke: {rows_in} in, {rows_scored} scored, {rows_rejected} rejected"
-            )
+        check_accounting(rows_in, rows_scored, rows_rejected)
         summary = {
             "input": str(input_path),
             "output": str(out_dir),
