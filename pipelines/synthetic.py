@@ -181,7 +181,7 @@ def _offset_km(lat: np.ndarray, lon: np.ndarray, east_km: np.ndarray, north_km: 
     return new_lat, new_lon
 
 
-def _planar_km(lat: np.ndarray, lon: np.ndarray, ref_lat: np.ndarray, ref_lon: np.ndarray):
+def planar_km(lat: np.ndarray, lon: np.ndarray, ref_lat: np.ndarray, ref_lon: np.ndarray):
     """Inverse of `_offset_km`: distance in km from the reference point."""
     north = (lat - ref_lat) * KM_PER_DEG_LAT
     east = (lon - ref_lon) * KM_PER_DEG_LAT * np.cos(np.radians(ref_lat))
@@ -394,13 +394,13 @@ def emission_loglik(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
             sel = located & (region == c.name)
             if not sel.any():
                 continue
-            d = np.stack([_planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+            d = np.stack([planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
             d = np.maximum(d, 1e-9)
             # exponential distance, uniform bearing: density per km^2 is f(d) / (2 pi d); the
             # cosine turns km^2 around each reference point into the same degree^2 measure
             jac = np.cos(np.radians(c.stores[:, 0]))[None, :]
             dens_store[sel] = (np.exp(-d / m) / m / (2 * np.pi * d) * jac).mean(axis=1)
-            r = _planar_km(lat[sel], lon[sel], c.lat, c.lon)
+            r = planar_km(lat[sel], lon[sel], c.lat, c.lon)
             inside = r <= p.city_radius_km
             dens_city[sel] = np.where(
                 inside, np.cos(np.radians(c.lat)) / (np.pi * p.city_radius_km**2), 0.0

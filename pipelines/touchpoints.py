@@ -254,7 +254,9 @@ def local_hour(started_at: pd.Series, utc_offset_min: pd.Series | None) -> pd.Se
     return ts.dt.hour
 
 
-def _in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
+def in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
+    """Whether each local hour falls in the quiet window [start, end), which may wrap past
+    midnight (21-8h)."""
     start, end = quiet
     if start == end:
         return np.zeros(len(hour), dtype=bool)
@@ -377,7 +379,7 @@ def eligibility(
         if tp.requires_app:
             refuse(j, ~app_user, "not an app user")
         if tp.quiet_hours is not None:
-            quiet = np.isfinite(hour) & _in_quiet_hours(np.nan_to_num(hour), tp.quiet_hours)
+            quiet = np.isfinite(hour) & in_quiet_hours(np.nan_to_num(hour), tp.quiet_hours)
             refuse(j, quiet, f"quiet hours {tp.quiet_hours[0]}-{tp.quiet_hours[1]}h")
         if tp.frequency_cap is not None:
             capped = ctx[f"shown_{tp.name}"].to_numpy() >= tp.frequency_cap

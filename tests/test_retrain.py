@@ -74,7 +74,7 @@ def stream(tmp_path_factory) -> Path:
     return root
 
 
-def _config(root: Path, uri: str, data: str | Path, work: Path, *extra: str):
+def retrain_config(root: Path, uri: str, data: str | Path, work: Path, *extra: str):
     return OmegaConf.create(
         compose_config(
             "retrain",
@@ -99,7 +99,9 @@ def _config(root: Path, uri: str, data: str | Path, work: Path, *extra: str):
 
 def _retrain(stream: Path, uri: str, work: Path, period: str, *extra: str) -> tuple[int, dict]:
     end = END_OF[period]
-    cfg = _config(stream, uri, stream / "sessions", work, f"retrain.end={end or 'null'}", *extra)
+    cfg = retrain_config(
+        stream, uri, stream / "sessions", work, f"retrain.end={end or 'null'}", *extra
+    )
     code = run_retrain(cfg)
     summary = json.loads((work / "summary.json").read_text())
     return code, summary
@@ -232,7 +234,7 @@ def test_bad_or_empty_data_exits_3_naming_the_file(stream, tmp_path, capsys, cas
         column = "intent" if case == "no_label_column" else "started_at"
         data = tmp_path / "broken.parquet"
         pd.read_parquet(stream / "sessions").drop(columns=[column]).to_parquet(data)
-    code = run_retrain(_config(stream, uri, data, tmp_path, *extra))
+    code = run_retrain(retrain_config(stream, uri, data, tmp_path, *extra))
     assert code == EXIT_BAD_DATA
     err = capsys.readouterr().err
     assert message in err and str(data) in err
@@ -247,7 +249,7 @@ def test_bad_or_empty_data_exits_3_naming_the_file(stream, tmp_path, capsys, cas
 
 def test_unreachable_tracking_server_exits_4_naming_it(stream, tmp_path, capsys):
     uri = "http://127.0.0.1:9/"  # the discard port: nothing listens
-    code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
+    code = run_retrain(retrain_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_TRACKING
     err = capsys.readouterr().err
     assert "cannot be reached" in err and "127.0.0.1:9" in err
@@ -257,7 +259,7 @@ def test_unreachable_tracking_server_exits_4_naming_it(stream, tmp_path, capsys)
 
 def test_a_password_inside_the_tracking_uri_is_refused_and_never_recorded(stream, tmp_path, capsys):
     uri = "http://retrain:s3cr3t-pw@127.0.0.1:9/"
-    code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
+    code = run_retrain(retrain_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "MLFLOW_TRACKING_PASSWORD" in err and "s3cr3t-pw" not in err
@@ -271,7 +273,7 @@ def test_an_empty_csv_exits_3_and_the_summary_replaces_the_last_jobs(stream, tmp
     (tmp_path / "summary.json").write_text(json.dumps({"written_by": "retrain", "exit_code": 0}))
     for content in ("", "session_id,journey_id,started_at,intent\n"):
         (tmp_path / "empty.csv").write_text(content)
-        code = run_retrain(_config(stream, uri, tmp_path / "empty.csv", tmp_path))
+        code = run_retrain(retrain_config(stream, uri, tmp_path / "empty.csv", tmp_path))
         assert code == EXIT_BAD_DATA
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["exit_code"] == EXIT_BAD_DATA and "empty.csv" in summary["error"]
@@ -282,7 +284,7 @@ def test_a_summary_path_that_is_the_data_is_refused_and_the_data_kept(stream, tm
     data = tmp_path / "sessions.parquet"
     pd.read_parquet(stream / "sessions").head(50).to_parquet(data)
     before = data.read_bytes()
-    cfg = _config(stream, f"sqlite:///{tmp_path}/mlflow.db", data, tmp_path)
+    cfg = retrain_config(stream, f"sqlite:///{tmp_path}/mlflow.db", data, tmp_path)
     cfg.retrain.summary_path = str(data)
     assert run_retrain(cfg) == EXIT_USAGE
     assert data.read_bytes() == before
@@ -314,7 +316,7 @@ def test_the_gate_judges_only_journeys_the_champion_did_not_train_on(stream, tmp
     log_and_register(champion_cfg, train(champion_cfg), [], str(tmp_path))
     assert _champion(uri) == "1"
 
-    cfg = _config(stream, uri, stream / "sessions", tmp_path, "retrain.end=2026-10-31")
+    cfg = retrain_config(stream, uri, stream / "sessions", tmp_path, "retrain.end=2026-10-31")
     assert run_retrain(cfg) == EXIT_OK
     summary = json.loads((tmp_path / "summary.json").read_text())
 
@@ -344,7 +346,7 @@ def test_a_second_job_exits_6_while_the_first_holds_the_lock(stream, tmp_path, c
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "summary.json").write_text('{"written_by": "retrain", "from": "the running job"}')
     with job_lock(tmp_path / "retrain.lock"):
-        code = run_retrain(_config(stream, uri, stream / "sessions", tmp_path))
+        code = run_retrain(retrain_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_LOCKED
     err = capsys.readouterr().err
     assert "another retrain job holds the lock" in err and f"pid {os.getpid()}" in err

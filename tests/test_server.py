@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pipelines import retrain as retrain_module
 from pipelines.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
 from tests.servers import PASSWORD, SERVERS, USER, free_port, mlflow_server
-from tests.test_retrain import NAME, _config, stream  # noqa: F401  (the module-scoped data)
+from tests.test_retrain import NAME, retrain_config, stream  # noqa: F401  (the module-scoped data)
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,19 @@ def test_retrain_over_http_with_basic_auth_promotes_and_no_secret_is_recorded(
         # credentials in the URI are refused, and that refusal records no secret
         work = tmp_path / "refused"
         with_password = url.replace("http://", f"http://{USER}:{PASSWORD}@")
-        assert run_retrain(_config(stream, with_password, stream / "sessions", work)) == EXIT_USAGE
+        assert (
+            run_retrain(retrain_config(stream, with_password, stream / "sessions", work))
+            == EXIT_USAGE
+        )
         # no credentials at all: the server says no, and the job says it cannot use the server
         work = tmp_path / "anonymous"
-        assert run_retrain(_config(stream, url, stream / "sessions", work)) == EXIT_TRACKING
+        assert run_retrain(retrain_config(stream, url, stream / "sessions", work)) == EXIT_TRACKING
 
         # the way the README says: the URI without them, the credentials in MLflow's variables
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
         work = tmp_path / "job"
-        cfg = _config(stream, url, stream / "sessions", work, "retrain.end=null")
+        cfg = retrain_config(stream, url, stream / "sessions", work, "retrain.end=null")
         assert run_retrain(cfg) == EXIT_OK
         summary = json.loads((work / "summary.json").read_text())
         assert summary["decision"] == "promoted" and summary["champion_after"] == "1"
@@ -112,11 +115,13 @@ def test_a_server_that_goes_down_exits_4_and_leaves_the_registry_as_it_was(strea
     work = tmp_path / "job"
     with mlflow_server(tmp_path, port) as url:
         assert (
-            run_retrain(_config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31"))
+            run_retrain(
+                retrain_config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31")
+            )
             == 0
         )
     # the server is down now: the next job says so and touches nothing
-    code = run_retrain(_config(stream, url, stream / "sessions", work, "retrain.end=null"))
+    code = run_retrain(retrain_config(stream, url, stream / "sessions", work, "retrain.end=null"))
     assert code == EXIT_TRACKING
     summary = json.loads((work / "summary.json").read_text())
     assert summary["exit_code"] == EXIT_TRACKING and "cannot be reached" in summary["error"]
@@ -137,7 +142,7 @@ def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
     port = free_port()
     work = tmp_path / "job"
     with mlflow_server(tmp_path, port) as url:
-        first = _config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31")
+        first = retrain_config(stream, url, stream / "sessions", work, "retrain.end=2026-08-31")
         assert run_retrain(first) == EXIT_OK
     assert json.loads((work / "summary.json").read_text())["exit_code"] == EXIT_OK
 
@@ -153,7 +158,7 @@ def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
             return result
 
         monkeypatch.setattr(retrain_module, "train", train_then_lose_the_server)
-        cfg = _config(stream, url, stream / "sessions", work, "retrain.end=2026-10-31")
+        cfg = retrain_config(stream, url, stream / "sessions", work, "retrain.end=2026-10-31")
         code = run_retrain(cfg)
         elapsed = time.monotonic() - died["at"]
     assert code == EXIT_TRACKING

@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 import pipelines.config
 from pipelines.synthetic import (
     GeneratorParams,
-    _planar_km,
     emission_loglik,
     forward_filter,
     generate_chunks,
+    planar_km,
     simulate,
 )
 
@@ -272,7 +272,7 @@ def _nearest_store_km(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
     for c in params.cities:
         sel = (region == c.name) & ~np.isnan(lat)
         if sel.any():
-            dist = np.stack([_planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+            dist = np.stack([planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
             out[sel] = dist.min(axis=1)
     return out
 
@@ -552,14 +552,14 @@ def test_mobile_go_sessions_are_mostly_near_a_store_and_desktops_share_location_
     # every located session lies in its region: within the city radius, or near a store
     for c in params.cities:
         sel = located & (df["region"].to_numpy() == c.name)
-        centre_km = _planar_km(lat[sel], lon[sel], c.lat, c.lon)
+        centre_km = planar_km(lat[sel], lon[sel], c.lat, c.lon)
         assert ((centre_km <= params.city_radius_km + 1e-9) | (store_km[sel] < 8)).all(), c.name
 
     # sessions at a store are spread over all the stores of their region
     region = df["region"].to_numpy()
     for c in params.cities:
         sel = located & (region == c.name) & (store_km < 1.0)
-        dist = np.stack([_planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+        dist = np.stack([planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
         share = np.bincount(dist.argmin(axis=1), minlength=len(c.stores)) / sel.sum()
         assert (share > 0.5 / len(c.stores)).all(), (c.name, share)
 

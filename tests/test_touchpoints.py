@@ -14,12 +14,12 @@ from pipelines.touchpoints import (
     INSUFFICIENT,
     Catalogue,
     Touchpoint,
-    _in_quiet_hours,
     allocate,
     build_feed,
     eligibility,
     estimate_conversion,
     holdout_flags,
+    in_quiet_hours,
     intent_weights,
     journey_context,
     rate_matrix,
@@ -190,9 +190,9 @@ def test_eligibility_rules_and_their_reasons():
 
 def test_quiet_hours_wrap_past_midnight():
     hours = np.arange(24)
-    assert list(hours[_in_quiet_hours(hours, (21, 8))]) == [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]
-    assert list(hours[_in_quiet_hours(hours, (12, 14))]) == [12, 13]
-    assert not _in_quiet_hours(hours, (5, 5)).any()
+    assert list(hours[in_quiet_hours(hours, (21, 8))]) == [0, 1, 2, 3, 4, 5, 6, 7, 21, 22, 23]
+    assert list(hours[in_quiet_hours(hours, (12, 14))]) == [12, 13]
+    assert not in_quiet_hours(hours, (5, 5)).any()
 
 
 def _feed(ctx: pd.DataFrame, catalogue: Catalogue, rates: np.ndarray, **kw):
