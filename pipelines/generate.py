@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.io import atomic_path, claim_output
+from pipelines.io import atomic_path, claim_output, mark_output
 from pipelines.runner import command
 from pipelines.synthetic import GeneratorParams, generate_chunks, n_chunks
 
@@ -33,8 +33,6 @@ def generate(gen_cfg: Mapping, params_cfg: Mapping) -> dict:
     n_journeys, chunk = int(gen_cfg["n_journeys"]), int(gen_cfg["chunk_journeys"])
     parts = n_chunks(n_journeys, chunk)
     sessions = 0
-    claim_output(out / "sessions", "generate")
-    claim_output(out / "stores.csv", "generate")
     with atomic_path(out / "sessions", owner="generate") as tmp:
         tmp.mkdir(parents=True)
         chunks = generate_chunks(
@@ -65,6 +63,8 @@ def write_stores(params: GeneratorParams, out: Path) -> None:
 
 def run_generate(cfg: DictConfig) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
+    # the folder is generate's own (it holds sessions/ and stores.csv), or new, or empty
+    out = claim_output(container["generate"]["out_dir"], "generate")
     engine = container.get("engine") or {"name": "local"}
     if engine["name"] == "dask":
         from pipelines.dask_engine import cluster, generate_dask
@@ -73,6 +73,7 @@ def run_generate(cfg: DictConfig) -> dict:
             summary = generate_dask(client, container["generate"], container["generator"])
     else:
         summary = generate(container["generate"], container["generator"])
+    mark_output(out, "generate")
     print(
         f"wrote {summary['sessions']} sessions of {summary['journeys']} journeys to {summary['out_dir']}/sessions ({summary['parts']} parts)",
         flush=True,

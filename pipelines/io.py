@@ -152,9 +152,6 @@ def owner_of(path: Path) -> str | None:
         for command, names in _UNMARKED_OUTPUTS.items():
             if all((path / n).exists() for n in names):
                 return command
-        names = [p.name for p in path.iterdir()]
-        if names and all(n.startswith("part-") and n.endswith(".parquet") for n in names):
-            return "generate"
         return None
     if path.suffix == ".json":
         with contextlib.suppress(ValueError, OSError, AttributeError):
@@ -164,10 +161,6 @@ def owner_of(path: Path) -> str | None:
         with contextlib.suppress(OSError):
             text = path.read_text(errors="replace")
             return "retrain" if text == "" or text.startswith("pid ") else None
-    if path.suffix == ".csv":
-        with contextlib.suppress(OSError), path.open() as f:
-            if f.readline().strip() == "store_id,region,latitude,longitude":
-                return "generate"
     return None
 
 
@@ -211,6 +204,11 @@ def claim_output(
     return target
 
 
+def mark_output(folder: Path, command: str) -> None:
+    """Mark `folder` as an output of `command` (see `claim_output`)."""
+    (Path(folder) / OUTPUT_MARK).write_text(json.dumps({"command": command}) + "\n")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, owner: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
@@ -229,7 +227,7 @@ def atomic_path(target: str | os.PathLike, owner: str | None = None) -> Iterator
     try:
         yield work
         if owner and work.is_dir():
-            (work / OUTPUT_MARK).write_text(json.dumps({"command": owner}) + "\n")
+            mark_output(work, owner)
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)

@@ -236,7 +236,9 @@ def start(cfg: DictConfig, tracking: bool) -> None:
     level = str(OmegaConf.select(cfg, "runtime.log_level", default="INFO")).upper()
     logging.getLogger("pipelines").setLevel(level)
     check_config(cfg)
-    refuse_secrets_in_args([])
+    refuse_secrets_in_args(
+        []
+    )  # MLFLOW_TRACKING_URI (the CLI checked the command line before Hydra)
     if "tracking" in cfg:
         http_settings(cfg.tracking)  # also for commands that check the server themselves
     if tracking and "tracking" in cfg:

@@ -366,7 +366,6 @@ def run_score(cfg: DictConfig) -> dict:
     uri = str(c["score"]["model_uri"])
     claim_output(c["score"]["output"], "score", inputs=(c["score"]["input"], uri))
     if needs_tracking(uri):
-        runner.http_settings(c["tracking"])
         runner.check_tracking(tracking.resolve_tracking_uri(c["tracking"].get("uri")))
         tracking.setup(c["tracking"])
     elif "://" not in uri and not Path(uri).is_dir():

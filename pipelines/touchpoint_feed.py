@@ -364,7 +364,6 @@ def run_touchpoints(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)
-    logging.getLogger("pipelines").setLevel(c["runtime"].get("log_level", "INFO"))
     f = c["feed"]
     stores_path = c["data"].get("stores_path")
     out = claim_output(

@@ -476,7 +476,6 @@ def run_train(
 ) -> float:
     """Train, log and register; returns the validation log-loss (what sweepers minimise)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    logging.getLogger("pipelines").setLevel(container["runtime"].get("log_level", "INFO"))
     result = train(container)
     summary = log_and_register(
         container, result, overrides or [], output_dir or container.get("output_dir")

@@ -292,3 +292,32 @@ def test_promoting_an_alias_that_does_not_exist_is_exit_5(tmp_path):
     with pytest.raises(runner.UserError, match="has no version with alias 'nosuch'") as err:
         run_promote(OmegaConf.create(cfg))
     assert err.value.code == runner.EXIT_MODEL
+
+
+def test_generate_refuses_a_folder_of_other_files_and_replaces_its_own(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.generate import run_generate
+    from tests.conftest import compose_config
+
+    def generate_into(folder):
+        cfg = compose_config(
+            "generate",
+            [f"generate.out_dir={folder}", "generate.n_journeys=20", "runtime.threads=1"],
+        )
+        return run_generate(OmegaConf.create(cfg))
+
+    theirs = tmp_path / "theirs"
+    (theirs / "sessions").mkdir(parents=True)
+    pd.DataFrame({"session_id": ["mine"]}).to_parquet(theirs / "sessions" / "part-00000.parquet")
+    (theirs / "stores.csv").write_text("store_id,region,latitude,longitude\nhq,x,1,2\n")
+    with pytest.raises(OutputRefused, match="not written by micromoment"):
+        generate_into(theirs)
+    assert pd.read_parquet(theirs / "sessions")["session_id"].tolist() == ["mine"]
+    assert "hq" in (theirs / "stores.csv").read_text()
+
+    ours = tmp_path / "ours"
+    first = generate_into(ours)
+    again = generate_into(ours)  # its own earlier output: replaced
+    assert first["sessions"] == again["sessions"] > 0
+    assert (ours / OUTPUT_MARK).is_file()
