@@ -7,34 +7,34 @@ import sys
 
 COMMANDS = {
     "generate": (
-        "pipelines.generate:main",
+        "pipelines.stages.generate:main",
         "synthetic journeys with their Bayes-optimal posterior",
     ),
     "train": (
-        "pipelines.train:main",
+        "pipelines.stages.train:main",
         "features -> LightGBM -> evaluate -> log -> register as @challenger",
     ),
     "tune": (
-        "pipelines.tune:main",
+        "pipelines.stages.tune:main",
         "hyperparameter search (Optuna), one child run per trial; resumable",
     ),
-    "promote": ("pipelines.promote:main", "the champion/challenger gate on held-out data"),
-    "rollback": ("pipelines.promote:rollback_main", "point @champion back at an earlier version"),
+    "promote": ("pipelines.stages.promote:main", "the champion/challenger gate on held-out data"),
+    "rollback": ("pipelines.stages.promote:rollback_main", "point @champion back at an earlier version"),
     "retrain": (
-        "pipelines.retrain:main",
+        "pipelines.stages.retrain:main",
         "scheduled job: new window -> challenger -> gate -> promote or keep",
     ),
-    "score": ("pipelines.score:main", "batch-score sessions and journeys with a registered model"),
+    "score": ("pipelines.stages.score:main", "batch-score sessions and journeys with a registered model"),
     "touchpoints": (
-        "pipelines.touchpoint_feed:main",
+        "pipelines.stages.touchpoints:main",
         "the touchpoint feed, a budgeted allocation and a report for marketers",
     ),
     "export": (
-        "pipelines.promote:export_main",
+        "pipelines.stages.promote:export_main",
         "write a registered model to models/ as a standalone folder",
     ),
     "run": (
-        "pipelines.run:main",
+        "pipelines.stages.run:main",
         "the whole chain on the embedded default (generate, train, gate)",
     ),
 }
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"micromoment: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from pipelines import runner
+    from pipelines.stages import runner
 
     try:
         # before Hydra, which records the command line in its output folder

@@ -31,11 +31,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import touchpoint_report as report
-from pipelines.contract import ContractError, DatasetSpec, to_contract
-from pipelines.io import atomic_path, claim_output, input_files
-from pipelines.runner import command
-from pipelines.touchpoints import (
+from pipelines.reports import touchpoint_report as report
+from pipelines.core.contract import ContractError, DatasetSpec, to_contract
+from pipelines.io.outputs import atomic_path, claim_output
+from pipelines.io.readers import input_files
+from pipelines.stages.runner import command
+from pipelines.core.touchpoints import (
     Catalogue,
     allocate,
     build_feed,
@@ -133,7 +134,7 @@ def scored_sessions(
 def check_scores_match(scores: str | Path, input_path: str | Path) -> None:
     """Refuse scores that were not computed from `input_path`: the content fingerprint the scoring
     run recorded must equal this input's."""
-    from pipelines.score import input_fingerprint
+    from pipelines.stages.score import input_fingerprint
 
     summary_path = Path(scores) / "summary.json"
     recorded = (
@@ -330,7 +331,7 @@ def write_outputs(result: dict, work: Path) -> dict[str, bytes]:
 def log_to_mlflow(cfg: dict, result: dict, out_dir: Path, experiment_id: str) -> str:
     import mlflow
 
-    from pipelines import tracking
+    from pipelines.tracking.runs import runs as tracking
 
     h = result["headline"]
     run_name = cfg["tracking"].get("run_name") or "touchpoints"
@@ -358,9 +359,9 @@ def log_to_mlflow(cfg: dict, result: dict, out_dir: Path, experiment_id: str) ->
 def run_touchpoints(cfg: DictConfig) -> dict:
     import mlflow
 
-    from pipelines import tracking
-    from pipelines.score import load_scorer, score_file
-    from pipelines.train import load_stores
+    from pipelines.tracking.runs import runs as tracking
+    from pipelines.stages.score import load_scorer, score_file
+    from pipelines.stages.train import load_stores
 
     start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)

@@ -23,11 +23,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import modelling
-from pipelines.contract import LABEL, DatasetSpec, to_contract
-from pipelines.gate import Decision, GatePolicy, TrainingSpan, decide
-from pipelines.io import atomic_path, claim_output, read_sessions
-from pipelines.runner import EXIT_MODEL, UserError, command
+from pipelines.core import modelling
+from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.gate import Decision, GatePolicy, TrainingSpan, decide
+from pipelines.io.outputs import atomic_path, claim_output
+from pipelines.io.readers import read_sessions
+from pipelines.stages.runner import EXIT_MODEL, UserError, command
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -94,7 +95,7 @@ def gate(
     threads: int = 1,
 ) -> Decision:
     """Compare a challenger version with the champion on the same rows; promote if it passes."""
-    from pipelines.score import load_scorer
+    from pipelines.stages.score import load_scorer
 
     champion_version = resolve_version(client, name, CHAMPION)
     challenger, _ = load_scorer(f"models:/{name}/{challenger_version}", threads)
@@ -251,7 +252,7 @@ def export(model_uri: str, out_dir: str | Path) -> Path:
 
     import mlflow
 
-    from pipelines.tracking import model_files, requirements
+    from pipelines.tracking.runs import model_files, requirements
 
     source = mlflow.artifacts.download_artifacts(model_uri)
     pyfunc = mlflow.pyfunc.load_model(source)
@@ -305,7 +306,7 @@ def policy_from(cfg: Mapping) -> GatePolicy:
 
 
 def run_promote(cfg: DictConfig) -> Decision:
-    from pipelines import tracking
+    from pipelines.tracking.runs import runs as tracking
 
     c = OmegaConf.to_container(cfg, resolve=True)
     tracking.setup(c["tracking"])
@@ -348,7 +349,7 @@ def run_promote(cfg: DictConfig) -> Decision:
 
 
 def run_rollback(cfg: DictConfig) -> str:
-    from pipelines import tracking
+    from pipelines.tracking.runs import runs as tracking
 
     c = OmegaConf.to_container(cfg, resolve=True)
     tracking.setup(c["tracking"])
@@ -359,7 +360,7 @@ def run_rollback(cfg: DictConfig) -> str:
 
 
 def run_export(cfg: DictConfig) -> Path:
-    from pipelines import tracking
+    from pipelines.tracking.runs import runs as tracking
 
     c = OmegaConf.to_container(cfg, resolve=True)
     tracking.setup(c["tracking"])

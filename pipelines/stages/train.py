@@ -2,7 +2,7 @@
 
 `train(cfg)` is the recipe and touches neither MLflow nor Hydra; `main` is the Hydra entry point
 that logs what `train` returns and registers the model. With `engine=dask` the recipe runs on a
-Dask cluster (`pipelines.dask_train`) and returns the same `TrainResult`, evaluated by the same
+Dask cluster (`pipelines.engines.dask_train`) and returns the same `TrainResult`, evaluated by the same
 `evaluate`, so logging and registering do not know where the model was trained.
 """
 
@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import drift, modelling, plots
-from pipelines.contract import LABEL, DatasetSpec, to_contract
-from pipelines.features import SessionFeaturizer
-from pipelines.gate import TrainingSpan
-from pipelines.io import read_sessions
-from pipelines.runner import command, in_sweep
-from pipelines.scorer import IntentModel
+from pipelines.core import drift, modelling
+from pipelines.reports import plots
+from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.features import SessionFeaturizer
+from pipelines.core.gate import TrainingSpan
+from pipelines.io.readers import read_sessions
+from pipelines.stages.runner import command, in_sweep
+from pipelines.core.scorer import IntentModel
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def train(
                 "engine=dask trains with lightgbm.dask, which takes no LightGBM callbacks "
                 "(hyperparameter search prunes with them): use engine=local"
             )
-        from pipelines.dask_train import train_dask
+        from pipelines.engines.dask_train import train_dask
 
         return train_dask(cfg, sessions=sessions, client=client)
     return _train_local(cfg, sessions, callbacks)
@@ -347,8 +348,8 @@ def log_and_register(
     """
     import mlflow
 
-    from pipelines import tracking
-    from pipelines.io import write_rejects
+    from pipelines.tracking.runs import runs as tracking
+    from pipelines.io.outputs import write_rejects
 
     start = time.perf_counter()
     experiment_id = tracking.setup(cfg["tracking"])
@@ -410,7 +411,7 @@ def log_and_register(
         if version is not None and reg.get("gate"):
             from mlflow.tracking import MlflowClient
 
-            from pipelines.promote import gate, policy_from
+            from pipelines.stages.promote import gate, policy_from
 
             decision = gate(
                 MlflowClient(),

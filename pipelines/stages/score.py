@@ -32,11 +32,12 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines import contract
-from pipelines.contract import REJECT_REASON, SOURCE_ROW, ContractError
-from pipelines.io import EmptyInput, atomic_path, check_parts, claim_output, input_files
-from pipelines.runner import command
-from pipelines.scorer import IntentModel
+from pipelines.core import contract
+from pipelines.core.contract import REJECT_REASON, SOURCE_ROW, ContractError
+from pipelines.io.outputs import atomic_path, claim_output
+from pipelines.io.readers import EmptyInput, check_parts, input_files
+from pipelines.stages.runner import command
+from pipelines.core.scorer import IntentModel
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +361,8 @@ def needs_tracking(model_uri: str) -> bool:
 
 
 def run_score(cfg: DictConfig) -> dict:
-    from pipelines import runner, tracking
+    from pipelines.stages import runner
+    from pipelines.tracking.runs import runs as tracking
 
     c = OmegaConf.to_container(cfg, resolve=True)
     uri = str(c["score"]["model_uri"])
@@ -374,7 +376,7 @@ def run_score(cfg: DictConfig) -> dict:
     if engine["name"] == "dask":
         import mlflow
 
-        from pipelines.dask_engine import cluster, score_dask
+        from pipelines.engines.dask import cluster, score_dask
 
         with cluster(engine) as client:
             summary = score_dask(

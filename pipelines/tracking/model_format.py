@@ -8,8 +8,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from pipelines.contract import ROLES, ContractError
-from pipelines.scorer import IntentModel
+from pipelines.core.contract import ROLES, ContractError
+from pipelines.core.scorer import IntentModel
 
 # outcomes are not read when scoring
 _NOT_INPUTS = {"touchpoint", "touchpoint_propensity", "converted"}
@@ -140,13 +140,13 @@ def _registered_version(name: str, run_id: str) -> str | None:
 class IntentFromFiles(IntentPyfunc):
     """The registered model as data plus this code: `load_context` reads the booster (LightGBM
     text) and the featurizer's state (JSON) from the model's `model` artifact, so loading a
-    version runs no pickle. `pipelines/model_code.py` is the file MLflow loads it from."""
+    version runs no pickle. `pipelines/tracking/model_code.py` is the file MLflow loads it from."""
 
     def __init__(self) -> None:
         super().__init__(model=None)
 
     def load_context(self, context) -> None:
-        from pipelines.scorer import load_model
+        from pipelines.core.scorer import load_model
 
         self.model = load_model(context.artifacts["model"])
         super().load_context(context)

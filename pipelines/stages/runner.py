@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config import hydra_main
-from pipelines.secrets import CREDENTIALS_HINT, has_secret, redact
+from pipelines.core.secrets import CREDENTIALS_HINT, has_secret, redact
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,9 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
     from mlflow.exceptions import MlflowException
     from omegaconf.errors import MissingMandatoryValue
 
-    from pipelines.contract import ContractError
-    from pipelines.io import EmptyInput, OutputRefused, PartMismatch
+    from pipelines.core.contract import ContractError
+    from pipelines.io.outputs import OutputRefused
+    from pipelines.io.readers import EmptyInput, PartMismatch
 
     if isinstance(err, UserError):
         return err.code, redact(str(err))
@@ -242,7 +243,7 @@ def start(cfg: DictConfig, tracking: bool) -> None:
     if "tracking" in cfg:
         http_settings(cfg.tracking)  # also for commands that check the server themselves
     if tracking and "tracking" in cfg:
-        from pipelines.tracking import resolve_tracking_uri
+        from pipelines.tracking.runs import resolve_tracking_uri
 
         check_tracking(resolve_tracking_uri(cfg.tracking.get("uri")))
 

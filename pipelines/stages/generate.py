@@ -1,7 +1,7 @@
 """`micromoment generate`: synthetic journeys as partitioned parquet, with the Bayes-optimal posterior.
 
 `generate` simulates the chunks one after another in this process; with `engine=dask`,
-`pipelines.dask_engine.generate_dask` simulates them as parallel tasks on a cluster. Chunk `i`
+`pipelines.engines.dask.generate_dask` simulates them as parallel tasks on a cluster. Chunk `i`
 draws from a random stream derived from `(seed, i)` only, so both write the same part files.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipelines.io import atomic_path, claim_output, mark_output
-from pipelines.runner import command
-from pipelines.synthetic import GeneratorParams, generate_chunks, n_chunks
+from pipelines.io.outputs import atomic_path, claim_output, mark_output
+from pipelines.stages.runner import command
+from pipelines.core.synthetic import GeneratorParams, generate_chunks, n_chunks
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run_generate(cfg: DictConfig) -> dict:
     out = claim_output(container["generate"]["out_dir"], "generate")
     engine = container.get("engine") or {"name": "local"}
     if engine["name"] == "dask":
-        from pipelines.dask_engine import cluster, generate_dask
+        from pipelines.engines.dask import cluster, generate_dask
 
         with cluster(engine) as client:
             summary = generate_dask(client, container["generate"], container["generator"])

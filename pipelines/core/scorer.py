@@ -15,9 +15,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from pipelines.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
-from pipelines.features import SessionFeaturizer
-from pipelines.modelling import booster_proba
+from pipelines.core.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
+from pipelines.core.features import SessionFeaturizer
+from pipelines.core.modelling import booster_proba
 
 
 class IntentModel:

@@ -16,7 +16,7 @@ def hydra_main(config_name: str):
     """`hydra.main` for a micromoment command, with the config schemas registered first."""
     import hydra
 
-    from pipelines.schema import register_configs
+    from pipelines.config.schema import register_configs
 
     register_configs()
     return hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")

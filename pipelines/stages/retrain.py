@@ -30,16 +30,19 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines import drift, modelling, runner, tracking
+from pipelines.core import drift, modelling
+from pipelines.stages import runner
+from pipelines.tracking.runs import runs as tracking
 from pipelines.config import hydra_main
-from pipelines.contract import ContractError, DatasetSpec, to_contract
-from pipelines.io import atomic_path, claim_output, read_sessions
-from pipelines.promote import CHAMPION, gate, holdout, policy_from, resolve_version
-from pipelines.runner import UserError
-from pipelines.score import load_scorer
-from pipelines.train import log_and_register, train
+from pipelines.core.contract import ContractError, DatasetSpec, to_contract
+from pipelines.io.outputs import atomic_path, claim_output
+from pipelines.io.readers import read_sessions
+from pipelines.stages.promote import CHAMPION, gate, holdout, policy_from, resolve_version
+from pipelines.stages.runner import UserError
+from pipelines.stages.score import load_scorer
+from pipelines.stages.train import log_and_register, train
 
-# the exit codes of the README's table, under the names the job uses (see pipelines.runner)
+# the exit codes of the README's table, under the names the job uses (see pipelines.stages.runner)
 EXIT_OK = runner.EXIT_OK  # promoted, or kept the champion
 EXIT_FAILED = runner.EXIT_BUG  # anything unexpected (a bug): the traceback is in the log
 EXIT_BAD_DATA = runner.EXIT_BAD_DATA  # the window is empty, or the data cannot be read as sessions

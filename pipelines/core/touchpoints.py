@@ -1,6 +1,6 @@
 """Touchpoint optimisation: which touchpoint should meet each journey now.
 
-Pure functions over frames, wired by `pipelines.touchpoint_feed`:
+Pure functions over frames, wired by `pipelines.stages.touchpoints`:
 - `Catalogue.from_config`: the touchpoints with their channel, cost, capacity and eligibility rules;
 - `estimate_conversion`: the conversion rate of every intent x touchpoint from logged sessions
   (touchpoint shown, its logging propensity, converted), by self-normalised inverse-propensity
@@ -269,7 +269,7 @@ def nearest_store_km(lat: np.ndarray, lon: np.ndarray, stores: np.ndarray | None
     """Distance in km to the nearest store (NaN without coordinates or stores)."""
     from sklearn.neighbors import BallTree
 
-    from pipelines.features import EARTH_RADIUS_KM
+    from pipelines.core.features import EARTH_RADIUS_KM
 
     out = np.full(len(lat), np.nan)
     if stores is None or len(stores) == 0:

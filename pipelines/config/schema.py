@@ -171,7 +171,7 @@ class EngineSchema:
 
 @dataclass
 class TouchpointSpecSchema:
-    """One touchpoint of the catalogue (see `pipelines.touchpoints.Touchpoint`)."""
+    """One touchpoint of the catalogue (see `pipelines.core.touchpoints.Touchpoint`)."""
 
     channel: str = ""
     cost: float = 0.0

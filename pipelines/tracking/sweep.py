@@ -61,7 +61,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
-        from pipelines import tracking
+        from pipelines.tracking.runs import runs as tracking
 
         tracking_cfg = OmegaConf.to_container(config.tracking, resolve=True)
         experiment_id = tracking.setup(tracking_cfg)
@@ -161,7 +161,7 @@ def register_best(config: DictConfig, run_id: str) -> tuple[str, str, str | None
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines.gate import TrainingSpan
+    from pipelines.core.gate import TrainingSpan
 
     reg = OmegaConf.to_container(config.registry, resolve=True) if "registry" in config else {}
     if not reg.get("register", True):

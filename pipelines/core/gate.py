@@ -1,7 +1,7 @@
 """The champion/challenger gate: promote a challenger only when it is better on the same data.
 
 `decide` is a pure function of two sets of metrics computed on the same held-out rows; the
-`promote` command (see `pipelines.promote`) computes them and records the decision.
+`promote` command (see `pipelines.stages.promote`) computes them and records the decision.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.modelling import journey_key, unit_hash
+from pipelines.core.modelling import journey_key, unit_hash
 
 # metrics where smaller is better; every other metric is better when larger
 LOWER_IS_BETTER = {"logloss", "ece"}

@@ -1,7 +1,7 @@
 """`micromoment train engine=dask`: the training recipe on a Dask cluster, with `lightgbm.dask`.
 
 `train_dask(cfg)` returns the `TrainResult` local training returns: an `IntentModel` of the same
-featurizer and a LightGBM booster, evaluated by the same `pipelines.train.evaluate`, so it is
+featurizer and a LightGBM booster, evaluated by the same `pipelines.stages.train.evaluate`, so it is
 logged and registered by the same code and consumers cannot tell where it was trained.
 
 What runs where:
@@ -50,9 +50,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from pipelines import modelling
-from pipelines.contract import LABEL, SOURCE_ROW, DatasetSpec, as_text, to_contract
-from pipelines.dask_engine import (
+from pipelines.core import modelling
+from pipelines.core.contract import LABEL, SOURCE_ROW, DatasetSpec, as_text, to_contract
+from pipelines.engines.dask import (
     ROW,
     cluster,
     journeys_whole,
@@ -60,9 +60,9 @@ from pipelines.dask_engine import (
     read_numbered,
     with_row_numbers,
 )
-from pipelines.gate import TrainingSpan, iso_time
-from pipelines.scorer import IntentModel
-from pipelines.train import (
+from pipelines.core.gate import TrainingSpan, iso_time
+from pipelines.core.scorer import IntentModel
+from pipelines.stages.train import (
     TrainResult,
     check_splits,
     evaluate,

@@ -16,8 +16,8 @@ from mlflow.models import infer_signature
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 
-from pipelines.scorer import IntentModel
-from pipelines.secrets import redact
+from pipelines.core.scorer import IntentModel
+from pipelines.core.secrets import redact
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -119,7 +119,7 @@ def log_intent_model(
     `model_name` (default: `registered_name`) is the registered name the model reports once it
     is registered later (a sweep registers its best job when the sweep ends).
     """
-    from pipelines.pyfunc import IntentPyfunc, input_schema, signature_inputs
+    from pipelines.tracking.model_format import IntentPyfunc, input_schema, signature_inputs
 
     run = mlflow.active_run()
     model_name = model_name or registered_name
@@ -142,9 +142,9 @@ def log_intent_model(
 
 def model_files(model: IntentModel, tmp: str | os.PathLike) -> dict:
     """The arguments that log or save `model` as data plus code: its files (`save_model`) as the
-    `model` artifact, loaded by `pipelines/model_code.py` (MLflow's models-from-code), with the
+    `model` artifact, loaded by `pipelines/tracking/model_code.py` (MLflow's models-from-code), with the
     package beside it. Loading such a model runs no pickle."""
-    from pipelines.scorer import save_model
+    from pipelines.core.scorer import save_model
 
     return {
         "python_model": str(PACKAGE_DIR / "model_code.py"),

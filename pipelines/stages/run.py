@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from pipelines.generate import run_generate
-from pipelines.runner import command
-from pipelines.touchpoint_feed import run_touchpoints
-from pipelines.train import run_train, task_overrides
+from pipelines.stages.generate import run_generate
+from pipelines.stages.runner import command
+from pipelines.stages.touchpoints import run_touchpoints
+from pipelines.stages.train import run_train, task_overrides
 
 
 @command("run")

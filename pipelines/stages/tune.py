@@ -243,8 +243,8 @@ def run_tune(cfg: DictConfig) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines import tracking
-    from pipelines.train import log_and_register, train
+    from pipelines.tracking.runs import runs as tracking
+    from pipelines.stages.train import log_and_register, train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = OmegaConf.to_container(cfg, resolve=True)

@@ -4,7 +4,7 @@
   when it cannot be reached) or starts a `LocalCluster` of worker processes on 127.0.0.1.
 - `read_numbered` and `journeys_whole` read an input as a `dask.dataframe`, number its rows in
   input order and shuffle it so every journey sits whole in one partition (scoring and training
-  on Dask both start this way; training itself is in `pipelines.dask_train`).
+  on Dask both start this way; training itself is in `pipelines.engines.dask_train`).
 - `score_dask` reads the input as a `dask.dataframe`, numbers its rows as the local scorer does,
   shuffles by journey id so a journey never spans two partitions, and scores each partition with
   the model loaded once per worker process. Each partition task writes its own part files under a
@@ -37,8 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.contract import REJECT_REASON, SOURCE_ROW
-from pipelines.io import atomic_path, input_files, write_parquet
+from pipelines.core.contract import REJECT_REASON, SOURCE_ROW
+from pipelines.io.outputs import atomic_path, write_parquet
+from pipelines.io.readers import input_files
 
 ROW = "__row"
 
@@ -86,7 +87,7 @@ def _worker_model(model_uri: str, tracking_uri: str | None, threads: int):
     """The scorer, loaded once per worker process and model."""
     import mlflow
 
-    from pipelines.score import load_scorer
+    from pipelines.stages.score import load_scorer
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -115,7 +116,7 @@ def _score_partition(
     partition_info: dict | None = None,
 ) -> pd.DataFrame:
     """Score one partition into its part files; returns its counts (one row)."""
-    from pipelines.score import journey_summary
+    from pipelines.stages.score import journey_summary
 
     part = int(partition_info["number"]) if partition_info else 0
     model, info = _worker_model(model_uri, tracking_uri, threads)
@@ -275,7 +276,7 @@ def score_dask(
     tracking_uri: str | None = None,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary."""
-    from pipelines.score import (
+    from pipelines.stages.score import (
         absent_columns,
         check_accounting,
         input_fingerprint,
@@ -358,8 +359,8 @@ def _generate_part(
 ) -> int:
     """Simulate chunk `chunk` into `folder/part-<chunk>.parquet` (temporary name, then a rename:
     a retried task rewrites the same file); returns its session count."""
-    from pipelines.generate import part_name
-    from pipelines.synthetic import GeneratorParams, generate_chunk
+    from pipelines.stages.generate import part_name
+    from pipelines.core.synthetic import GeneratorParams, generate_chunk
 
     params = GeneratorParams.from_config(params_cfg)
     df = generate_chunk(params, n_journeys, chunk_journeys, seed, chunk, posterior)
@@ -368,14 +369,14 @@ def _generate_part(
 
 
 def generate_dask(client, gen_cfg: Mapping, params_cfg: Mapping) -> dict:
-    """`pipelines.generate.generate` on the cluster behind `client`: one task per chunk.
+    """`pipelines.stages.generate.generate` on the cluster behind `client`: one task per chunk.
 
     Writes the same `<out_dir>/sessions/part-*.parquet` and `<out_dir>/stores.csv` as the local
     generator for the same seed and chunk size, and returns the same summary. The folder appears
     at once, complete, or not at all; a chunk whose worker dies is simulated again elsewhere.
     """
-    from pipelines.generate import write_stores
-    from pipelines.synthetic import GeneratorParams, n_chunks
+    from pipelines.stages.generate import write_stores
+    from pipelines.core.synthetic import GeneratorParams, n_chunks
 
     params = GeneratorParams.from_config(params_cfg)  # refuse a bad config before any task runs
     out = Path(gen_cfg["out_dir"])
