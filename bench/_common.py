@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
-from pipelines.schema import register_configs
-from pipelines.synthetic import GeneratorParams
+from pipelines.config.schema import register_configs
+from pipelines.core.synthetic import GeneratorParams
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -34,7 +34,7 @@ and ratios, not absolute seconds.
 
 - **Training** (`bench/bench_training.py`, also `make bench`): generates synthetic sessions
   (200k by default) with their Bayes-optimal posterior, then runs the training recipe
-  (`pipelines.train.train`: validate, features, LightGBM with early stopping, evaluate; nothing
+  (`pipelines.stages.train.train` on the configured engine: validate, features, LightGBM with early stopping, evaluate; nothing
   is logged to MLflow). It compares the model with the Bayes-optimal posterior, a logistic
   regression and the majority class on the test split (target: model accuracy >= 97% of the
   Bayes-optimal accuracy), and reports each stage's share of the time.

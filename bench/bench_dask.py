@@ -64,7 +64,8 @@ def _peak_rss_mib() -> float:
 def _local_child(input_path: str, out_dir: str, tracking_uri: str, queue) -> None:
     import mlflow
 
-    from pipelines.score import load_scorer, score_file
+    from pipelines.engines.local import score_file
+    from pipelines.tracking.registry import load_scorer
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -92,7 +93,8 @@ def score_local(input_path: str, out_dir: Path, tracking_uri: str) -> dict:
 
 
 def score_on_dask(input_path: str, out_dir: Path, tracking_uri: str) -> dict:
-    from pipelines.dask_engine import cluster, score_dask
+    from pipelines.engines.dask import score_dask
+    from pipelines.engines.dask_cluster import cluster
 
     with cluster({"n_workers": 2, "threads_per_worker": 1, "memory_limit": "8GiB"}) as client:
         start = time.perf_counter()
@@ -110,13 +112,14 @@ def score_on_dask(input_path: str, out_dir: Path, tracking_uri: str) -> dict:
 
 
 def _train_child(cfg: dict, queue) -> None:
-    from pipelines.dask_engine import cluster
-    from pipelines.train import train
+    from pipelines.engines.dask_cluster import cluster
+    from pipelines.engines.dask_train import train_dask
+    from pipelines.stages.train import train
 
     if cfg["engine"]["name"] == "dask":
         with cluster(cfg["engine"]) as client:
             start = time.perf_counter()
-            result = train(cfg, client=client)
+            result = train_dask(cfg, client=client)
             seconds = time.perf_counter() - start
             worker_peaks = sorted(client.run(_peak_rss_mib).values())
     else:

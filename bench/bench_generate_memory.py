@@ -1,6 +1,6 @@
 """Generation memory benchmark: peak RSS and throughput of `generate` at two sizes.
 
-Runs `pipelines.generate.generate` (what `micromoment generate` runs: journeys simulated, Bayes
+Runs `pipelines.engines.local.generate` (what `micromoment generate` runs: journeys simulated, Bayes
 posterior computed and parquet parts written a chunk at a time) for a small and a large number of
 sessions, each in a fresh Python process, into a temporary folder deleted afterwards. Each child
 reports its peak resident set size (VmHWM from /proc/self/status) and its generation time.
@@ -47,7 +47,7 @@ def _status_kib(field: str) -> int:
 
 def child(n_journeys: int, chunk_journeys: int, seed: int, out_dir: Path) -> dict:
     """Generate in this process and measure it; runs in the fresh child process."""
-    from pipelines.generate import generate
+    from pipelines.engines.local import generate
 
     composed = compose_config("generate")
     gen_cfg = dict(

@@ -3,7 +3,7 @@
 Generates four successive periods of synthetic journeys (with the Bayes-optimal posterior) into
 one date-partitioned folder: two with the default generator, then two after a market shift
 (`conf/generator/shifted.yaml`: a site redesign, more mobile go-moments near stores, a new
-`ai_assistant` channel). Runs the real `micromoment retrain` job (`pipelines.retrain.run_retrain`)
+`ai_assistant` channel). Runs the real `micromoment retrain` job (`pipelines.stages.retrain.run_retrain`)
 on each period's window in turn, against a temporary SQLite MLflow store, and on each window's
 holdout (its most recent journeys, the rows offered to the gate) reports the accuracy of:
 
@@ -42,10 +42,11 @@ from _common import (
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
-from pipelines.contract import DatasetSpec
-from pipelines.generate import generate
-from pipelines.retrain import read_window, run_retrain, window_holdout
-from pipelines.score import load_scorer
+from pipelines.core.contract import DatasetSpec
+from pipelines.engines.local import generate
+from pipelines.io.readers import read_window
+from pipelines.stages.retrain import run_retrain, window_holdout
+from pipelines.tracking.registry import load_scorer
 
 NAME = "micro_moment_intent"
 PERIOD_DAYS = 60

@@ -4,7 +4,7 @@ Generates synthetic sessions into a temporary folder, trains the intent model on
 the `train` config composed as the CLI composes it, logs and registers it in a temporary SQLite
 MLflow store (the gate makes it `@champion`), then measures, with --threads LightGBM threads:
 
-1. end-to-end throughput of `pipelines.score.score_file` (read, route to buckets, contract,
+1. end-to-end throughput of `pipelines.engines.local.score_file` (read, route to buckets, contract,
    features, predict, write) in rows/s, as a share of raw `Booster.predict` on the same rows'
    prepared feature matrix (target: >= 50%), with where the end-to-end time goes;
 2. peak resident memory (VmHWM) of scoring a small and a large input (1M and 10M sessions), each
@@ -54,14 +54,17 @@ from _common import (
 )
 from threadpoolctl import threadpool_limits
 
-import pipelines.contract
-import pipelines.score
-import pipelines.scorer
-from pipelines.contract import to_contract
-from pipelines.generate import generate
-from pipelines.io import read_sessions
-from pipelines.scorer import IntentModel
-from pipelines.train import log_and_register, train
+import pipelines.core.contract
+import pipelines.core.scorer
+import pipelines.core.scoring
+import pipelines.engines.local
+import pipelines.tracking.registry
+from pipelines.core.contract import to_contract
+from pipelines.core.scorer import IntentModel
+from pipelines.engines.local import generate
+from pipelines.io.readers import read_sessions
+from pipelines.stages.train import train
+from pipelines.tracking.train_run import log_and_register
 
 MODEL_NAME = "micro_moment_intent"
 MODEL_URI = f"models:/{MODEL_NAME}@champion"
@@ -164,17 +167,21 @@ class Stopwatch:
 def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterator[None]:
     """Time the stages of `IntentModel.predict` (and of `score_file` when `with_io`) in place."""
     targets = [
-        (pipelines.scorer, "to_contract", watch.wrap("contract", pipelines.scorer.to_contract)),
+        (
+            pipelines.core.scorer,
+            "to_contract",
+            watch.wrap("contract", pipelines.core.scorer.to_contract),
+        ),
         # row checks: pandera for a chunk, the same rules on arrays for a few rows
         (
-            pipelines.contract,
+            pipelines.core.contract,
             "schema_failures",
-            watch.wrap("validate", pipelines.contract.schema_failures),
+            watch.wrap("validate", pipelines.core.contract.schema_failures),
         ),
         (
-            pipelines.contract,
+            pipelines.core.contract,
             "array_failures",
-            watch.wrap("validate", pipelines.contract.array_failures),
+            watch.wrap("validate", pipelines.core.contract.array_failures),
         ),
         (
             model.featurizer,
@@ -187,11 +194,15 @@ def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterato
     if with_io:
         targets += [
             (
-                pipelines.score,
+                pipelines.engines.local,
                 "iter_batches",
-                watch.wrap_iter("read_input", pipelines.score.iter_batches),
+                watch.wrap_iter("read_input", pipelines.engines.local.iter_batches),
             ),
-            (pipelines.score, "bucket_of", watch.wrap("route", pipelines.score.bucket_of)),
+            (
+                pipelines.engines.local,
+                "bucket_of",
+                watch.wrap("route", pipelines.engines.local.bucket_of),
+            ),
             (
                 pq.ParquetWriter,
                 "write_table",
@@ -202,9 +213,9 @@ def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterato
             ),
             (pd, "read_parquet", watch.wrap("read_buckets", pd.read_parquet)),
             (
-                pipelines.score,
+                pipelines.core.scoring,
                 "journey_summary",
-                watch.wrap("journeys", pipelines.score.journey_summary),
+                watch.wrap("journeys", pipelines.core.scoring.journey_summary),
             ),
             (pd.DataFrame, "to_parquet", watch.wrap("write_outputs", pd.DataFrame.to_parquet)),
         ]
@@ -369,7 +380,7 @@ def throughput(
         watch.take()
         with timed_pieces(model, watch, with_io=True):
             start = time.perf_counter()
-            summary = pipelines.score.score_file(
+            summary = pipelines.engines.local.score_file(
                 model,
                 input_path,
                 out_dir,
@@ -403,10 +414,10 @@ def throughput(
 # -- 2. peak memory -------------------------------------------------------------------------
 def child_score(input_path: str, out_dir: Path, threads: int, chunk_rows: int) -> dict:
     """Load the champion and score `input_path`; runs in a fresh process."""
-    model, info = pipelines.score.load_scorer(MODEL_URI, threads)
+    model, info = pipelines.tracking.registry.load_scorer(MODEL_URI, threads)
     rss_before = _status_kib("VmRSS")
     start = time.perf_counter()
-    summary = pipelines.score.score_file(
+    summary = pipelines.engines.local.score_file(
         model, input_path, out_dir, chunk_rows=chunk_rows, model_info=info, progress=False
     )
     return {
@@ -811,7 +822,7 @@ def run(args: argparse.Namespace) -> dict:
         shutil.rmtree(tmp / "train", ignore_errors=True)
 
         print(f"throughput: {args.repeats} runs of raw predict and score_file ...", flush=True)
-        model, info = pipelines.score.load_scorer(MODEL_URI, args.threads)
+        model, info = pipelines.tracking.registry.load_scorer(MODEL_URI, args.threads)
         res["throughput"], matrix = throughput(model, info, data[args.sessions]["path"], tmp, args)
         del model
 

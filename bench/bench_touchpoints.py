@@ -3,7 +3,7 @@
 The generator knows the true conversion rate of every intent x touchpoint, so each policy's
 choice for a journey is worth exactly `conversion[true intent of its latest session, touchpoint]`
 expected conversions: no sampling noise. Generates training sessions and trains the intent model
-(`pipelines.train.train`, nothing logged), then generates fresh sessions ("today"), scores them
+(`pipelines.stages.train.train` on the configured engine, nothing logged), then generates fresh sessions ("today"), scores them
 with the model, estimates conversion by intent x touchpoint from today's logged touchpoints the way
 `micromoment touchpoints` does (from *predicted* intents: labels are unknown at feed time), and
 compares, on each journey's latest session and with the same eligibility rules
@@ -43,10 +43,9 @@ from _common import (
 )
 from threadpoolctl import threadpool_limits
 
-from pipelines.contract import DatasetSpec
-from pipelines.generate import generate
-from pipelines.synthetic import GeneratorParams
-from pipelines.touchpoints import (
+from pipelines.core.contract import DatasetSpec
+from pipelines.core.synthetic import GeneratorParams
+from pipelines.core.touchpoints import (
     Catalogue,
     allocate,
     build_feed,
@@ -56,7 +55,9 @@ from pipelines.touchpoints import (
     journey_context,
     rate_matrix,
 )
-from pipelines.train import load_stores, train
+from pipelines.engines.local import generate
+from pipelines.io.readers import load_stores
+from pipelines.stages.train import train
 
 TARGET = 0.95  # the feed's policy / the Bayes-driven policy
 

@@ -1,7 +1,7 @@
 """Training benchmark: quality against the Bayes-optimal limit and baselines, and stage times.
 
 Generates synthetic sessions (with the generator's Bayes-optimal posterior) into a temporary
-folder, then runs the training recipe `pipelines.train.train` on them with the `train` config
+folder, then runs the training recipe `pipelines.stages.train.train` on the configured engine on them with the `train` config
 composed as the CLI would. Nothing is logged to MLflow. Prints a markdown report and writes it to
 its own section of bench/RESULTS.md:
 
@@ -34,8 +34,8 @@ from _common import (
 )
 from threadpoolctl import threadpool_limits
 
-from pipelines.generate import generate
-from pipelines.train import train
+from pipelines.engines.local import generate
+from pipelines.stages.train import train
 
 TARGET_RATIO = 0.97  # model accuracy / Bayes-optimal accuracy
 MODELS = (  # (label, metric prefix)

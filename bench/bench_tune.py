@@ -1,7 +1,7 @@
 """Search benchmark: the best trial of `micromoment tune` against the default config.
 
 Generates synthetic sessions (200k by default, with the Bayes-optimal posterior), runs the
-project's hyperparameter search (`pipelines.tune.run_tune`: Optuna TPE over
+project's hyperparameter search (`pipelines.stages.tune.run_tune`: Optuna TPE over
 `conf/search/default.yaml`, pruning inside LightGBM's boosting, a child MLflow run per trial in a
 temporary SQLite store) choosing on the validation log-loss only, then trains the default config
 and the best trial's config once more and compares them on the held-out **test** split: accuracy,
@@ -32,9 +32,9 @@ from _common import (
 from omegaconf import OmegaConf
 from threadpoolctl import threadpool_limits
 
-from pipelines.generate import generate
-from pipelines.train import train
-from pipelines.tune import run_tune
+from pipelines.engines.local import generate
+from pipelines.stages.train import train
+from pipelines.stages.tune import run_tune
 
 
 def run(sessions: int, trials: int, threads: int, seed: int) -> dict:

@@ -52,12 +52,12 @@ from IPython.display import display
 from omegaconf import OmegaConf
 
 import pipelines.config
-from pipelines.features import haversine_km
-from pipelines.generate import generate
-from pipelines.io import read_sessions
-from pipelines.schema import register_configs
-from pipelines.score import journey_summary
-from pipelines.synthetic import GeneratorParams
+from pipelines.config.schema import register_configs
+from pipelines.core.geo import haversine_km
+from pipelines.core.scoring import journey_summary
+from pipelines.core.synthetic import GeneratorParams
+from pipelines.engines.local import generate
+from pipelines.io.readers import read_sessions
 
 pd.set_option("display.width", 120)
 plt.rcParams["figure.dpi"] = 90

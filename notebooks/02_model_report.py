@@ -61,13 +61,15 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 import pipelines.config
-from pipelines import modelling, plots
-from pipelines.generate import generate
-from pipelines.schema import register_configs
-from pipelines.score import load_scorer
-from pipelines.synthetic import GeneratorParams, generate_chunks
-from pipelines.tracking import redact
-from pipelines.train import log_and_register, train
+from pipelines.config.schema import register_configs
+from pipelines.core import modelling
+from pipelines.core.synthetic import GeneratorParams, generate_chunks
+from pipelines.engines.local import generate
+from pipelines.reports import plots
+from pipelines.stages.train import train
+from pipelines.tracking.registry import load_scorer
+from pipelines.tracking.runs import redact
+from pipelines.tracking.train_run import log_and_register
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 warnings.filterwarnings("ignore", message="IProgress not found")  # no widgets: plain progress
@@ -355,7 +357,7 @@ k = len(classes)
 for name, proba in (("model", P), ("Bayes-optimal", B)):
     fig = plots.confusion_figure(modelling.normalised_confusion(y, proba, k), classes)
     fig.axes[0].set_title(f"{name}: confusion on fresh sessions")
-    display(fig)  # `pipelines.plots` draws without pyplot, so figures are shown explicitly
+    display(fig)  # `pipelines.reports.plots` draws without pyplot, so figures are shown explicitly
 
 # %% [markdown]
 # ## Where the model is far from the Bayes-optimal posterior

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pipelines.stages import runner
+
 COMMANDS = {
     "generate": (
         "pipelines.stages.generate:main",
@@ -19,18 +21,24 @@ COMMANDS = {
         "hyperparameter search (Optuna), one child run per trial; resumable",
     ),
     "promote": ("pipelines.stages.promote:main", "the champion/challenger gate on held-out data"),
-    "rollback": ("pipelines.stages.promote:rollback_main", "point @champion back at an earlier version"),
+    "rollback": (
+        "pipelines.stages.rollback:main",
+        "point @champion back at an earlier version",
+    ),
     "retrain": (
         "pipelines.stages.retrain:main",
         "scheduled job: new window -> challenger -> gate -> promote or keep",
     ),
-    "score": ("pipelines.stages.score:main", "batch-score sessions and journeys with a registered model"),
+    "score": (
+        "pipelines.stages.score:main",
+        "batch-score sessions and journeys with a registered model",
+    ),
     "touchpoints": (
         "pipelines.stages.touchpoints:main",
         "the touchpoint feed, a budgeted allocation and a report for marketers",
     ),
     "export": (
-        "pipelines.stages.promote:export_main",
+        "pipelines.stages.export:main",
         "write a registered model to models/ as a standalone folder",
     ),
     "run": (
@@ -74,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"micromoment: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from pipelines.stages import runner
 
     try:
         # before Hydra, which records the command line in its output folder

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
-from pipelines.schema import register_configs
+from pipelines.config.schema import register_configs
 from tests.fixtures import synthetic_sessions
 
 # LightGBM and BLAS threads: one per test process, whatever the machine
@@ -27,7 +27,7 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> dict
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """Generated sessions and stores on disk, as `micromoment generate` writes them."""
-    from pipelines.generate import generate
+    from pipelines.engines.local import generate
     from tests.fixtures import generator_params  # noqa: F401  (keeps the import cost here)
 
     out = tmp_path_factory.mktemp("synthetic")
@@ -71,7 +71,8 @@ def train_config(synthetic_dir, tmp_path):
 def registry_store(synthetic_dir, tmp_path_factory):
     """A throwaway MLflow store holding three versions, gated in turn:
     v1 weak (first model: champion), v2 strong (promoted), v3 weak again (kept out)."""
-    from pipelines.train import log_and_register, train
+    from pipelines.stages.train import train
+    from pipelines.tracking.train_run import log_and_register
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"

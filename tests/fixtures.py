@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
-from pipelines.synthetic import GeneratorParams, generate_chunks
+from pipelines.core.synthetic import GeneratorParams, generate_chunks
 
 
 def generator_params() -> GeneratorParams:

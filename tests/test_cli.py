@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.cli import COMMANDS, main
 from pipelines.config import CONF_DIR
-from pipelines.train import log_and_register, train
+from pipelines.stages.train import train
+from pipelines.tracking.train_run import log_and_register
 from tests.conftest import compose_config
 from tests.fixtures import run_cli
 
@@ -82,7 +83,7 @@ def test_training_run_is_logged_and_registered(train_config, tmp_path):
 
 
 def test_secrets_in_tracking_uri_are_redacted():
-    from pipelines.tracking import flatten, redact
+    from pipelines.tracking.runs import flatten, redact
 
     uri = "postgresql://mlflow:s3cr3t@db.internal:5432/mlflow"
     assert redact(uri) == "postgresql://mlflow:***@db.internal:5432/mlflow"

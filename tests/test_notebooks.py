@@ -147,7 +147,8 @@ def test_report_notebook_reads_a_run_by_id(notebook_env, monkeypatch, synthetic_
     """A run logged elsewhere (here: not registered) is reported from its store and run id."""
     import mlflow
 
-    from pipelines.train import log_and_register, train
+    from pipelines.stages.train import train
+    from pipelines.tracking.train_run import log_and_register
     from tests.conftest import compose_config
 
     store = tmp_path / "store"

@@ -1,10 +1,15 @@
-"""Where the Hydra configs live, shared by every command."""
+"""Configuration: where the Hydra configs live, and their schemas (`schema`), shared by every
+command. Depends on `pipelines.core` at most."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+import hydra
+
+from pipelines.config.schema import register_configs
+
+_PACKAGE = Path(__file__).resolve().parents[1]
 # an installed wheel carries the configs as pipelines/conf; a checkout keeps them in conf/ beside
 # the package. Users add their own (a dataset config, say) with `--config-dir DIR`.
 CONF_DIR = str(
@@ -14,9 +19,5 @@ CONF_DIR = str(
 
 def hydra_main(config_name: str):
     """`hydra.main` for a micromoment command, with the config schemas registered first."""
-    import hydra
-
-    from pipelines.config.schema import register_configs
-
     register_configs()
     return hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")

@@ -15,39 +15,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-class SplitKind(StrEnum):
-    journey = "journey"  # whole journeys to train, val or test at random (seeded)
-    time = "time"  # the journeys that started last are the test split
+def choices(name: str, *values: str) -> type[StrEnum]:
+    """A string enum whose members are `values`: a config value outside them fails at compose
+    time, naming the allowed ones."""
+    return StrEnum(name, [(v, v) for v in values], module=__name__)
 
 
-class GateMetric(StrEnum):
-    macro_f1 = "macro_f1"
-    accuracy = "accuracy"
-    logloss = "logloss"
-    ece = "ece"
-
-
-class EngineName(StrEnum):
-    local = "local"
-    dask = "dask"
-
-
-class LogLevel(StrEnum):
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
-
-
-class Objective(StrEnum):
-    conversions = "conversions"
-    value = "value"
-
-
-class IntentSource(StrEnum):
-    auto = "auto"
-    label = "label"
-    predicted = "predicted"
+# split.by: `journey` sends whole journeys to train, val or test at random (seeded); `time`
+# makes the journeys that started last the test split
+SplitKind = choices("SplitKind", "journey", "time")
+GateMetric = choices("GateMetric", "macro_f1", "accuracy", "logloss", "ece")
+EngineName = choices("EngineName", "local", "dask")
+LogLevel = choices("LogLevel", "DEBUG", "INFO", "WARNING", "ERROR")
+Objective = choices("Objective", "conversions", "value")
+IntentSource = choices("IntentSource", "auto", "label", "predicted")
+Direction = choices("Direction", "minimize", "maximize")
+ParamType = choices("ParamType", "float", "int", "categorical")
 
 
 @dataclass
@@ -73,6 +56,8 @@ class ColumnsSchema:
 
 @dataclass
 class LabelSchema:
+    """The label column, the class set in order, and how raw label values map onto it."""
+
     column: str | None = None
     classes: list[str] = field(default_factory=lambda: ["know", "go", "do", "buy"])
     mapping: dict[str, str] = field(default_factory=dict)
@@ -80,6 +65,8 @@ class LabelSchema:
 
 @dataclass
 class DataSchema:
+    """A dataset (`conf/data/`): its path, the store table, its columns mapped onto roles."""
+
     name: str = MISSING
     path: str = MISSING
     stores_path: str | None = None
@@ -93,6 +80,8 @@ class DataSchema:
 
 @dataclass
 class FeaturesSchema:
+    """Journey history on or off, what counts as near a store, how rare a category may be."""
+
     history: bool = True
     near_store_km: float = 1.0
     min_category_count: int = 5
@@ -100,6 +89,8 @@ class FeaturesSchema:
 
 @dataclass
 class ModelSchema:
+    """LightGBM: the round cap, the early-stopping patience, and its own parameters."""
+
     num_boost_round: int = 2000
     early_stopping_rounds: int = 50
     params: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +98,8 @@ class ModelSchema:
 
 @dataclass
 class SplitSchema:
+    """How sessions are split into train, validation and test (whole journeys always)."""
+
     by: SplitKind = SplitKind.journey
     val_size: float = 0.15
     test_size: float = 0.15
@@ -114,6 +107,8 @@ class SplitSchema:
 
 @dataclass
 class TrackingSchema:
+    """The MLflow store (`tracking.uri`), the experiment, how long to wait for a server."""
+
     uri: str | None = None
     artifact_location: str | None = None
     experiment: str = "micromoment"
@@ -125,6 +120,8 @@ class TrackingSchema:
 
 @dataclass
 class RegistrySchema:
+    """What happens to a trained model: registered under which name, alias and gate."""
+
     register: bool = True
     model_name: str = "micro_moment_intent"
     alias: str | None = "challenger"
@@ -133,21 +130,27 @@ class RegistrySchema:
 
 @dataclass
 class GateSchema:
-    metric: GateMetric = GateMetric.macro_f1
+    """The champion/challenger gate (`conf/gate/`): the metric, the margin, the rows it needs."""
+
     min_improvement: float = 0.0
     max_class_f1_drop: float = 0.02
     min_holdout_rows: int = 200
+    metric: GateMetric = GateMetric.macro_f1
 
 
 @dataclass
 class RuntimeSchema:
+    """Threads (LightGBM and friends), the seed of every random choice, and the log level."""
+
     threads: int = 2
-    seed: int = 42
     log_level: LogLevel = LogLevel.INFO
+    seed: int = 42
 
 
 @dataclass
 class GenerateSchema:
+    """How much synthetic data to write, where, and from which seed."""
+
     out_dir: str = "data/synthetic"
     n_journeys: int = 20000
     chunk_journeys: int = 50000
@@ -157,6 +160,8 @@ class GenerateSchema:
 
 @dataclass
 class EngineSchema:
+    """Where the work runs: this process, or a Dask cluster and how it is sized."""
+
     name: EngineName = EngineName.local
     scheduler_address: str | None = None
     connect_timeout_s: float = 10.0
@@ -188,6 +193,8 @@ class TouchpointSpecSchema:
 
 @dataclass
 class EstimationSchema:
+    """Conversion by intent x touchpoint: which intents, the data a cell needs, the prior."""
+
     intent_source: IntentSource = IntentSource.auto
     min_effective_sessions: float = 50.0
     prior_strength: float = 20.0
@@ -196,6 +203,8 @@ class EstimationSchema:
 
 @dataclass
 class AllocationSchema:
+    """The budgeted allocation's solver: its time limit, optimality gap, exact-solve size."""
+
     time_limit_s: float = 120.0
     mip_rel_gap: float = 1e-6
     exact_max_pairs: int = 2000
@@ -203,6 +212,8 @@ class AllocationSchema:
 
 @dataclass
 class TouchpointsSchema:
+    """The touchpoint catalogue, the budget, and how the feed chooses and holds out."""
+
     objective: Objective = Objective.conversions
     value_per_conversion: float = 1.0
     budget: float | None = None
@@ -213,17 +224,6 @@ class TouchpointsSchema:
     estimation: EstimationSchema = field(default_factory=EstimationSchema)
     allocation: AllocationSchema = field(default_factory=AllocationSchema)
     catalogue: dict[str, TouchpointSpecSchema] = field(default_factory=dict)
-
-
-class Direction(StrEnum):
-    minimize = "minimize"
-    maximize = "maximize"
-
-
-class ParamType(StrEnum):
-    float = "float"
-    int = "int"
-    categorical = "categorical"
 
 
 @dataclass
@@ -240,6 +240,8 @@ class SearchParamSchema:
 
 @dataclass
 class SearchSchema:
+    """A hyperparameter search space (`conf/search/`) and the metric it optimises."""
+
     metric: str = "val/logloss"
     direction: Direction = Direction.minimize
     pruning: bool = True
@@ -248,6 +250,8 @@ class SearchSchema:
 
 @dataclass
 class CitySchema:
+    """A synthetic city: where it is, its time zone, its stores and its share of journeys."""
+
     name: str = MISSING
     lat: float = MISSING
     lon: float = MISSING
@@ -298,6 +302,8 @@ class GeneratorSchema:
 
 @dataclass
 class ScoreBlock:
+    """`micromoment score`: the model, the input and output, the chunk size."""
+
     model_uri: str = "models:/micro_moment_intent@champion"
     input: str = MISSING
     output: str = "scores/latest"
@@ -306,6 +312,8 @@ class ScoreBlock:
 
 @dataclass
 class FeedBlock:
+    """The touchpoint feed's input, scores and output (`micromoment touchpoints`, `run`)."""
+
     enabled: bool = True
     input: str = MISSING
     scores: str | None = None
@@ -317,6 +325,8 @@ class FeedBlock:
 
 @dataclass
 class RetrainBlock:
+    """`micromoment retrain`: the window, the data it needs, the lock and the summary."""
+
     window_days: float = 28.0
     end: str | None = None
     min_rows: int = 1000
@@ -328,27 +338,35 @@ class RetrainBlock:
 
 @dataclass
 class TuneBlock:
+    """`micromoment tune`: trials, the persistent study, and when to prune."""
+
     n_trials: int = 20
     study_name: str = "micromoment"
     storage: str = MISSING
-    timeout_s: float | None = None
     report_every: int = 10
     prune_after_trials: int = 5
     prune_warmup_rounds: int = 30
+    timeout_s: float | None = None
 
 
 @dataclass
 class PromoteBlock:
+    """`micromoment promote`: the version (alias or number) judged against the champion."""
+
     challenger: str = "challenger"
 
 
 @dataclass
 class RollbackBlock:
+    """`micromoment rollback`: the version to restore (null: the one the champion replaced)."""
+
     to_version: int | None = None
 
 
 @dataclass
 class ExportBlock:
+    """`micromoment export`: the model to export and the folder it goes to."""
+
     model_uri: str = "models:/micro_moment_intent@champion"
     out_dir: str = "models"
 

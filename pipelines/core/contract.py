@@ -76,15 +76,15 @@ class DatasetSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> DatasetSpec:
-        label = cfg.get("label") or {}
+        label = cfg["label"]
         return cls(
-            columns={k: v for k, v in (cfg.get("columns") or {}).items()},
-            page_counts=dict(cfg.get("page_counts") or {}),
-            label_column=label.get("column"),
-            classes=tuple(str(c) for c in label.get("classes", ("know", "go", "do", "buy"))),
-            label_mapping={str(k): str(v) for k, v in (label.get("mapping") or {}).items()},
-            extra_numeric=tuple(cfg.get("extra_numeric") or ()),
-            extra_categorical=tuple(cfg.get("extra_categorical") or ()),
+            columns={k: v for k, v in cfg["columns"].items()},
+            page_counts=dict(cfg["page_counts"]),
+            label_column=label["column"],
+            classes=tuple(str(c) for c in label["classes"]),
+            label_mapping={str(k): str(v) for k, v in label["mapping"].items()},
+            extra_numeric=tuple(cfg["extra_numeric"]),
+            extra_categorical=tuple(cfg["extra_categorical"]),
         )
 
     def to_dict(self) -> dict:
@@ -438,19 +438,59 @@ def to_contract(
     larger input: they are rejected as duplicates, as a repeat within `raw` is.
     """
     if not all_columns:
-        present = set(raw.columns)
-        check_any_present(spec, raw.columns, source)
-        spec = replace(
-            spec,
-            columns={
-                r: c for r, c in spec.columns.items() if c and (c in present or r == "session_id")
-            },
-            page_counts={t: c for t, c in spec.page_counts.items() if c in present},
-            extra_numeric=tuple(c for c in spec.extra_numeric if c in present),
-            extra_categorical=tuple(c for c in spec.extra_categorical if c in present),
-        )
-    roles = spec.role_columns()
-    needed = dict(roles)
+        spec = _present_only(spec, raw, source)
+    _check_columns_present(raw, spec, with_label, source)
+    # columns are converted to arrays or to Series on a fresh row index, so the input's own
+    # index never matters; rows are addressed by position
+    out, bad_rows = _canonical_columns(raw, spec, source, with_label, row_numbers)
+    df = pd.DataFrame(out)
+
+    failures = (
+        array_failures(out, spec, with_label)
+        if len(df) <= ARRAY_CHECK_MAX_ROWS
+        else schema_failures(df, spec, with_label, source)
+    )
+    if repeated_elsewhere is not None:
+        # session id reasons come first, as pandera's do
+        failures = _repeats(out["session_id"], repeated_elsewhere) + list(failures)
+    for i, reason in failures:
+        bad_rows.setdefault(i, []).append(reason)
+    if with_label:
+        for i in np.flatnonzero(df[LABEL].isna().to_numpy()):
+            reasons = bad_rows.setdefault(int(i), [])
+            if not any(r.startswith(f"{LABEL} missing") for r in reasons):
+                reasons.append(f"{LABEL} missing value (column {spec.label_column})")
+
+    reasons = {i: "; ".join(dict.fromkeys(bad_rows[i])) for i in sorted(bad_rows)}
+    if reasons:
+        keep = np.ones(len(df), dtype=bool)
+        keep[list(reasons)] = False
+        df = df[keep].reset_index(drop=True)
+    return ContractResult(df, raw, reasons)
+
+
+def _present_only(spec: DatasetSpec, raw: pd.DataFrame, source: str) -> DatasetSpec:
+    """The spec without the optional columns `raw` lacks (scoring input), refusing an input
+    that lacks all of them."""
+    present = set(raw.columns)
+    check_any_present(spec, raw.columns, source)
+    return replace(
+        spec,
+        columns={
+            r: c for r, c in spec.columns.items() if c and (c in present or r == "session_id")
+        },
+        page_counts={t: c for t, c in spec.page_counts.items() if c in present},
+        extra_numeric=tuple(c for c in spec.extra_numeric if c in present),
+        extra_categorical=tuple(c for c in spec.extra_categorical if c in present),
+    )
+
+
+def _check_columns_present(
+    raw: pd.DataFrame, spec: DatasetSpec, with_label: bool, source: str
+) -> None:
+    """Refuse an input without a column the spec maps (or without the label, for training),
+    naming the first missing column, its role, and how many more are missing."""
+    needed = dict(spec.role_columns())
     needed.update(spec.page_roles)
     for col in spec.extra_numeric + spec.extra_categorical:
         needed[f"extra:{col}"] = col
@@ -473,11 +513,19 @@ def to_contract(
             f"columns found: {list(raw.columns)[:30]}"
         )
 
-    # columns are converted to arrays or to Series on a fresh row index, so the input's own
-    # index never matters; rows are addressed by position
+
+def _canonical_columns(
+    raw: pd.DataFrame,
+    spec: DatasetSpec,
+    source: str,
+    with_label: bool,
+    row_numbers: np.ndarray | None,
+) -> tuple[dict[str, object], dict[int, list[str]]]:
+    """Every role, page count, extra column and the label in canonical names and types, and the
+    rows already rejected (unreadable timestamps) with their reasons."""
+    roles = spec.role_columns()
     out: dict[str, object] = {}
     bad_rows: dict[int, list[str]] = {}
-
     if "session_id" in roles:
         out["session_id"] = as_text(raw[roles["session_id"]])
     else:
@@ -486,22 +534,10 @@ def to_contract(
     for role, col in list(roles.items()) + list(spec.page_roles.items()):
         if role == "session_id":
             continue
-        kind = _kind_of(role)
-        series = raw[col]
-        if kind in ("id", "categorical"):
-            out[role] = as_text(series)
-        elif kind == "numeric":
-            out[role] = _as_numeric(series, source, col, role)
-        elif kind == "bool":
-            out[role] = _as_bool(series, source, col, role)
-        elif kind == "timestamp":
-            parsed = _as_timestamp(series, source, col, role)
-            unreadable = parsed.isna().to_numpy() & series.notna().to_numpy()
-            for i in np.flatnonzero(unreadable):
-                bad_rows.setdefault(int(i), []).append(
-                    f"{role} unreadable timestamp (got {series.iloc[i]!r})"
-                )
-            out[role] = parsed.array
+        if _kind_of(role) == "timestamp":
+            out[role] = _timestamps(raw[col], source, col, role, bad_rows)
+        else:
+            out[role] = _convert(raw[col], source, col, role)
     for col in spec.extra_numeric:
         out[col] = _as_numeric(raw[col], source, col, "extra numeric")
     for col in spec.extra_categorical:
@@ -511,36 +547,42 @@ def to_contract(
         if spec.label_mapping:
             label = label.map(lambda v: spec.label_mapping.get(v, v) if v is not None else None)
         out[LABEL] = label.astype(object)
-    df = pd.DataFrame(out)
+    return out, bad_rows
 
-    failures = (
-        array_failures(out, spec, with_label)
-        if len(df) <= ARRAY_CHECK_MAX_ROWS
-        else schema_failures(df, spec, with_label, source)
-    )
-    if repeated_elsewhere is not None:
-        ids = out["session_id"].to_numpy(dtype=object)
-        repeats = [
-            (int(i), f"session_id duplicate value (got {ids[i]!r})")
-            for i in np.flatnonzero(repeated_elsewhere)
-            if ids[i] is not None
-        ]
-        failures = repeats + list(failures)  # session id reasons come first, as pandera's do
-    for i, reason in failures:
-        bad_rows.setdefault(i, []).append(reason)
-    if with_label:
-        missing_label = df[LABEL].isna().to_numpy()
-        for i in np.flatnonzero(missing_label):
-            reasons = bad_rows.setdefault(int(i), [])
-            if not any(r.startswith(f"{LABEL} missing") for r in reasons):
-                reasons.append(f"{LABEL} missing value (column {spec.label_column})")
 
-    reasons = {i: "; ".join(dict.fromkeys(bad_rows[i])) for i in sorted(bad_rows)}
-    if reasons:
-        keep = np.ones(len(df), dtype=bool)
-        keep[list(reasons)] = False
-        df = df[keep].reset_index(drop=True)
-    return ContractResult(df, raw, reasons)
+def _convert(series: pd.Series, source: str, col: str, role: str):
+    """A role's column in its canonical type: text for ids and categories, floats for numbers,
+    nullable booleans for flags."""
+    kind = _kind_of(role)
+    if kind in ("id", "categorical"):
+        return as_text(series)
+    if kind == "numeric":
+        return _as_numeric(series, source, col, role)
+    return _as_bool(series, source, col, role)
+
+
+def _timestamps(
+    series: pd.Series, source: str, col: str, role: str, bad_rows: dict[int, list[str]]
+) -> pd.api.extensions.ExtensionArray:
+    """A timestamp column in UTC; each value that cannot be read is missing, and its row is
+    recorded in `bad_rows`."""
+    parsed = _as_timestamp(series, source, col, role)
+    unreadable = parsed.isna().to_numpy() & series.notna().to_numpy()
+    for i in np.flatnonzero(unreadable):
+        bad_rows.setdefault(int(i), []).append(
+            f"{role} unreadable timestamp (got {series.iloc[i]!r})"
+        )
+    return parsed.array
+
+
+def _repeats(session_ids: pd.Series, repeated_elsewhere: np.ndarray) -> list[tuple[int, str]]:
+    """(row, reason) for each session id that first appeared elsewhere in the larger input."""
+    ids = session_ids.to_numpy(dtype=object)
+    return [
+        (int(i), f"session_id duplicate value (got {ids[i]!r})")
+        for i in np.flatnonzero(repeated_elsewhere)
+        if ids[i] is not None
+    ]
 
 
 def row_ids(n: int, row_numbers: np.ndarray | None = None) -> list[str]:

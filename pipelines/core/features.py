@@ -10,26 +10,17 @@ features never see its own label, a later session, or anything about how the jou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.neighbors import BallTree
 from sklearn.utils.validation import check_is_fitted
 
-EARTH_RADIUS_KM = 6371.0088
+from pipelines.core import geo
+
 CONTEXT_CATEGORICALS = ("device", "channel", "region")
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km between points given in degrees."""
-    lat1, lon1, lat2, lon2 = map(np.radians, (lat1, lon1, lat2, lon2))
-    a = (
-        np.sin((lat2 - lat1) / 2) ** 2
-        + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
 class SessionFeaturizer(TransformerMixin, BaseEstimator):
@@ -80,12 +71,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y=None) -> SessionFeaturizer:
         self._validate_params()
-        if self.stores is not None and len(self.stores):
-            self.store_index_ = BallTree(
-                np.radians(np.asarray(self.stores, dtype=float)), metric="haversine"
-            )
-        else:
-            self.store_index_ = None
+        self.store_index_ = geo.store_index(self.stores)
         self.__dict__.pop("_level_lookup", None)
         built = self._build(X)
         self.categories_ = {}
@@ -190,12 +176,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         """A fitted featurizer from `to_state()`: the same features, bit for bit, with no pickle."""
         featurizer = cls(**state["params"])
         featurizer._validate_params()
-        stores = featurizer.stores
-        featurizer.store_index_ = (
-            BallTree(np.radians(np.asarray(stores, dtype=float)), metric="haversine")
-            if stores is not None and len(stores)
-            else None
-        )
+        featurizer.store_index_ = geo.store_index(featurizer.stores)
         featurizer.categories_ = {k: list(v) for k, v in state["categories_"].items()}
         featurizer.feature_names_ = list(state["feature_names_"])
         return featurizer
@@ -213,87 +194,118 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
     # same, and a real-time call on one session pays microseconds per feature instead of the
     # tens of microseconds each pandas operation costs.
     def _build(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Feature name -> raw values (object arrays for categories, floats otherwise)."""
+        """Feature name -> raw values (object arrays for categories, floats otherwise), in the
+        order the features are named."""
         if "session_id" not in X.columns:
             raise KeyError("sessions need a 'session_id' column")
-        n = len(X)
         f: dict[str, np.ndarray] = {}
-
-        def num(name: str) -> np.ndarray | None:
-            if name not in X.columns:
-                return None
-            return X[name].to_numpy(dtype=np.float64, na_value=np.nan)
-
         for name in (*(c for c in CONTEXT_CATEGORICALS if c in X.columns), *self.extra_categorical):
             f[name] = _text_or_none(X[name])
-
-        # local time from UTC plus the session's offset when given
-        if "started_at" in X.columns:
-            ns, valid = _utc_nanoseconds(X["started_at"])
-            offset = num("utc_offset_min")
-            if offset is not None:
-                ns = ns + np.round(np.nan_to_num(offset) * 60e9).astype(np.int64)
-            hour = (ns // 3_600_000_000_000) % 24
-            weekday = (ns // 86_400_000_000_000 + 3) % 7  # 1970-01-01 was a Thursday
-            f["local_hour"] = np.where(valid, hour, np.nan)
-            f["weekday"] = np.where(valid, weekday, np.nan)
-            f["weekend"] = np.where(valid, weekday >= 5, np.nan)
-
-        # location
-        lat, lon = num("latitude"), num("longitude")
-        if lat is not None and lon is not None:
-            located = ~np.isnan(lat) & ~np.isnan(lon)
-            f["has_location"] = located.astype(float)
-            if self.store_index_ is not None:
-                dist = np.full(n, np.nan)
-                if located.any():
-                    pts = np.radians(np.column_stack([lat[located], lon[located]]))
-                    d, _ = self.store_index_.query(pts, k=1)
-                    dist[located] = d[:, 0] * EARTH_RADIUS_KM
-                f["store_distance_km"] = dist
-                f["near_store"] = np.where(
-                    np.isnan(dist), np.nan, (dist <= self.near_store_km).astype(float)
-                )
-
-        # dwell time and pages
-        dwell = num("dwell_time_s")
-        if dwell is not None:
-            f["dwell_time_s"] = dwell
-            f["log_dwell"] = np.log1p(np.maximum(dwell, 0))
-        page_views = num("page_views")
-        type_counts = {t: num(f"pages_{t}") for t in self.page_types if f"pages_{t}" in X.columns}
-        if page_views is None and type_counts:
-            page_views = sum(type_counts.values())
-        if page_views is not None:
-            f["page_views"] = page_views
-            f["bounce"] = np.where(np.isnan(page_views), np.nan, page_views <= 1)
-            if dwell is not None:
-                f["dwell_per_page"] = dwell / np.maximum(page_views, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for t, counts in type_counts.items():
-                f[f"pages_{t}"] = counts
-                f[f"share_{t}"] = counts / np.where(page_views > 0, page_views, np.nan)
+        f.update(_time_features(X))
+        f.update(self._location_features(X))
+        f.update(_activity_features(X, self.page_types))
         if "returning_visitor" in X.columns:
-            f["returning_visitor"] = num("returning_visitor")
+            f["returning_visitor"] = _numbers(X, "returning_visitor")
         for name in self.extra_numeric:
-            f[name] = num(name)
-
+            f[name] = _numbers(X, name)
         if self.history:
-            f.update(self._history(X, f))
+            f.update(_history_features(X, f))
         return f
 
-    def _history(self, X: pd.DataFrame, ctx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Features from earlier sessions of the same journey (strictly earlier start times)."""
+    def _location_features(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Whether the session has coordinates and, with stores, how far the nearest one is."""
+        lat, lon = _numbers(X, "latitude"), _numbers(X, "longitude")
+        if lat is None or lon is None:
+            return {}
+        f = {"has_location": (~np.isnan(lat) & ~np.isnan(lon)).astype(float)}
+        if self.store_index_ is not None:
+            dist = geo.nearest_store_km(lat, lon, self.store_index_)
+            f["store_distance_km"] = dist
+            f["near_store"] = np.where(
+                np.isnan(dist), np.nan, (dist <= self.near_store_km).astype(float)
+            )
+        return f
+
+
+def _numbers(X: pd.DataFrame, name: str) -> np.ndarray | None:
+    """A column as floats (NaN where missing); None when the column is absent."""
+    if name not in X.columns:
+        return None
+    return X[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _time_features(X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Local hour, weekday and weekend, from the UTC start plus the session's offset if given."""
+    if "started_at" not in X.columns:
+        return {}
+    ns, valid = geo.utc_nanoseconds(X["started_at"])
+    offset = _numbers(X, "utc_offset_min")
+    weekday = geo.local_weekday(ns, offset)
+    return {
+        "local_hour": np.where(valid, geo.local_hour(ns, offset), np.nan),
+        "weekday": np.where(valid, weekday, np.nan),
+        "weekend": np.where(valid, weekday >= 5, np.nan),
+    }
+
+
+def _activity_features(X: pd.DataFrame, page_types: Sequence[str]) -> dict[str, np.ndarray]:
+    """Dwell time, page views (summed from the page-type counts when not given) and each page
+    type's count and share."""
+    f: dict[str, np.ndarray] = {}
+    dwell = _numbers(X, "dwell_time_s")
+    if dwell is not None:
+        f["dwell_time_s"] = dwell
+        f["log_dwell"] = np.log1p(np.maximum(dwell, 0))
+    page_views = _numbers(X, "page_views")
+    type_counts = {t: _numbers(X, f"pages_{t}") for t in page_types if f"pages_{t}" in X.columns}
+    if page_views is None and type_counts:
+        page_views = sum(type_counts.values())
+    if page_views is not None:
+        f["page_views"] = page_views
+        f["bounce"] = np.where(np.isnan(page_views), np.nan, page_views <= 1)
+        if dwell is not None:
+            f["dwell_per_page"] = dwell / np.maximum(page_views, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for t, counts in type_counts.items():
+            f[f"pages_{t}"] = counts
+            f[f"share_{t}"] = counts / np.where(page_views > 0, page_views, np.nan)
+    return f
+
+
+# context features whose value in the journey's previous session is a feature too
+_PREVIOUS_NUMBERS = (
+    "log_dwell",
+    "page_views",
+    "local_hour",
+    "near_store",
+    "store_distance_km",
+    "has_location",
+)
+
+
+@dataclass(frozen=True)
+class _JourneyOrder:
+    """Sessions sorted by journey, then start time (missing last), then session id: an order
+    that does not depend on the input order. Arrays are in that sorted order."""
+
+    pos: np.ndarray  # input row of each sorted row
+    first: np.ndarray  # whether the row starts its journey
+    head: np.ndarray  # sorted row of the journey's first session
+    index: np.ndarray  # position of the session in its journey, 0, 1, ...
+    started: np.ndarray  # start time, int64 nanoseconds (0 when missing)
+    timed: np.ndarray  # whether the start time is known
+    inverse: np.ndarray  # sorted row of each input row
+
+    @classmethod
+    def of(cls, X: pd.DataFrame) -> _JourneyOrder:
         n = len(X)
         session = X["session_id"].to_numpy(dtype=object)
         journey = _text_or_none(X["journey_id"]) if "journey_id" in X.columns else session
         journey = np.where(pd.isna(journey), session, journey)
         if "started_at" in X.columns:
-            started, timed = _utc_nanoseconds(X["started_at"])
+            started, timed = geo.utc_nanoseconds(X["started_at"])
         else:
             started, timed = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        # a stable order that does not depend on the input order: journey, start time (missing
-        # last), session id
         pos = np.lexsort(
             (
                 pd.factorize(session, sort=True)[0],
@@ -305,88 +317,109 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         first = np.ones(n, dtype=bool)
         first[1:] = j[1:] != j[:-1]
         group = np.cumsum(first) - 1
-        starts = np.flatnonzero(first)
-        index_in_journey = np.arange(n) - starts[group]
-
-        h: dict[str, np.ndarray] = {"session_index": index_in_journey.astype(float)}
-        t, t_valid = started[pos], timed[pos]
-        if t_valid.any():
-            # differences of integer nanoseconds within the journey: exact, whatever else is
-            # in the batch
-            head = starts[group]
-            prev = np.roll(np.arange(n), 1)
-            since_prev = ~first & t_valid & t_valid[prev]
-            h["hours_since_prev"] = np.where(since_prev, 1e-9 * (t - t[prev]), np.nan) / 3600.0
-            since_first = t_valid & t_valid[head]
-            h["hours_since_first"] = np.where(since_first, 1e-9 * (t - t[head]), np.nan) / 3600.0
-
-        sorted_ctx = {name: values[pos] for name, values in ctx.items()}
-
-        def previous(values: np.ndarray) -> np.ndarray:
-            prev = np.roll(values, 1).astype(object if values.dtype == object else float)
-            prev[first] = None if values.dtype == object else np.nan
-            return prev
-
-        # rows holding the k-th session of their journey, k = 1, 2, ...
-        by_index = np.argsort(index_in_journey, kind="stable")
-        bounds = np.searchsorted(
-            index_in_journey[by_index], np.arange(1, index_in_journey.max() + 2)
-        )
-        kth = [by_index[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-        def past_sum(values: np.ndarray) -> np.ndarray:
-            """Sum over strictly earlier sessions of the journey (missing counts as 0). Added
-            session by session across all journeys at once, so each journey's sums are the
-            same floating-point numbers whether it is scored alone or in a batch."""
-            v = np.nan_to_num(values.astype(float))
-            out = np.zeros(n)
-            for rows in kth:
-                out[rows] = out[rows - 1] + v[rows - 1]
-            return out
-
-        for name in ("channel", "device"):
-            if name in sorted_ctx:
-                h[f"prev_{name}"] = previous(sorted_ctx[name])
-        for name in (
-            "log_dwell",
-            "page_views",
-            "local_hour",
-            "near_store",
-            "store_distance_km",
-            "has_location",
-        ):
-            if name in sorted_ctx:
-                h[f"prev_{name}"] = previous(sorted_ctx[name].astype(float))
-        share_cols = [c for c in sorted_ctx if c.startswith("share_")]
-        for name in share_cols:
-            h[f"prev_{name}"] = previous(sorted_ctx[name])
-
-        n_prev = index_in_journey.astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if "page_views" in sorted_ctx:
-                past_pages = past_sum(sorted_ctx["page_views"])
-                h["past_page_views"] = past_pages
-                for name in share_cols:
-                    t_name = name.removeprefix("share_")
-                    h[f"past_share_{t_name}"] = np.where(
-                        past_pages > 0,
-                        past_sum(sorted_ctx[f"pages_{t_name}"]) / past_pages,
-                        np.nan,
-                    )
-            if "log_dwell" in sorted_ctx:
-                h["past_mean_log_dwell"] = np.where(
-                    n_prev > 0, past_sum(sorted_ctx["log_dwell"]) / n_prev, np.nan
-                )
-            if "near_store" in sorted_ctx:
-                h["past_near_store"] = past_sum(sorted_ctx["near_store"])
-            if "device" in sorted_ctx:
-                mobile = (sorted_ctx["device"] == "mobile").astype(float)
-                h["past_mobile_share"] = np.where(n_prev > 0, past_sum(mobile) / n_prev, np.nan)
-
-        # back to the input order
+        head = np.flatnonzero(first)[group]
         inverse = np.empty(n, dtype=np.int64)
         inverse[pos] = np.arange(n)
-        return {name: values[inverse] for name, values in h.items()}
+        return cls(pos, first, head, np.arange(n) - head, started[pos], timed[pos], inverse)
+
+
+def _history_features(X: pd.DataFrame, ctx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Features from earlier sessions of the same journey (strictly earlier start times), from
+    the session's own context features `ctx`."""
+    order = _JourneyOrder.of(X)
+    sorted_ctx = {name: values[order.pos] for name, values in ctx.items()}
+    h: dict[str, np.ndarray] = {"session_index": order.index.astype(float)}
+    h.update(_time_since(order))
+    h.update(_previous_session(sorted_ctx, order.first))
+    h.update(_past_sessions(sorted_ctx, order.index))
+    return {name: values[order.inverse] for name, values in h.items()}
+
+
+def _time_since(order: _JourneyOrder) -> dict[str, np.ndarray]:
+    """Hours since the journey's previous and first sessions. Differences of integer nanoseconds
+    within the journey: exact, whatever else is in the batch."""
+    t, t_valid = order.started, order.timed
+    if not t_valid.any():
+        return {}
+    prev = np.roll(np.arange(len(t)), 1)
+    since_prev = ~order.first & t_valid & t_valid[prev]
+    since_first = t_valid & t_valid[order.head]
+    return {
+        "hours_since_prev": np.where(since_prev, 1e-9 * (t - t[prev]), np.nan) / 3600.0,
+        "hours_since_first": np.where(since_first, 1e-9 * (t - t[order.head]), np.nan) / 3600.0,
+    }
+
+
+def _previous_session(
+    sorted_ctx: dict[str, np.ndarray], first: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`prev_<feature>`: the feature's value in the journey's previous session (missing for a
+    journey's first session)."""
+
+    def previous(values: np.ndarray) -> np.ndarray:
+        prev = np.roll(values, 1).astype(object if values.dtype == object else float)
+        prev[first] = None if values.dtype == object else np.nan
+        return prev
+
+    h = {}
+    for name in ("channel", "device"):
+        if name in sorted_ctx:
+            h[f"prev_{name}"] = previous(sorted_ctx[name])
+    for name in _PREVIOUS_NUMBERS:
+        if name in sorted_ctx:
+            h[f"prev_{name}"] = previous(sorted_ctx[name].astype(float))
+    for name in sorted_ctx:
+        if name.startswith("share_"):
+            h[f"prev_{name}"] = previous(sorted_ctx[name])
+    return h
+
+
+def _past_sessions(
+    sorted_ctx: dict[str, np.ndarray], index_in_journey: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Sums, means and shares over all earlier sessions of the journey."""
+    past_sum = _past_summer(index_in_journey)
+    n_prev = index_in_journey.astype(float)
+    h = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if "page_views" in sorted_ctx:
+            past_pages = past_sum(sorted_ctx["page_views"])
+            h["past_page_views"] = past_pages
+            for name in (c for c in sorted_ctx if c.startswith("share_")):
+                t_name = name.removeprefix("share_")
+                h[f"past_share_{t_name}"] = np.where(
+                    past_pages > 0, past_sum(sorted_ctx[f"pages_{t_name}"]) / past_pages, np.nan
+                )
+        if "log_dwell" in sorted_ctx:
+            h["past_mean_log_dwell"] = np.where(
+                n_prev > 0, past_sum(sorted_ctx["log_dwell"]) / n_prev, np.nan
+            )
+        if "near_store" in sorted_ctx:
+            h["past_near_store"] = past_sum(sorted_ctx["near_store"])
+        if "device" in sorted_ctx:
+            mobile = (sorted_ctx["device"] == "mobile").astype(float)
+            h["past_mobile_share"] = np.where(n_prev > 0, past_sum(mobile) / n_prev, np.nan)
+    return h
+
+
+def _past_summer(index_in_journey: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function summing values over strictly earlier sessions of each journey (missing counts
+    as 0). It adds session by session across all journeys at once, so each journey's sums are
+    the same floating-point numbers whether it is scored alone or in a batch."""
+    n = len(index_in_journey)
+    # rows holding the k-th session of their journey, k = 1, 2, ...
+    by_index = np.argsort(index_in_journey, kind="stable")
+    bounds = np.searchsorted(index_in_journey[by_index], np.arange(1, index_in_journey.max() + 2))
+    kth = [by_index[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def past_sum(values: np.ndarray) -> np.ndarray:
+        v = np.nan_to_num(values.astype(float))
+        out = np.zeros(n)
+        for rows in kth:
+            out[rows] = out[rows - 1] + v[rows - 1]
+        return out
+
+    return past_sum
 
 
 def _level_codes(
@@ -403,11 +436,3 @@ def _text_or_none(series: pd.Series) -> np.ndarray:
     """Category values as an object array with None for missing values."""
     values = series.to_numpy(dtype=object)
     return np.where(pd.isna(values), None, values)
-
-
-def _utc_nanoseconds(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Timestamps as int64 nanoseconds since the epoch in UTC (0 where missing), and which are
-    present; naive timestamps are taken as UTC."""
-    values = series.to_numpy(dtype="datetime64[ns]")
-    valid = ~np.isnat(values)
-    return np.where(valid, values.astype(np.int64), 0), valid

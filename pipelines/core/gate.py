@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.core.modelling import journey_key, unit_hash
+from pipelines.core.keys import journey_key, unit_hash
 
 # metrics where smaller is better; every other metric is better when larger
 LOWER_IS_BETTER = {"logloss", "ece"}
@@ -103,21 +103,9 @@ def decide(
             best,
             gain,
         )
-    for c in classes:
-        new, old = (
-            float(challenger.get(f"f1_{c}", math.nan)),
-            float(champion.get(f"f1_{c}", math.nan)),
-        )
-        if not math.isfinite(new):
-            return Decision(False, f"challenger f1_{c} is not a number", score, best, gain)
-        if math.isfinite(old) and old - new > policy.max_class_f1_drop:
-            return Decision(
-                False,
-                f"f1_{c} falls from {old:.5f} to {new:.5f}, more than the allowed {policy.max_class_f1_drop}",
-                score,
-                best,
-                gain,
-            )
+    refusal = _class_f1_refusal(policy, challenger, champion, classes)
+    if refusal is not None:
+        return Decision(False, refusal, score, best, gain)
     return Decision(
         True,
         f"{policy.metric} improves by {gain:+.5f} (>= {policy.min_improvement}) and no class F1 falls too far",
@@ -125,6 +113,27 @@ def decide(
         best,
         gain,
     )
+
+
+def _class_f1_refusal(
+    policy: GatePolicy,
+    challenger: Mapping[str, float],
+    champion: Mapping[str, float],
+    classes: Sequence[str],
+) -> str | None:
+    """Why a challenger that wins on the primary metric still may not replace the champion: a
+    class F1 that is not a number, or that falls too far (None when every class holds up)."""
+    for c in classes:
+        new = float(challenger.get(f"f1_{c}", math.nan))
+        old = float(champion.get(f"f1_{c}", math.nan))
+        if not math.isfinite(new):
+            return f"challenger f1_{c} is not a number"
+        if math.isfinite(old) and old - new > policy.max_class_f1_drop:
+            return (
+                f"f1_{c} falls from {old:.5f} to {new:.5f}, "
+                f"more than the allowed {policy.max_class_f1_drop}"
+            )
+    return None
 
 
 @dataclass(frozen=True)

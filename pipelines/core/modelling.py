@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import lightgbm as lgb
@@ -21,20 +20,10 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from pipelines.core import keys
+
 SPLITS = ("train", "val", "test")
 SINGLE_THREAD_MAX_ROWS = 256
-
-
-def unit_hash(keys: pd.Series, salt: str) -> np.ndarray:
-    """A uniform number in [0, 1) per key and salt, stable across runs, machines and input order."""
-    h = pd.util.hash_pandas_object(keys.astype(str) + salt, index=False).to_numpy()
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def journey_key(sessions: pd.DataFrame) -> pd.Series:
-    """The journey of each session as splits key it: its journey id, or its own id without one."""
-    journey = sessions["journey_id"] if "journey_id" in sessions else sessions["session_id"]
-    return journey.where(journey.notna(), sessions["session_id"]).astype(str)
 
 
 def split_sessions(
@@ -50,10 +39,10 @@ def split_sessions(
         raise ValueError(
             f"split sizes must be in (0, 1) and sum below 1, got val={val_size}, test={test_size}"
         )
-    journey = journey_key(sessions)
+    journey = keys.journey_key(sessions)
     if by == "journey":
-        keys = pd.Series(journey.unique())
-        u = pd.Series(unit_hash(keys, f"#{seed}"), index=keys.to_numpy())
+        ids = pd.Series(journey.unique())
+        u = pd.Series(keys.unit_hash(ids, f"#{seed}"), index=ids.to_numpy())
     elif by == "time":
         if "started_at" not in sessions or sessions["started_at"].isna().all():
             raise ValueError("split.by=time needs a started_at column with values")
@@ -73,7 +62,7 @@ def split_sessions(
 
 def lgb_params(model_cfg: Mapping, n_classes: int, threads: int, seed: int) -> dict:
     """LightGBM parameters for the class count, with threads and seed from the runtime config."""
-    params = {k: v for k, v in model_cfg.get("params", {}).items()}
+    params = {k: v for k, v in model_cfg["params"].items()}
     if n_classes == 2:
         params.update(objective="binary", metric="binary_logloss")
     else:
@@ -237,17 +226,3 @@ def _for_sklearn(X: pd.DataFrame, categorical: Sequence[str]) -> pd.DataFrame:
     for c in categorical:
         out[c] = out[c].astype(object).where(out[c].notna(), "__missing__").astype(str)
     return out
-
-
-def data_fingerprint(frame: pd.DataFrame) -> str:
-    """A short content hash of a frame (row order and column order included)."""
-    return fingerprint_of_rows(frame.columns, pd.util.hash_pandas_object(frame, index=False))
-
-
-def fingerprint_of_rows(columns: Sequence, row_hashes) -> str:
-    """`data_fingerprint` from the column names and each row's `hash_pandas_object` hash, in
-    row order: rows hashed where they live (on a cluster) fingerprint like the whole frame."""
-    h = hashlib.sha256()
-    h.update(",".join(map(str, columns)).encode())
-    h.update(np.asarray(row_hashes, dtype=np.uint64).tobytes())
-    return h.hexdigest()[:16]

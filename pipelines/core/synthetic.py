@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln, logsumexp
 
-KM_PER_DEG_LAT = 111.32
+from pipelines.core import geo
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class GeneratorParams:
             max_sessions=int(cfg["max_sessions"]),
             start=pd.Timestamp(cfg["start_date"]),
             days=int(cfg["days"]),
-            cut_at_end=bool(cfg.get("cut_at_end", True)),
+            cut_at_end=bool(cfg["cut_at_end"]),
             devices=devices,
             device_probs=probs("device_probs", k),
             channels=tuple(cfg["channels"]),
@@ -172,20 +172,6 @@ def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     cum = np.cumsum(probs, axis=1)
     u = rng.random(probs.shape[0]) * cum[:, -1]
     return np.minimum((cum < u[:, None]).sum(axis=1), probs.shape[1] - 1)
-
-
-def _offset_km(lat: np.ndarray, lon: np.ndarray, east_km: np.ndarray, north_km: np.ndarray):
-    """Move points by a small offset in km (equirectangular; exact enough within a city)."""
-    new_lat = lat + north_km / KM_PER_DEG_LAT
-    new_lon = lon + east_km / (KM_PER_DEG_LAT * np.cos(np.radians(lat)))
-    return new_lat, new_lon
-
-
-def planar_km(lat: np.ndarray, lon: np.ndarray, ref_lat: np.ndarray, ref_lon: np.ndarray):
-    """Inverse of `_offset_km`: distance in km from the reference point."""
-    north = (lat - ref_lat) * KM_PER_DEG_LAT
-    east = (lon - ref_lon) * KM_PER_DEG_LAT * np.cos(np.radians(ref_lat))
-    return np.hypot(east, north)
 
 
 def simulate(
@@ -244,7 +230,7 @@ def simulate(
                 s = c.stores[rng.integers(0, len(c.stores), size=sel_near.sum())]
                 d = rng.exponential(p.near_store_mean_km, size=len(s))
                 theta = rng.uniform(0, 2 * np.pi, size=len(s))
-                lat[sel_near], lon[sel_near] = _offset_km(
+                lat[sel_near], lon[sel_near] = geo.offset_km(
                     s[:, 0], s[:, 1], d * np.sin(theta), d * np.cos(theta)
                 )
             sel_far = has_loc & ~near & (c_idx == ci)
@@ -252,7 +238,7 @@ def simulate(
                 m = sel_far.sum()
                 r = p.city_radius_km * np.sqrt(rng.random(m))
                 theta = rng.uniform(0, 2 * np.pi, size=m)
-                lat[sel_far], lon[sel_far] = _offset_km(
+                lat[sel_far], lon[sel_far] = geo.offset_km(
                     np.full(m, c.lat), np.full(m, c.lon), r * np.sin(theta), r * np.cos(theta)
                 )
 
@@ -357,11 +343,11 @@ def emission_loglik(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
     ll = np.log(p.device_probs[:, device].T) + np.log(p.channel_probs[:, channel].T)
 
     # local time: hour, and for later sessions the whole-day gap since the previous one
-    local = df["started_at"].dt.tz_convert("UTC").dt.tz_localize(None) + pd.to_timedelta(
-        df["utc_offset_min"], unit="m"
-    )
-    hour = local.dt.hour.to_numpy()
-    day = ((local.dt.normalize() - p.start).dt.days).to_numpy()
+    utc_ns, _ = geo.utc_nanoseconds(df["started_at"])
+    offset = df["utc_offset_min"].to_numpy(dtype=float)
+    hour = geo.local_hour(utc_ns, offset)
+    # whole local days from the start date to the session's local midnight
+    day = (geo.local_day(utc_ns, offset) * geo.NS_PER_DAY - p.start.value) // geo.NS_PER_DAY
     log_hour = np.log(p.hour_probs[:, hour].T)
     ll += log_hour
     later = ~first
@@ -394,13 +380,13 @@ def emission_loglik(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
             sel = located & (region == c.name)
             if not sel.any():
                 continue
-            d = np.stack([planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
+            d = np.stack([geo.planar_km(lat[sel], lon[sel], s[0], s[1]) for s in c.stores], axis=1)
             d = np.maximum(d, 1e-9)
             # exponential distance, uniform bearing: density per km^2 is f(d) / (2 pi d); the
             # cosine turns km^2 around each reference point into the same degree^2 measure
             jac = np.cos(np.radians(c.stores[:, 0]))[None, :]
             dens_store[sel] = (np.exp(-d / m) / m / (2 * np.pi * d) * jac).mean(axis=1)
-            r = planar_km(lat[sel], lon[sel], c.lat, c.lon)
+            r = geo.planar_km(lat[sel], lon[sel], c.lat, c.lon)
             inside = r <= p.city_radius_km
             dens_city[sel] = np.where(
                 inside, np.cos(np.radians(c.lat)) / (np.pi * p.city_radius_km**2), 0.0

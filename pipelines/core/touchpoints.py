@@ -25,6 +25,8 @@ from scipy import sparse
 from scipy.optimize import LinearConstraint, milp
 from scipy.stats import beta as beta_dist
 
+from pipelines.core import geo, keys
+
 INSUFFICIENT = "insufficient data"
 OBJECTIVES = ("conversions", "value")
 
@@ -186,50 +188,67 @@ def estimate_conversion(
     conv = logs["converted"].astype("boolean").fillna(False).to_numpy(dtype=float)
     valid = pd.notna(shown) & np.isfinite(prop) & (prop > 0) & (prop <= 1)
     inv = np.where(valid, 1.0 / np.where(valid, prop, 1.0), 0.0)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     rows = []
     for t in touchpoints:
         hit = valid & (shown == t)
         w_all = inv * hit
         pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
         for k, c in enumerate(classes):
-            w = w_all * weights[:, k]
-            sw, sw2 = float(w.sum()), float((w**2).sum())
-            n_shown = float((hit * weights[:, k]).sum())
-            conversions = float((hit * weights[:, k] * conv).sum())
-            ess = sw**2 / sw2 if sw2 > 0 else 0.0
-            row = {
-                "intent": c,
-                "touchpoint": t,
-                "shown": n_shown,
-                "conversions": conversions,
-                "effective_sessions": ess,
-                "rate_ipw": np.nan,
-                "se_ipw": np.nan,
-                "rate": np.nan,
-                "ci_low": np.nan,
-                "ci_high": np.nan,
-                "prior_rate": pooled,
-                "status": INSUFFICIENT,
-            }
-            if sw > 0 and ess >= min_effective_sessions:
-                rate = float((w * conv).sum() / sw)
-                se = float(np.sqrt((w**2 * (conv - rate) ** 2).sum()) / sw)
-                prior = pooled if np.isfinite(pooled) else rate
-                a = prior_strength * prior + ess * rate
-                b = prior_strength * (1 - prior) + ess * (1 - rate)
-                # a rate of exactly 0 or 1 with no prior mass still needs a proper Beta
-                a, b = max(a, 1e-9), max(b, 1e-9)
-                row.update(
-                    rate_ipw=rate,
-                    se_ipw=se,
-                    rate=a / (a + b),
-                    ci_low=float(beta_dist.ppf(lo_q, a, b)),
-                    ci_high=float(beta_dist.ppf(hi_q, a, b)),
-                    status="ok",
-                )
-            rows.append(row)
+            cell = _cell_estimate(
+                w_all * weights[:, k], hit * weights[:, k], conv, pooled, min_effective_sessions
+            )
+            if cell["status"] == "ok":
+                ess = cell["effective_sessions"]
+                cell.update(_shrunk(cell["rate_ipw"], ess, pooled, prior_strength, level))
+            rows.append({"intent": c, "touchpoint": t, **cell})
     return pd.DataFrame(rows)
+
+
+def _cell_estimate(
+    w: np.ndarray,
+    shown: np.ndarray,
+    conv: np.ndarray,
+    pooled: float,
+    min_effective_sessions: float,
+) -> dict:
+    """One intent x touchpoint cell from its sessions' inverse-propensity weights `w` and their
+    intent weights where the touchpoint was shown (`shown`): the counts, the effective sample
+    size and, with enough of it, the IPW rate and its standard error (rates left empty)."""
+    sw, sw2 = float(w.sum()), float((w**2).sum())
+    ess = sw**2 / sw2 if sw2 > 0 else 0.0
+    cell = {
+        "shown": float(shown.sum()),
+        "conversions": float((shown * conv).sum()),
+        "effective_sessions": ess,
+        "rate_ipw": np.nan,
+        "se_ipw": np.nan,
+        "rate": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "prior_rate": pooled,
+        "status": INSUFFICIENT,
+    }
+    if sw > 0 and ess >= min_effective_sessions:
+        rate = float((w * conv).sum() / sw)
+        se = float(np.sqrt((w**2 * (conv - rate) ** 2).sum()) / sw)
+        cell.update(rate_ipw=rate, se_ipw=se, status="ok")
+    return cell
+
+
+def _shrunk(rate: float, ess: float, pooled: float, prior_strength: float, level: float) -> dict:
+    """The rate shrunk towards the pooled rate by a Beta prior worth `prior_strength` sessions,
+    with the posterior's central `level` interval."""
+    prior = pooled if np.isfinite(pooled) else rate
+    a = prior_strength * prior + ess * rate
+    b = prior_strength * (1 - prior) + ess * (1 - rate)
+    # a rate of exactly 0 or 1 with no prior mass still needs a proper Beta
+    a, b = max(a, 1e-9), max(b, 1e-9)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    return {
+        "rate": a / (a + b),
+        "ci_low": float(beta_dist.ppf(lo_q, a, b)),
+        "ci_high": float(beta_dist.ppf(hi_q, a, b)),
+    }
 
 
 def rate_matrix(
@@ -244,16 +263,6 @@ def rate_matrix(
 # eligibility
 
 
-def local_hour(started_at: pd.Series, utc_offset_min: pd.Series | None) -> pd.Series:
-    """Local hour of day from a UTC start time and an optional offset in minutes."""
-    ts = pd.to_datetime(started_at, utc=True).dt.tz_convert("UTC").dt.tz_localize(None)
-    if utc_offset_min is not None:
-        ts = ts + pd.to_timedelta(
-            pd.to_numeric(utc_offset_min, errors="coerce").fillna(0), unit="m"
-        )
-    return ts.dt.hour
-
-
 def in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
     """Whether each local hour falls in the quiet window [start, end), which may wrap past
     midnight (21-8h)."""
@@ -263,23 +272,6 @@ def in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
     if start < end:
         return (hour >= start) & (hour < end)
     return (hour >= start) | (hour < end)  # the window wraps past midnight
-
-
-def nearest_store_km(lat: np.ndarray, lon: np.ndarray, stores: np.ndarray | None) -> np.ndarray:
-    """Distance in km to the nearest store (NaN without coordinates or stores)."""
-    from sklearn.neighbors import BallTree
-
-    from pipelines.core.features import EARTH_RADIUS_KM
-
-    out = np.full(len(lat), np.nan)
-    if stores is None or len(stores) == 0:
-        return out
-    ok = np.isfinite(lat) & np.isfinite(lon)
-    if ok.any():
-        tree = BallTree(np.radians(np.asarray(stores, dtype=float)), metric="haversine")
-        dist, _ = tree.query(np.radians(np.column_stack([lat[ok], lon[ok]])), k=1)
-        out[ok] = dist[:, 0] * EARTH_RADIUS_KM
-    return out
 
 
 def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
@@ -356,11 +348,7 @@ def eligibility(
         else np.full(n, np.nan)
     )
     has_location = np.isfinite(lat) & np.isfinite(lon)
-    hour = (
-        local_hour(ctx["started_at"], ctx.get("utc_offset_min")).to_numpy(dtype=float)
-        if "started_at" in ctx
-        else np.full(n, np.nan)
-    )
+    hour = _local_hours(ctx)
     store_km = None
     app_user = ctx["app_user"].fillna(False).to_numpy(dtype=bool)
     for j, tp in enumerate(catalogue.touchpoints):
@@ -373,7 +361,7 @@ def eligibility(
                 refuse(j, np.ones(n, dtype=bool), "no store table")
             else:
                 if store_km is None:
-                    store_km = nearest_store_km(lat, lon, stores)
+                    store_km = geo.nearest_store_km(lat, lon, geo.store_index(stores))
                 far = ~(store_km <= tp.max_store_km)
                 refuse(j, far, f"more than {tp.max_store_km:g} km from a store")
         if tp.requires_app:
@@ -387,6 +375,19 @@ def eligibility(
     return ok, reason
 
 
+def _local_hours(ctx: pd.DataFrame) -> np.ndarray:
+    """The local hour of each journey's latest session (NaN without a start time)."""
+    if "started_at" not in ctx:
+        return np.full(len(ctx), np.nan)
+    utc_ns, timed = geo.utc_nanoseconds(pd.to_datetime(ctx["started_at"], utc=True))
+    offset = (
+        pd.to_numeric(ctx["utc_offset_min"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if "utc_offset_min" in ctx
+        else None
+    )
+    return np.where(timed, geo.local_hour(utc_ns, offset), np.nan)
+
+
 # ---------------------------------------------------------------------------------------------
 # the feed
 
@@ -396,8 +397,7 @@ def holdout_flags(journey_ids: pd.Series, share: float, salt: str) -> np.ndarray
     always land on the same side, so uplift can be measured later."""
     if not 0 <= share < 1:
         raise ValueError(f"touchpoints.holdout_share must be in [0, 1), got {share}")
-    h = pd.util.hash_pandas_object(journey_ids.astype(str) + "|" + salt, index=False).to_numpy()
-    return (h / np.float64(2**64)) < share
+    return (keys.salted_hash(journey_ids, "|" + salt) / np.float64(2**64)) < share
 
 
 @dataclass
@@ -433,7 +433,6 @@ def build_feed(
     if objective not in OBJECTIVES:
         raise ValueError(f"touchpoints.objective must be one of {OBJECTIVES}, got {objective!r}")
     names = np.asarray(catalogue.names, dtype=object)
-    n = len(ctx)
     proba = np.nan_to_num(ctx[[f"p_{c}" for c in classes]].to_numpy(dtype=float))
     unknown = ~np.isfinite(rates).all(axis=0)
     expected = proba @ np.nan_to_num(rates)
@@ -442,12 +441,52 @@ def build_feed(
     score = np.where(allowed, expected if objective == "conversions" else value, -np.inf)
     if objective == "value":
         score = np.where(score > 0, score, -np.inf)
+    best, second = _best_two(score)
+
+    rows = _journey_columns(ctx, classes, proba)
+    rows["recommended_touchpoint"] = np.where(best >= 0, names[best], None)
+    rows["expected_conversion"] = _chosen(expected, best)
+    rows["expected_value"] = _chosen(value, best)
+    rows["runner_up_touchpoint"] = np.where(second >= 0, names[second], None)
+    rows["runner_up_expected_conversion"] = _chosen(expected, second)
+    rows["runner_up_expected_value"] = _chosen(value, second)
+    rows["eligible_touchpoints"] = [",".join(names[row]) for row in allowed]
+    rows["ineligible_reasons"] = _ineligible_reasons(names, eligible, reasons, unknown)
+
+    suppression = _suppression(ctx, best >= 0, objective, suppress_after_conversion_hours)
+    rows["suppressed"] = pd.notna(suppression)
+    rows["suppression_reason"] = suppression
+    rows["holdout"] = holdout_flags(rows["journey_id"], holdout_share, holdout_salt)
+    rows["contact"] = (best >= 0) & ~rows["suppressed"].to_numpy() & ~rows["holdout"].to_numpy()
+    return Feed(
+        rows=rows,
+        expected_conversion=expected,
+        score=score,
+        eligible=allowed,
+        unestimated=[str(t) for t in names[unknown]],
+    )
+
+
+def _best_two(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per journey, the touchpoint with the highest score and the runner-up (-1 where there is
+    none with a finite score); ties go to the earlier touchpoint of the catalogue."""
     order = np.argsort(-score, axis=1, kind="stable")
     best, second = order[:, 0], order[:, 1] if score.shape[1] > 1 else order[:, 0]
-    idx = np.arange(n)
+    idx = np.arange(len(score))
     has_best = np.isfinite(score[idx, best])
     has_second = np.isfinite(score[idx, second]) & (second != best)
+    return np.where(has_best, best, -1), np.where(has_second, second, -1)
 
+
+def _chosen(matrix: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """Per journey, the entry of `matrix` (journeys x touchpoints) of its chosen touchpoint;
+    NaN where none was chosen (-1)."""
+    return np.where(choice >= 0, matrix[np.arange(len(matrix)), choice], np.nan)
+
+
+def _journey_columns(ctx: pd.DataFrame, classes: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
+    """The feed's columns that describe each journey: ids, its latest session, the model that
+    scored it, and its intent probabilities."""
     rows = pd.DataFrame(
         {
             "journey_id": ctx["journey_id"].astype(str).to_numpy(),
@@ -461,40 +500,36 @@ def build_feed(
     rows["intent"] = ctx["intent"].to_numpy() if "intent" in ctx else None
     for k, c in enumerate(classes):
         rows[f"p_{c}"] = proba[:, k]
-    rows["recommended_touchpoint"] = np.where(has_best, names[best], None)
-    rows["expected_conversion"] = np.where(has_best, expected[idx, best], np.nan)
-    rows["expected_value"] = np.where(has_best, value[idx, best], np.nan)
-    rows["runner_up_touchpoint"] = np.where(has_second, names[second], None)
-    rows["runner_up_expected_conversion"] = np.where(has_second, expected[idx, second], np.nan)
-    rows["runner_up_expected_value"] = np.where(has_second, value[idx, second], np.nan)
-    rows["eligible_touchpoints"] = [",".join(names[allowed[i]]) for i in range(n)]
+    return rows
+
+
+def _ineligible_reasons(
+    names: np.ndarray, eligible: np.ndarray, reasons: np.ndarray, unknown: np.ndarray
+) -> list[str | None]:
+    """Per journey, why each touchpoint that is not allowed is not ("name: reason; ...")."""
     why = []
-    for i in range(n):
+    for i in range(len(eligible)):
         parts = [f"{names[j]}: {reasons[i, j]}" for j in np.flatnonzero(~eligible[i])]
         parts += [f"{names[j]}: {INSUFFICIENT}" for j in np.flatnonzero(eligible[i] & unknown)]
         why.append("; ".join(parts) or None)
-    rows["ineligible_reasons"] = why
+    return why
 
-    suppression = np.full(n, None, dtype=object)
-    if suppress_after_conversion_hours is not None:
+
+def _suppression(
+    ctx: pd.DataFrame, has_best: np.ndarray, objective: str, after_conversion_hours: float | None
+) -> np.ndarray:
+    """Why each journey is not contacted (None where it may be): a recent conversion, or no
+    touchpoint to recommend."""
+    suppression = np.full(len(ctx), None, dtype=object)
+    if after_conversion_hours is not None:
         recent = ctx["hours_since_conversion"].to_numpy(dtype=float)
-        hit = np.isfinite(recent) & (recent <= suppress_after_conversion_hours)
-        suppression[hit] = f"converted within {suppress_after_conversion_hours:g} h"
+        hit = np.isfinite(recent) & (recent <= after_conversion_hours)
+        suppression[hit] = f"converted within {after_conversion_hours:g} h"
     none_left = pd.isna(suppression) & ~has_best
     suppression[none_left] = (
         "no eligible touchpoint" if objective == "conversions" else "no touchpoint worth its cost"
     )
-    rows["suppressed"] = pd.notna(suppression)
-    rows["suppression_reason"] = suppression
-    rows["holdout"] = holdout_flags(rows["journey_id"], holdout_share, holdout_salt)
-    rows["contact"] = has_best & ~rows["suppressed"].to_numpy() & ~rows["holdout"].to_numpy()
-    return Feed(
-        rows=rows,
-        expected_conversion=expected,
-        score=score,
-        eligible=allowed,
-        unestimated=[str(t) for t in names[unknown]],
-    )
+    return suppression
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,14 +580,48 @@ def allocate(
     # when every pair fits within every capacity and there is no budget, the best per journey wins
     fits = (np.bincount(cols, minlength=T) <= capacity).all()
     if fits and budget is None:
-        best = np.argmax(np.where(s > 0, s, -np.inf), axis=1)
-        any_pos = (s > 0).any(axis=1)
-        choice[any_pos] = best[any_pos]
-        total = float(s[np.arange(n), best][any_pos].sum())
-        return Allocation(choice, total, "optimal", total)
+        return _best_per_journey(s)
 
-    m = len(rows)
     c = -s[rows, cols]
+    A, b = _allocation_constraints(rows, cols, n, capacity, cost, budget)
+    lp = linprog(c, A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
+    if lp.status != 0:
+        raise RuntimeError(f"the allocation's linear relaxation failed: {lp.message}")
+    integral = np.all((lp.x < 1e-9) | (lp.x > 1 - 1e-9))
+    if integral:
+        take, status = lp.x > 1 - 1e-9, "optimal"
+    elif len(rows) <= exact_max_pairs:
+        take, status = _solve_exactly(c, A, b, time_limit, mip_rel_gap)
+    else:
+        # drop split journeys, then fill what capacity and budget are left, best pairs first
+        take = _fill_greedily(lp.x > 1 - 1e-9, rows, cols, c, n, capacity, cost, budget)
+        status = "rounded from the linear relaxation"
+    choice[rows[take]] = cols[take]
+    return Allocation(choice, float(s[rows[take], cols[take]].sum()), status, float(-lp.fun))
+
+
+def _best_per_journey(s: np.ndarray) -> Allocation:
+    """Each journey's best pair with a positive score: optimal when no limit binds."""
+    n = len(s)
+    choice = np.full(n, -1, dtype=np.int64)
+    best = np.argmax(np.where(s > 0, s, -np.inf), axis=1)
+    any_pos = (s > 0).any(axis=1)
+    choice[any_pos] = best[any_pos]
+    total = float(s[np.arange(n), best][any_pos].sum())
+    return Allocation(choice, total, "optimal", total)
+
+
+def _allocation_constraints(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    n: int,
+    capacity: np.ndarray,
+    cost: np.ndarray,
+    budget: float | None,
+) -> tuple[sparse.csr_array, np.ndarray]:
+    """`A x <= b` over the candidate pairs (journey `rows`, touchpoint `cols`): at most one
+    touchpoint per journey, each finite capacity, and the budget when there is one."""
+    m, T = len(rows), len(capacity)
     blocks = [sparse.csr_array((np.ones(m), (rows, np.arange(m))), shape=(n, m))]
     upper = [np.ones(n)]
     finite = np.flatnonzero(np.isfinite(capacity))
@@ -567,47 +636,52 @@ def allocate(
     if budget is not None:
         blocks.append(sparse.csr_array(cost[cols][None, :]))
         upper.append(np.array([budget], dtype=float))
-    A, b = sparse.vstack(blocks).tocsr(), np.concatenate(upper)
+    return sparse.vstack(blocks).tocsr(), np.concatenate(upper)
 
-    lp = linprog(c, A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
-    if lp.status != 0:
-        raise RuntimeError(f"the allocation's linear relaxation failed: {lp.message}")
-    bound = float(-lp.fun)
-    x = lp.x
-    integral = np.all((x < 1e-9) | (x > 1 - 1e-9))
-    if not integral and m <= exact_max_pairs:
-        res = milp(
-            c,
-            constraints=[LinearConstraint(A, -np.inf, b)],
-            integrality=np.ones(m),
-            bounds=(0, 1),
-            options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap, "disp": False},
-        )
-        if res.x is None:
-            raise RuntimeError(f"the allocation found no solution: {res.message}")
-        take = res.x > 0.5
-        status = "optimal" if res.status == 0 else f"stopped: {res.message}"
-    else:
-        take = x > 1 - 1e-9
-        status = "optimal"
-        if not integral:
-            # drop split journeys, then fill what capacity and budget are left, best pairs first
-            used = np.bincount(cols[take], minlength=T).astype(float)
-            spent = float(cost[cols[take]].sum())
-            taken = np.zeros(n, dtype=bool)
-            taken[rows[take]] = True
-            for k in np.argsort(c, kind="stable"):
-                r, t = rows[k], cols[k]
-                if taken[r] or used[t] + 1 > capacity[t]:
-                    continue
-                if budget is not None and spent + cost[t] > budget + 1e-9:
-                    continue
-                take[k], taken[r] = True, True
-                used[t] += 1
-                spent += cost[t]
-            status = "rounded from the linear relaxation"
-    choice[rows[take]] = cols[take]
-    return Allocation(choice, float(s[rows[take], cols[take]].sum()), status, bound)
+
+def _solve_exactly(
+    c: np.ndarray, A: sparse.csr_array, b: np.ndarray, time_limit: float, mip_rel_gap: float
+) -> tuple[np.ndarray, str]:
+    """The integer program by HiGHS: which pairs to take, and whether it proved optimality."""
+    res = milp(
+        c,
+        constraints=[LinearConstraint(A, -np.inf, b)],
+        integrality=np.ones(len(c)),
+        bounds=(0, 1),
+        options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap, "disp": False},
+    )
+    if res.x is None:
+        raise RuntimeError(f"the allocation found no solution: {res.message}")
+    return res.x > 0.5, "optimal" if res.status == 0 else f"stopped: {res.message}"
+
+
+def _fill_greedily(
+    take: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    c: np.ndarray,
+    n: int,
+    capacity: np.ndarray,
+    cost: np.ndarray,
+    budget: float | None,
+) -> np.ndarray:
+    """Add pairs to the whole ones taken, best first (lowest `c`), while each journey has at
+    most one touchpoint and capacity and budget allow."""
+    take = take.copy()
+    used = np.bincount(cols[take], minlength=len(capacity)).astype(float)
+    spent = float(cost[cols[take]].sum())
+    taken = np.zeros(n, dtype=bool)
+    taken[rows[take]] = True
+    for k in np.argsort(c, kind="stable"):
+        r, t = rows[k], cols[k]
+        if taken[r] or used[t] + 1 > capacity[t]:
+            continue
+        if budget is not None and spent + cost[t] > budget + 1e-9:
+            continue
+        take[k], taken[r] = True, True
+        used[t] += 1
+        spent += cost[t]
+    return take
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,29 +702,32 @@ def marketer_tables(
     recommendations by intent, and micro-moment (session) beside macro-moment (journey) metrics."""
     out: dict[str, pd.DataFrame] = {}
     scored = sessions[sessions["intent"].notna()]
-    if "channel" in scored:
-        out["intent_mix_by_channel"] = _share_table(
-            scored["channel"].astype(object).fillna("(none)").rename("channel"),
-            scored["intent"],
-            classes,
-        )
-    if "touchpoint" in scored:
-        out["intent_mix_by_touchpoint_shown"] = _share_table(
-            scored["touchpoint"].astype(object).fillna("(none)").rename("touchpoint"),
-            scored["intent"],
-            classes,
-        )
+    for col, table in (
+        ("channel", "intent_mix_by_channel"),
+        ("touchpoint", "intent_mix_by_touchpoint_shown"),
+    ):
+        if col in scored:
+            out[table] = _share_table(
+                scored[col].astype(object).fillna("(none)").rename(col), scored["intent"], classes
+            )
     rec = feed[feed["recommended_touchpoint"].notna()]
     out["recommendations_by_intent"] = pd.crosstab(
         rec["intent"].rename("intent"), rec["recommended_touchpoint"].rename("touchpoint")
     )
-
-    # micro-moments: one session each, by predicted intent
     converted = (
         scored["converted"].astype("boolean").astype(float)
         if "converted" in scored
         else pd.Series(np.nan, index=scored.index)
     )
+    out["micro_moment_metrics"] = _micro_moment_metrics(scored, converted, classes)
+    out["macro_moment_metrics"] = _macro_moment_metrics(scored, converted)
+    return out
+
+
+def _micro_moment_metrics(
+    scored: pd.DataFrame, converted: pd.Series, classes: Sequence[str]
+) -> pd.DataFrame:
+    """Micro-moments: one session each, by predicted intent."""
     dwell = (
         pd.to_numeric(scored["dwell_time_s"], errors="coerce")
         if "dwell_time_s" in scored
@@ -667,24 +744,12 @@ def marketer_tables(
         }
     ).reindex(list(classes))
     micro.index.name = "intent"
-    out["micro_moment_metrics"] = micro
+    return micro
 
-    # macro-moments: whole journeys, by the channel they entered through
-    frame = scored.assign(_converted=converted.to_numpy())
-    frame = frame.assign(
-        started_at=pd.to_datetime(frame.get("started_at", pd.NaT), utc=True)
-    ).sort_values(["journey_id", "started_at"], kind="mergesort")
-    g = frame.groupby("journey_id", sort=False)
-    first = g["started_at"].min()
-    conv_at = frame["started_at"].where(frame["_converted"] == 1).groupby(frame["journey_id"]).min()
-    journeys = pd.DataFrame(
-        {
-            "entry_channel": g["channel"].first() if "channel" in frame else "(all)",
-            "sessions": g.size(),
-            "converted": g["_converted"].max() == 1,
-            "days_to_convert": (conv_at - first) / pd.Timedelta(days=1),
-        }
-    )
+
+def _macro_moment_metrics(scored: pd.DataFrame, converted: pd.Series) -> pd.DataFrame:
+    """Macro-moments: whole journeys, by the channel they entered through, and over all."""
+    journeys = _journey_outcomes(scored, converted)
 
     def macro(group: pd.DataFrame) -> pd.Series:
         return pd.Series(
@@ -700,5 +765,24 @@ def marketer_tables(
     overall = macro(journeys).to_frame("(all)").T
     table = pd.concat([by_channel, overall])
     table.index.name = "entry_channel"
-    out["macro_moment_metrics"] = table
-    return out
+    return table
+
+
+def _journey_outcomes(scored: pd.DataFrame, converted: pd.Series) -> pd.DataFrame:
+    """One row per journey: its entry channel, its sessions, whether it converted and how many
+    days after its first session."""
+    frame = scored.assign(_converted=converted.to_numpy())
+    frame = frame.assign(
+        started_at=pd.to_datetime(frame.get("started_at", pd.NaT), utc=True)
+    ).sort_values(["journey_id", "started_at"], kind="mergesort")
+    g = frame.groupby("journey_id", sort=False)
+    first = g["started_at"].min()
+    conv_at = frame["started_at"].where(frame["_converted"] == 1).groupby(frame["journey_id"]).min()
+    return pd.DataFrame(
+        {
+            "entry_channel": g["channel"].first() if "channel" in frame else "(all)",
+            "sessions": g.size(),
+            "converted": g["_converted"].max() == 1,
+            "days_to_convert": (conv_at - first) / pd.Timedelta(days=1),
+        }
+    )

@@ -50,33 +50,29 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from pipelines.core import modelling
+from pipelines.config.schema import EngineSchema
+from pipelines.core import keys, modelling, training
 from pipelines.core.contract import LABEL, SOURCE_ROW, DatasetSpec, as_text, to_contract
-from pipelines.engines.dask import (
-    ROW,
+from pipelines.core.gate import TrainingSpan, iso_time
+from pipelines.core.scorer import IntentModel
+from pipelines.core.scoring import ROW
+from pipelines.engines.dask_cluster import (
     cluster,
     journeys_whole,
     n_workers,
     read_numbered,
     with_row_numbers,
 )
-from pipelines.core.gate import TrainingSpan, iso_time
-from pipelines.core.scorer import IntentModel
-from pipelines.stages.train import (
-    TrainResult,
-    check_splits,
-    evaluate,
-    fit_early_stopped,
-    make_featurizer,
-    timed,
-)
+from pipelines.io.readers import load_stores
 
 SPLIT = "__split"
 TARGET = "__target"
 EXTRA = [ROW, SPLIT]
 
 
-def train_dask(cfg: Mapping, sessions: pd.DataFrame | None = None, client=None) -> TrainResult:
+def train_dask(
+    cfg: Mapping, sessions: pd.DataFrame | None = None, client=None
+) -> training.TrainResult:
     """Train and evaluate the intent model of `cfg` on the cluster behind `client`, or on the one
     `cfg["engine"]` describes (started and stopped here). Reads `cfg["data"]["path"]` unless
     `sessions` (raw, the user's columns) is given."""
@@ -86,107 +82,117 @@ def train_dask(cfg: Mapping, sessions: pd.DataFrame | None = None, client=None) 
         return _train_on(started, cfg, sessions)
 
 
-def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> TrainResult:
-    import dask.dataframe as dd
-
+def _train_on(client, cfg: Mapping, sessions: pd.DataFrame | None) -> training.TrainResult:
     timings: dict[str, float] = {}
-    data_cfg, engine, model_cfg = cfg["data"], cfg["engine"], cfg["model"]
-    spec = DatasetSpec.from_config(data_cfg)
+    spec = DatasetSpec.from_config(cfg["data"])
     classes = list(spec.classes)
     threads, seed = int(cfg["runtime"]["threads"]), int(cfg["runtime"]["seed"])
-    source = str(data_cfg.get("path") or "<frame>")
-
-    with timed(timings, "read"):
-        if sessions is None:
-            ddf, rows_in = read_numbered(data_cfg["path"])
-        else:
-            frame = sessions.reset_index(drop=True)
-            ddf, rows_in = with_row_numbers(dd.from_pandas(frame, npartitions=n_workers(client)))
-        partitions = int(engine.get("partitions") or max(ddf.npartitions, n_workers(client)))
-        ddf = journeys_whole(ddf, spec.columns.get("journey_id"), partitions)
-        # raw partitions stay on the cluster until the raw test rows are gathered
-        raw = client.compute(ddf.to_delayed())
-
-    with timed(timings, "validate"):
+    source = str(cfg["data"]["path"] if sessions is None else "<frame>")
+    with training.timed(timings, "read"):
+        raw, rows_in = _read_whole_journeys(client, cfg, spec, sessions)
+    with training.timed(timings, "validate"):
         canon, rejects = _contract_and_split(client, raw, spec, source, cfg["split"], seed)
-        counts = client.gather(client.map(_counts, canon))
-        stats = pd.concat([c.assign(part=i) for i, c in enumerate(counts)], ignore_index=True)
-        rows_kept = int(stats["rows"].sum())
-        if rows_kept == 0:
-            raise ValueError(
-                f"{source}: no valid sessions left after validation ({len(rejects)} rejected)"
-            )
-        sizes = stats.groupby("side")["rows"].sum().to_dict()
-        check_splits(sizes, source)
-        _check_training_classes(stats, classes, source)
+        stats, sizes = _validated_counts(client, canon, rejects, classes, source)
         hashes = client.gather(client.map(_row_hashes, canon))
-
-    with timed(timings, "gather"):
-        fraction = min(1.0, float(engine["sample_rows"]) / sizes["train"])
-        gathered = _sorted(
-            client.gather(client.map(_client_rows, canon, fraction=fraction, seed=seed))
-        )
-        kept_raw = _as_read(
-            _sorted(client.gather(client.map(_raw_rows, raw, canon, sides=("test",), head=5)))
-        )
+    with training.timed(timings, "gather"):
+        fraction = min(1.0, float(cfg["engine"]["sample_rows"]) / sizes["train"])
+        parts, test_raw, input_example = _gather_to_client(client, raw, canon, fraction, seed)
         del raw  # the cluster frees the raw partitions
-        fingerprint = _fingerprint(gathered.drop(columns=EXTRA).columns, hashes)
-        parts = {side: gathered[gathered[SPLIT] == side] for side in modelling.SPLITS}
-        is_test = kept_raw[ROW].isin(parts["test"][ROW]).to_numpy()
-        test_raw = kept_raw[is_test].drop(columns=[ROW]).reset_index(drop=True)
-        input_example = kept_raw.nsmallest(5, ROW).set_index(ROW).rename_axis(None)
-
-    with timed(timings, "features"):
-        featurizer = make_featurizer(spec, cfg).fit(parts["train"].drop(columns=EXTRA))
+        fingerprint = _fingerprint(parts["train"].drop(columns=EXTRA).columns, hashes)
+    with training.timed(timings, "features"):
+        stores = load_stores(cfg["data"]["stores_path"])
+        featurizer = training.make_featurizer(spec, cfg["features"], stores)
+        featurizer.fit(parts["train"].drop(columns=EXTRA))
         X = {side: featurizer.transform(part.drop(columns=EXTRA)) for side, part in parts.items()}
         y = {side: _codes(part[LABEL], classes) for side, part in parts.items()}
-
-    with timed(timings, "rounds"):
-        params = modelling.lgb_params(model_cfg, len(classes), threads, seed)
-        rounds, sample_best = num_boost_round(engine, model_cfg, params, featurizer, X, y)
-
-    with timed(timings, "train"):
+    with training.timed(timings, "rounds"):
+        params = modelling.lgb_params(cfg["model"], len(classes), threads, seed)
+        rounds, sample_best = num_boost_round(cfg["engine"], cfg["model"], params, featurizer, X, y)
+    with training.timed(timings, "train"):
         booster = _fit_on_cluster(
             client, canon, stats, featurizer, classes, X["train"], params, rounds
         )
-    model = IntentModel(spec, featurizer, booster, threads=threads)
-
-    evaluation = evaluate(cfg, model, X, y, parts["test"]["session_id"], test_raw, timings)
-    metrics = evaluation.pop("metrics")
-    metrics.update(
-        {
-            "data/rows_in": float(rows_in),
-            "data/rows_kept": float(rows_kept),
-            "data/rows_rejected": float(len(rejects)),
-            **{f"data/{side}_rows": float(sizes[side]) for side in modelling.SPLITS},
-            "train/sample_rows": float(len(parts["train"])),
-        }
-    )
+    metrics = {
+        "data/rows_in": float(rows_in),
+        "data/rows_kept": float(stats["rows"].sum()),
+        "data/rows_rejected": float(len(rejects)),
+        **{f"data/{side}_rows": float(sizes[side]) for side in modelling.SPLITS},
+        "train/sample_rows": float(len(parts["train"])),
+    }
     if sample_best is not None:
         metrics["train/sample_best_iteration"] = float(sample_best)
-    test = parts["test"].drop(columns=EXTRA).reset_index(drop=True)
+    return training.result_of(
+        cfg,
+        IntentModel(spec, featurizer, booster, threads=threads),
+        X,
+        y,
+        parts["test"].drop(columns=EXTRA).reset_index(drop=True),
+        test_raw,
+        timings,
+        extra_metrics=metrics,
+        rejects=rejects,
+        fingerprint=fingerprint,
+        input_example=input_example,
+        span=_training_span(client, canon, cfg["split"], seed),
+    )
+
+
+def _read_whole_journeys(client, cfg: Mapping, spec: DatasetSpec, sessions: pd.DataFrame | None):
+    """The input on the cluster, rows numbered in input order, every journey whole in one
+    partition: futures of the raw partitions, and the row count."""
+    import dask.dataframe as dd
+
+    if sessions is None:
+        ddf, rows_in = read_numbered(cfg["data"]["path"])
+    else:
+        frame = sessions.reset_index(drop=True)
+        ddf, rows_in = with_row_numbers(dd.from_pandas(frame, npartitions=n_workers(client)))
+    partitions = int(cfg["engine"]["partitions"] or max(ddf.npartitions, n_workers(client)))
+    ddf = journeys_whole(ddf, spec.columns.get("journey_id"), partitions)
+    # raw partitions stay on the cluster until the raw test rows are gathered
+    return client.compute(ddf.to_delayed()), rows_in
+
+
+def _validated_counts(client, canon, rejects, classes: list[str], source: str):
+    """Rows per partition, side and class of the kept rows, and rows per side; refuses no kept
+    rows, an empty split side, or a class without training rows."""
+    counts = client.gather(client.map(_counts, canon))
+    stats = pd.concat([c.assign(part=i) for i, c in enumerate(counts)], ignore_index=True)
+    if int(stats["rows"].sum()) == 0:
+        raise ValueError(
+            f"{source}: no valid sessions left after validation ({len(rejects)} rejected)"
+        )
+    sizes = stats.groupby("side")["rows"].sum().to_dict()
+    training.check_splits(sizes, source)
+    _check_training_classes(stats, classes, source)
+    return stats, sizes
+
+
+def _gather_to_client(client, raw, canon, fraction: float, seed: int):
+    """What the client holds: the canonical rows of each side (a `fraction` of the training
+    journeys), the test rows as they came in, and the input example (the first kept rows)."""
+    gathered = _sorted(client.gather(client.map(_client_rows, canon, fraction=fraction, seed=seed)))
+    kept_raw = _as_read(
+        _sorted(client.gather(client.map(_raw_rows, raw, canon, sides=("test",), head=5)))
+    )
+    parts = {side: gathered[gathered[SPLIT] == side] for side in modelling.SPLITS}
+    is_test = kept_raw[ROW].isin(parts["test"][ROW]).to_numpy()
+    test_raw = kept_raw[is_test].drop(columns=[ROW]).reset_index(drop=True)
+    input_example = kept_raw.nsmallest(5, ROW).set_index(ROW).rename_axis(None)
+    return parts, test_raw, input_example
+
+
+def _training_span(client, canon, split_cfg: Mapping, seed: int) -> TrainingSpan:
+    """The `TrainingSpan` of the split, from each partition's first, last and first test start."""
     spans = pd.DataFrame(client.gather(client.map(_span_of, canon)))
-    span = TrainingSpan(
-        split=str(cfg["split"]["by"]),
+    return TrainingSpan(
+        split=str(split_cfg["by"]),
         seed=seed,
-        val_size=float(cfg["split"]["val_size"]),
-        test_size=float(cfg["split"]["test_size"]),
+        val_size=float(split_cfg["val_size"]),
+        test_size=float(split_cfg["test_size"]),
         start=iso_time(spans["start"].min()),
         end=iso_time(spans["end"].max()),
         test_from=iso_time(spans["test_from"].min()),
-    )
-    return TrainResult(
-        span=span,
-        **evaluation,
-        metrics=metrics,
-        test_raw=test_raw,
-        test_labels=test[LABEL],
-        test_fingerprint=modelling.data_fingerprint(test),
-        model=model,
-        rejects=rejects,
-        fingerprint=fingerprint,
-        timings=timings,
-        input_example=input_example,
     )
 
 
@@ -227,12 +233,12 @@ def num_boost_round(
     `engine.num_boost_round` when set; else the best iteration of an early-stopped run on the
     training sample `X["train"]` against the validation rows, times `engine.rounds_factor`.
     """
-    fixed = engine.get("num_boost_round")
-    if fixed:
-        return int(fixed), None
-    booster = fit_early_stopped(model_cfg, params, featurizer, X, y)
+    settings = EngineSchema(**engine)  # what a caller leaves out, the schema's defaults
+    if settings.num_boost_round:
+        return int(settings.num_boost_round), None
+    booster = training.fit_early_stopped(model_cfg, params, featurizer, X, y)
     best = int(booster.best_iteration or booster.current_iteration())
-    return max(1, round(best * float(engine.get("rounds_factor") or 1.0))), best
+    return max(1, round(best * float(settings.rounds_factor))), best
 
 
 def _fit_on_cluster(client, canon, stats, featurizer, classes, meta_frame, params, rounds):
@@ -297,7 +303,7 @@ def _item(result: dict, name: str):
 def _journey_starts(canon: pd.DataFrame) -> pd.DataFrame:
     """One row per journey of the partition: its key and first start."""
     starts = canon["started_at"] if "started_at" in canon else pd.Series(pd.NaT, index=canon.index)
-    first = starts.groupby(modelling.journey_key(canon).to_numpy()).min()
+    first = starts.groupby(keys.journey_key(canon).to_numpy()).min()
     return pd.DataFrame({"journey": first.index.to_numpy(), "started_at": first.to_numpy()})
 
 
@@ -331,7 +337,7 @@ def _with_split(
     if sides is None:
         side = modelling.split_sessions(canon, val_size, test_size, by=by, seed=seed).to_numpy()
     else:
-        side = sides.reindex(modelling.journey_key(canon).to_numpy()).to_numpy()
+        side = sides.reindex(keys.journey_key(canon).to_numpy()).to_numpy()
     return canon.assign(**{SPLIT: side})
 
 
@@ -359,8 +365,8 @@ def _counts(canon: pd.DataFrame) -> pd.DataFrame:
 
 
 def _row_hashes(canon: pd.DataFrame) -> pd.DataFrame:
-    """Each kept row's number and the hash `modelling.data_fingerprint` takes of it."""
-    hashes = pd.util.hash_pandas_object(canon.drop(columns=EXTRA), index=False).to_numpy()
+    """Each kept row's number and the hash `keys.data_fingerprint` takes of it."""
+    hashes = keys.row_hashes(canon.drop(columns=EXTRA))
     return pd.DataFrame({ROW: canon[ROW].to_numpy(), "hash": hashes})
 
 
@@ -372,9 +378,7 @@ def _client_rows(canon: pd.DataFrame, fraction: float, seed: int) -> pd.DataFram
     if fraction >= 1:
         keep[:] = True
     elif train.any():
-        keep |= train & (
-            modelling.unit_hash(modelling.journey_key(canon), f"#sample{seed}") < fraction
-        )
+        keep |= train & (keys.unit_hash(keys.journey_key(canon), f"#sample{seed}") < fraction)
     return canon[keep]
 
 
@@ -447,9 +451,9 @@ def _check_training_classes(stats: pd.DataFrame, classes: list[str], source: str
 
 
 def _fingerprint(columns: pd.Index, hashes: list[pd.DataFrame]) -> str:
-    """`modelling.data_fingerprint` of the canonical sessions in input order, from row hashes."""
+    """`keys.data_fingerprint` of the canonical sessions in input order, from row hashes."""
     table = pd.concat(hashes, ignore_index=True).sort_values(ROW, kind="stable")
-    return modelling.fingerprint_of_rows(columns, table["hash"].to_numpy())
+    return keys.fingerprint_of_rows(columns, table["hash"].to_numpy())
 
 
 def _as_read(frame: pd.DataFrame) -> pd.DataFrame:

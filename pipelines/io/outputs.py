@@ -4,14 +4,19 @@ run may write: an output folder carries a mark naming the command that owns it."
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def _pid_alive(pid: int) -> bool:
@@ -25,11 +30,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_stale_temporaries(target: Path) -> None:
-    """Remove what killed runs left beside `target` (their process is gone)."""
+    """Clean up after killed runs (their process is gone): remove their temporaries, and put back
+    a previous output one of them had moved aside when it died before renaming its own onto it."""
     for stale in target.parent.glob(f".{target.name}.*.tmp"):
         parts = stale.name[len(target.name) + 2 :].split(".")
         if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
             shutil.rmtree(stale, ignore_errors=True)
+    for moved in target.parent.glob(f".{target.name}.old-*"):
+        pid = moved.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if target.exists() or target.is_symlink():
+                shutil.rmtree(moved) if moved.is_dir() else moved.unlink()
+            else:
+                os.replace(moved, target)
 
 
 # the mark a command leaves in each output folder it writes: a later run may replace only these
@@ -40,6 +53,10 @@ _UNMARKED_OUTPUTS = {
     "touchpoints": ("summary.json", "feed.parquet"),
     "export": ("MLmodel", "export.json"),
 }
+
+
+class OutputRefused(ValueError):
+    """An output path that would overwrite the input or something the command did not write."""
 
 
 def owner_of(path: Path) -> str | None:
@@ -126,6 +143,8 @@ def atomic_path(target: str | os.PathLike, owner: str | None = None) -> Iterator
     work = tmp / target.name
     try:
         yield work
+        if not (work.exists() or work.is_symlink()):
+            raise RuntimeError(f"{target}: the run wrote nothing there; left as it was")
         if owner and work.is_dir():
             mark_output(work, owner)
         if target.exists():
@@ -155,3 +174,91 @@ def write_rejects(rejects: pd.DataFrame, target: str | os.PathLike) -> Path:
                 lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
             )
     return write_parquet(out, target)
+
+
+def table_of(frame: pd.DataFrame) -> pa.Table:
+    """`frame` as an Arrow table without its index."""
+    with warnings.catch_warnings():
+        # pyarrow reads tz-aware columns through Series.values, which pandas 3.1 flags
+        warnings.filterwarnings("ignore", "Series.values", DeprecationWarning)
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+class ParquetAppender:
+    """One parquet file written a table at a time, so memory does not grow with its size.
+
+    The file is created by the first table; every later one is cast to that table's schema.
+    Nothing is written for no tables (see `opened`).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._writer is not None
+
+    def write(self, data: pd.DataFrame | pa.Table) -> None:
+        table = data if isinstance(data, pa.Table) else table_of(data)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def concat_parts(parts: list[Path], target: Path) -> bool:
+    """Stream part files into one parquet file (bounded memory); False when there were none."""
+    with ParquetAppender(target) as out:
+        for part in parts:
+            out.write(pq.read_table(part))
+    return out.opened
+
+
+def part_name(chunk: int) -> str:
+    """The file name of part `chunk` of a partitioned output (`sessions/`, `predictions/`)."""
+    return f"part-{chunk:05d}.parquet"
+
+
+def write_stores(stores: pd.DataFrame, out: Path) -> None:
+    """`<out>/stores.csv`: a store table (latitude, longitude), written atomically."""
+    with atomic_path(Path(out) / "stores.csv") as tmp:
+        stores.to_csv(tmp, index=False)
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock a job needs."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str = "job") -> Iterator[None]:
+    """An exclusive, non-blocking lock on `path` for the life of a `what` (released by the OS if
+    the process dies, so a killed job never leaves a stale lock); `LockHeld` when another holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise LockHeld(f"another {what} holds the lock {path} ({holder}); exiting") from None
+        os.ftruncate(fd, 0)
+        os.write(
+            fd,
+            f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}".encode(),
+        )
+        yield
+    finally:
+        os.close(fd)

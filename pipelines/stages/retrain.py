@@ -13,15 +13,11 @@ Exit codes (documented in the README) tell a scheduler what happened.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import math
-import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,17 +26,18 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.core import drift, modelling
-from pipelines.stages import runner
-from pipelines.tracking.runs import runs as tracking
 from pipelines.config import hydra_main
+from pipelines.core import keys
 from pipelines.core.contract import ContractError, DatasetSpec, to_contract
-from pipelines.io.outputs import atomic_path, claim_output
-from pipelines.io.readers import read_sessions
-from pipelines.stages.promote import CHAMPION, gate, holdout, policy_from, resolve_version
+from pipelines.engines import engine_for
+from pipelines.io.outputs import atomic_path, claim_output, exclusive_lock
+from pipelines.io.readers import EmptyInput, read_window
+from pipelines.stages import runner
 from pipelines.stages.runner import UserError
-from pipelines.stages.score import load_scorer
-from pipelines.stages.train import log_and_register, train
+from pipelines.tracking import runs
+from pipelines.tracking.promotion import champion_drift, gate, holdout, policy_from
+from pipelines.tracking.registry import CHAMPION, resolve_version
+from pipelines.tracking.train_run import log_and_register
 
 # the exit codes of the README's table, under the names the job uses (see pipelines.stages.runner)
 EXIT_OK = runner.EXIT_OK  # promoted, or kept the champion
@@ -61,223 +58,28 @@ class RetrainError(UserError):
         super().__init__(message, code)
 
 
-@contextlib.contextmanager
-def job_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive, non-blocking lock on `path` for the life of the job (released if it dies)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = Path(path).read_text().strip() or "another process"
-            raise RetrainError(
-                EXIT_LOCKED, f"another retrain job holds the lock {path} ({holder}); exiting"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}".encode(),
-        )
-        yield
-    finally:
-        os.close(fd)
-
-
-def read_window(
-    path: str, started_col: str, days: float, end: str | None
-) -> tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp]:
-    """Sessions that started in the last `days` days before `end` (default: the latest session)."""
-    raw = read_sessions(path)
-    if started_col not in raw.columns:
-        raise RetrainError(
-            EXIT_BAD_DATA,
-            f"{path}: the time column '{started_col}' is missing; retraining needs it to pick a window",
-        )
-    started = pd.to_datetime(raw[started_col], utc=True, errors="coerce", format="ISO8601")
-    if started.notna().sum() == 0:
-        raise RetrainError(EXIT_BAD_DATA, f"{path}: no readable timestamps in '{started_col}'")
-    stop = pd.Timestamp(end, tz="UTC") if end else started.max()
-    start = stop - pd.Timedelta(days=float(days))
-    window = raw[(started > start) & (started <= stop)].reset_index(drop=True)
-    if window.empty:
-        raise RetrainError(EXIT_BAD_DATA, f"{path}: no sessions between {start} and {stop}")
-    return window, start, stop
-
-
-def job_key(fingerprint: str, cfg: Mapping) -> str:
-    """Same data and same training config -> same key (volatile keys such as paths excluded)."""
-    relevant = {k: cfg[k] for k in ("data", "features", "model", "split", "runtime") if k in cfg}
-    relevant = json.loads(json.dumps(relevant, default=str))
-    relevant.get("data", {}).pop("path", None)
-    relevant.get("runtime", {}).pop("threads", None)
-    relevant.get("runtime", {}).pop("log_level", None)
-    text = fingerprint + json.dumps(relevant, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def champion_drift(client, name: str, champion: str, window: pd.DataFrame) -> dict:
-    """PSI of the window's features and predicted-intent mix against the champion's training data."""
-    version = client.get_model_version(name, champion)
-    try:
-        reference = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/drift_reference.json")
-    except Exception:
-        return {"available": False, "reason": f"version {champion} has no drift_reference.json"}
-    model, _ = load_scorer(f"models:/{name}/{champion}", threads=1)
-    canon = to_contract(
-        window, model.spec, source="window", with_label=False, all_columns=False
-    ).sessions
-    features = model.featurizer.transform(canon)
-    per_feature = drift.feature_psi(reference["features"], features)
-    proba = model.predict_features(features)
-    predicted = pd.Series([reference["classes"][i] for i in proba.argmax(axis=1)])
-    mix_psi = drift.psi(reference["intent_mix"], drift.intent_mix(predicted, reference["classes"]))
-    top = sorted(per_feature.items(), key=lambda kv: -kv[1])
-    return {
-        "available": True,
-        "intent_mix_psi": mix_psi,
-        "max_feature_psi": top[0][1] if top else 0.0,
-        "max_feature": top[0][0] if top else None,
-        "features": dict(top),
-    }
-
-
 def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
     """The job; raises RetrainError with an exit code for every expected failure.
 
     `summary` is filled in as the job goes, so a job that fails still reports how far it got.
     """
     c = OmegaConf.to_container(cfg, resolve=True)
-    rt = c["retrain"]
     name = c["registry"]["model_name"]
     summary = {} if summary is None else summary
     summary.update(started_at=datetime.now(UTC).isoformat(timespec="seconds"), model_name=name)
-    uri = tracking.resolve_tracking_uri(c["tracking"].get("uri"))
-    summary["tracking_uri"] = tracking.redact(uri)
+    uri = runs.resolve_tracking_uri(c["tracking"]["uri"])
+    summary["tracking_uri"] = runs.redact(uri)
     runner.check_tracking(uri)
-    tracking.setup(c["tracking"])
+    runs.setup(c["tracking"])
     client = MlflowClient()
-
     spec = DatasetSpec.from_config(c["data"])
-    started_col = spec.columns.get("started_at")
-    if not started_col:
-        raise RetrainError(
-            EXIT_BAD_DATA,
-            "the dataset config maps no started_at column; retraining needs one to pick a window",
-        )
-    try:
-        window, start, stop = read_window(
-            c["data"]["path"], started_col, rt["window_days"], rt.get("end")
-        )
-        contract = to_contract(window, spec, source=str(c["data"]["path"]), with_label=True)
-    except (ContractError, FileNotFoundError) as err:
-        raise RetrainError(EXIT_BAD_DATA, str(err)) from None
-    min_rows = int(rt.get("min_rows") or 1)
-    if len(contract.sessions) < min_rows:
-        raise RetrainError(
-            EXIT_BAD_DATA,
-            f"{c['data']['path']}: the window {start} .. {stop} holds {len(contract.sessions)} valid sessions, "
-            f"fewer than retrain.min_rows={min_rows}",
-        )
-    if contract.sessions.empty:
-        raise RetrainError(
-            EXIT_BAD_DATA,
-            f"every session of the window was rejected ({len(contract.rejects)} rows)",
-        )
-    fingerprint = modelling.data_fingerprint(contract.sessions)
-    key = job_key(fingerprint, c)
-    summary.update(
-        window={"start": start.isoformat(), "end": stop.isoformat(), "days": rt["window_days"]},
-        data={"fingerprint": fingerprint, **contract.counts},
-        job_key=key,
-    )
-
+    window, key = read_valid_window(c, spec, summary)
     champion = resolve_version(client, name, CHAMPION)
     summary["champion_before"] = champion
-    if champion is not None:
-        try:
-            summary["drift"] = champion_drift(client, name, champion, window)
-        except Exception as err:
-            raise RetrainError(
-                EXIT_GATE, f"drift against champion version {champion} failed: {err}"
-            ) from err
-        threshold = rt.get("min_psi")
-        if (
-            threshold is not None
-            and summary["drift"]["available"]
-            and max(summary["drift"]["max_feature_psi"], summary["drift"]["intent_mix_psi"])
-            < float(threshold)
-        ):
-            summary.update(
-                decision="kept",
-                reason=f"drift below retrain.min_psi={threshold}: no retraining needed",
-                champion_after=champion,
-            )
-            return summary
-
-    existing = [
-        v
-        for v in client.search_model_versions(f"name = '{name}'")
-        if v.tags.get("retrain.job_key") == key
-    ]
-    if existing:
-        version = str(max(int(v.version) for v in existing))
-        summary["reused_version"] = True
-        log.info("this window and config were trained before: reusing version %s", version)
-    else:
-        try:
-            result = train(c, sessions=window)
-        except ValueError as err:
-            raise RetrainError(EXIT_BAD_DATA, str(err)) from None
-        run = log_and_register(
-            c,
-            result,
-            list(rt.get("overrides") or []),
-            c.get("output_dir"),
-            tags={"retrain.job_key": key, "retrain.window_end": stop.isoformat()},
-        )
-        version = str(run["registered_version"])
-        summary["run_id"] = run["run_id"]
-        summary["metrics"] = {
-            k: v for k, v in result.metrics.items() if k.startswith("test/") and "/" not in k[5:]
-        }
-    summary["challenger"] = version
-
-    try:
-        rows, labels, holdout_fp = window_holdout(window, spec, c)
-        decision = gate(
-            client,
-            name,
-            version,
-            rows,
-            labels,
-            holdout_fp,
-            policy_from(c["gate"]),
-            int(c["runtime"]["threads"]),
-        )
-    except Exception as err:
-        raise RetrainError(
-            EXIT_GATE, f"gate evaluation failed: {type(err).__name__}: {err}"
-        ) from err
-    summary.update(
-        decision="promoted" if decision.promote else "kept",
-        reason=decision.reason,
-        scores={
-            "metric": c["gate"]["metric"],
-            "challenger": decision.challenger_score
-            if math.isfinite(decision.challenger_score)
-            else None,
-            "champion": decision.champion_score,
-        },
-        holdout={
-            "fingerprint": holdout_fp,
-            "rows_offered": len(rows),
-            "rows_judged": decision.rows,
-            "fairness": decision.fairness,
-        },
-        champion_after=resolve_version(client, name, CHAMPION),
-    )
+    if champion is not None and drift_is_small(c, client, champion, window, summary):
+        return summary
+    summary["challenger"] = challenger_version(c, client, window, key, summary)
+    judge_challenger(c, client, window, spec, summary)
     if summary.get("run_id"):
         with mlflow.start_run(run_id=summary["run_id"]):
             if summary.get("drift", {}).get("available"):
@@ -289,6 +91,126 @@ def retrain(cfg: DictConfig, summary: dict | None = None) -> dict:
                 )
             mlflow.log_dict(summary, "retrain_summary.json")
     return summary
+
+
+def read_valid_window(c: Mapping, spec: DatasetSpec, summary: dict):
+    """The window's raw sessions and the job key (its data fingerprint and the config);
+    refuses a dataset without a start column, an unreadable input and too few valid sessions."""
+    rt, path = c["retrain"], c["data"]["path"]
+    started_col = spec.columns.get("started_at")
+    if not started_col:
+        raise RetrainError(
+            EXIT_BAD_DATA,
+            "the dataset config maps no started_at column; retraining needs one to pick a window",
+        )
+    try:
+        window, start, stop = read_window(path, started_col, rt["window_days"], rt["end"])
+        contract = to_contract(window, spec, source=str(path), with_label=True)
+    except (ContractError, EmptyInput, FileNotFoundError) as err:
+        raise RetrainError(EXIT_BAD_DATA, str(err)) from None
+    min_rows = max(1, int(rt["min_rows"]))
+    if len(contract.sessions) < min_rows:
+        raise RetrainError(
+            EXIT_BAD_DATA,
+            f"{path}: the window {start} .. {stop} holds {len(contract.sessions)} valid "
+            f"sessions, fewer than retrain.min_rows={rt['min_rows']}"
+            + (f" ({len(contract.rejects)} rows rejected)" if len(contract.rejects) else ""),
+        )
+    fingerprint = keys.data_fingerprint(contract.sessions)
+    key = keys.job_key(fingerprint, c)
+    summary.update(
+        window={"start": start.isoformat(), "end": stop.isoformat(), "days": rt["window_days"]},
+        data={"fingerprint": fingerprint, **contract.counts},
+        job_key=key,
+    )
+    return window, key
+
+
+def drift_is_small(c: Mapping, client, champion: str, window: pd.DataFrame, summary: dict) -> bool:
+    """Measure the window's drift against the champion's training data; True (and the summary's
+    decision) when `retrain.min_psi` is set and the drift stays below it."""
+    try:
+        summary["drift"] = champion_drift(client, c["registry"]["model_name"], champion, window)
+    except Exception as err:
+        raise RetrainError(
+            EXIT_GATE, f"drift against champion version {champion} failed: {err}"
+        ) from err
+    threshold, found = c["retrain"]["min_psi"], summary["drift"]
+    if threshold is None or not found["available"]:
+        return False
+    if max(found["max_feature_psi"], found["intent_mix_psi"]) >= float(threshold):
+        return False
+    summary.update(
+        decision="kept",
+        reason=f"drift below retrain.min_psi={threshold}: no retraining needed",
+        champion_after=champion,
+    )
+    return True
+
+
+def challenger_version(c: Mapping, client, window: pd.DataFrame, key: str, summary: dict) -> str:
+    """The version trained on this window and config: the one registered by an earlier run of
+    the same job, or a new one trained, logged and registered now."""
+    name = c["registry"]["model_name"]
+    existing = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.tags.get("retrain.job_key") == key
+    ]
+    if existing:
+        summary["reused_version"] = True
+        version = str(max(int(v.version) for v in existing))
+        log.info("this window and config were trained before: reusing version %s", version)
+        return version
+    try:
+        result = engine_for(c["engine"]).train(c, window)
+    except ValueError as err:
+        raise RetrainError(EXIT_BAD_DATA, str(err)) from None
+    run = log_and_register(
+        c,
+        result,
+        list(c["retrain"]["overrides"]),
+        c["output_dir"],
+        tags={"retrain.job_key": key, "retrain.window_end": summary["window"]["end"]},
+    )
+    summary["run_id"] = run["run_id"]
+    summary["metrics"] = {
+        k: v for k, v in result.metrics.items() if k.startswith("test/") and "/" not in k[5:]
+    }
+    return str(run["registered_version"])
+
+
+def judge_challenger(
+    c: Mapping, client, window: pd.DataFrame, spec: DatasetSpec, summary: dict
+) -> None:
+    """The gate on the window's most recent journeys; its decision into the summary."""
+    name, version = c["registry"]["model_name"], summary["challenger"]
+    try:
+        rows, labels, holdout_fp = window_holdout(window, spec, c)
+        policy = policy_from(c["gate"])
+        threads = int(c["runtime"]["threads"])
+        decision = gate(client, name, version, rows, labels, holdout_fp, policy, threads)
+    except Exception as err:
+        raise RetrainError(
+            EXIT_GATE, f"gate evaluation failed: {type(err).__name__}: {err}"
+        ) from err
+    challenger = decision.challenger_score
+    summary.update(
+        decision="promoted" if decision.promote else "kept",
+        reason=decision.reason,
+        scores={
+            "metric": c["gate"]["metric"],
+            "challenger": challenger if math.isfinite(challenger) else None,
+            "champion": decision.champion_score,
+        },
+        holdout={
+            "fingerprint": holdout_fp,
+            "rows_offered": len(rows),
+            "rows_judged": decision.rows,
+            "fairness": decision.fairness,
+        },
+        champion_after=resolve_version(client, name, CHAMPION),
+    )
 
 
 def window_holdout(window: pd.DataFrame, spec, c: Mapping):
@@ -312,7 +234,7 @@ def run_retrain(cfg: DictConfig) -> int:
         summary_path = claim_output(rt.summary_path, "retrain", inputs=(cfg.data.path,))
         runner.start(cfg, tracking=False)  # retrain checks the server itself, into the summary
         claim_output(rt.lock_path, "retrain", inputs=(cfg.data.path, rt.summary_path))
-        with job_lock(rt.lock_path):
+        with exclusive_lock(rt.lock_path, "retrain job"):
             retrain(cfg, summary)
             code = EXIT_OK
     except Exception as err:

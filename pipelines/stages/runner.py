@@ -25,10 +25,22 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
+import requests
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from pipelines.config import hydra_main
+from pipelines.core.contract import ContractError
 from pipelines.core.secrets import CREDENTIALS_HINT, has_secret, redact
+from pipelines.io.outputs import LockHeld, OutputRefused
+from pipelines.io.readers import EmptyInput, PartMismatch
+from pipelines.tracking.runs import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +113,6 @@ def check_config(cfg: DictConfig) -> None:
 def scrub_hydra_output() -> None:
     """Redact URI passwords from the run's `.hydra/*.yaml` (Hydra writes them before any check)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         hc = HydraConfig.get()
     except ValueError:
         return
@@ -124,7 +134,6 @@ def http_settings(tracking: Mapping) -> None:
 
 def check_tracking(uri: str) -> None:
     """Fail fast, with the URI (password hidden), when the tracking server does not answer."""
-    from mlflow.tracking import MlflowClient
 
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     saved = {k: os.environ.get(k) for k in quick}
@@ -167,7 +176,6 @@ _OUTAGE_TEXT = re.compile(
 
 def is_tracking_outage(err: BaseException) -> bool:
     """True when `err` (or what caused it) is the tracking server or artifact store not answering."""
-    import requests
 
     for e in _chain(err):
         if isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
@@ -181,19 +189,13 @@ def is_tracking_outage(err: BaseException) -> bool:
 
 def exit_code_for(err: BaseException) -> tuple[int, str]:
     """The exit code and one-line message for an exception raised by a command."""
-    import pandas as pd
-    import pyarrow as pa
-    from mlflow.exceptions import MlflowException
-    from omegaconf.errors import MissingMandatoryValue
-
-    from pipelines.core.contract import ContractError
-    from pipelines.io.outputs import OutputRefused
-    from pipelines.io.readers import EmptyInput, PartMismatch
 
     if isinstance(err, UserError):
         return err.code, redact(str(err))
     if isinstance(err, OutputRefused):
         return EXIT_USAGE, _first_line(err)
+    if isinstance(err, LockHeld):
+        return EXIT_LOCKED, _first_line(err)
     if is_tracking_outage(err):
         return EXIT_TRACKING, f"the tracking server stopped answering: {_first_line(err)}"
     if isinstance(err, MissingMandatoryValue):
@@ -243,9 +245,7 @@ def start(cfg: DictConfig, tracking: bool) -> None:
     if "tracking" in cfg:
         http_settings(cfg.tracking)  # also for commands that check the server themselves
     if tracking and "tracking" in cfg:
-        from pipelines.tracking.runs import resolve_tracking_uri
-
-        check_tracking(resolve_tracking_uri(cfg.tracking.get("uri")))
+        check_tracking(resolve_tracking_uri(cfg.tracking.uri))
 
 
 # set once a command's own code runs: an exit before it is Hydra refusing the config
@@ -255,9 +255,6 @@ STARTED = {"value": False}
 def in_sweep() -> bool:
     """True inside a job of a Hydra sweep (`-m`)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:
         return False

@@ -1,15 +1,26 @@
-"""The registered MLflow model: a pyfunc wrapper around `IntentModel` that takes raw sessions."""
+"""The model format: the registered MLflow model is a pyfunc around `IntentModel` that takes raw
+sessions, logged as data plus code (the booster as LightGBM text, the fitted state as JSON, read
+by `model_code.py`: MLflow's models-from-code), so loading it runs no pickle."""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from pipelines.core.contract import ROLES, ContractError
-from pipelines.core.scorer import IntentModel
+from pipelines.core.scorer import IntentModel, load_model, save_model
+from pipelines.tracking.runs import PACKAGE_DIR
 
 # outcomes are not read when scoring
 _NOT_INPUTS = {"touchpoint", "touchpoint_propensity", "converted"}
@@ -129,8 +140,6 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
 def _registered_version(name: str, run_id: str) -> str | None:
     """The registry version of `name` logged by `run_id`, or None when it cannot be found."""
     try:
-        from mlflow.tracking import MlflowClient
-
         found = MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except Exception:  # a consumer without a reachable registry still gets predictions
         return None
@@ -146,7 +155,53 @@ class IntentFromFiles(IntentPyfunc):
         super().__init__(model=None)
 
     def load_context(self, context) -> None:
-        from pipelines.core.scorer import load_model
 
         self.model = load_model(context.artifacts["model"])
         super().load_context(context)
+
+
+def log_intent_model(
+    model: IntentModel,
+    input_example: pd.DataFrame,
+    registered_name: str | None,
+    model_name: str | None = None,
+):
+    """Log the scorer as a pyfunc model that takes raw sessions; register it when a name is given.
+
+    `model_name` (default: `registered_name`) is the registered name the model reports once it
+    is registered later (a sweep registers its best job when the sweep ends).
+    """
+    run = mlflow.active_run()
+    model_name = model_name or registered_name
+    wrapper = IntentPyfunc(model, model_name=model_name)
+    example = signature_inputs(input_example.reset_index(drop=True), model)
+    output = wrapper.predict(None, example)
+    signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            **model_files(model, tmp),
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_name,
+            pip_requirements=requirements(),
+            model_config={"model_name": model_name, "run_id": run.info.run_id if run else None},
+        )
+    return info
+
+
+def model_files(model: IntentModel, tmp: str | os.PathLike) -> dict:
+    """The arguments that log or save `model` as data plus code: its files (`save_model`) as the
+    `model` artifact, loaded by `pipelines/tracking/model_code.py` (MLflow's models-from-code), with the
+    package beside it. Loading such a model runs no pickle."""
+    return {
+        "python_model": str(Path(__file__).with_name("model_code.py")),
+        "artifacts": {"model": str(save_model(model, Path(tmp) / "model"))},
+        "code_paths": [str(PACKAGE_DIR)],
+    }
+
+
+def requirements() -> list[str]:
+
+    pkgs = ["mlflow", "lightgbm", "scikit-learn", "pandas", "pandera", "pyarrow", "numpy", "scipy"]
+    return [f"{p}=={version(p)}" for p in pkgs]

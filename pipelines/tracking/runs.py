@@ -1,4 +1,4 @@
-"""MLflow at the edge: the tracking URI, run metadata, the logged scorer and the registry."""
+"""MLflow runs: the tracking URI, the experiment, what every run records (config, commit, figures)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
-import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.models.signature import ModelSignature
+import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.core.scorer import IntentModel
+from pipelines.config.schema import TrackingSchema
 from pipelines.core.secrets import redact
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipelines` package
 MAX_PARAM_LEN = 6000
 
 
@@ -36,15 +34,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def setup(tracking: Mapping) -> str:
     """Point MLflow at the configured store and return the experiment id (created when new)."""
-    uri = resolve_tracking_uri(tracking.get("uri"))
+    settings = TrackingSchema(**tracking)  # what a caller leaves out, the schema's defaults
+    uri = resolve_tracking_uri(settings.uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    name = tracking.get("experiment") or "micromoment"
+    name = settings.experiment
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = tracking.get("artifact_location")
+    location = settings.artifact_location
     if not location and uri.startswith("sqlite:///"):
         # keep artifacts beside the local store instead of MLflow's default ./mlruns
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
@@ -93,7 +92,6 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
 
 def log_run_config(cfg: Mapping, overrides: list[str]) -> None:
     """The resolved config as an artifact and flattened params, and the overrides as a tag."""
-    import yaml
 
     safe = json.loads(redact(json.dumps(cfg, default=str)))
     mlflow.log_text(yaml.safe_dump(safe, sort_keys=False), "config/resolved.yaml")
@@ -106,62 +104,6 @@ def log_run_config(cfg: Mapping, overrides: list[str]) -> None:
 
 def log_figure(fig, path: str) -> None:
     mlflow.log_figure(fig, path)
-
-
-def log_intent_model(
-    model: IntentModel,
-    input_example: pd.DataFrame,
-    registered_name: str | None,
-    model_name: str | None = None,
-):
-    """Log the scorer as a pyfunc model that takes raw sessions; register it when a name is given.
-
-    `model_name` (default: `registered_name`) is the registered name the model reports once it
-    is registered later (a sweep registers its best job when the sweep ends).
-    """
-    from pipelines.tracking.model_format import IntentPyfunc, input_schema, signature_inputs
-
-    run = mlflow.active_run()
-    model_name = model_name or registered_name
-    wrapper = IntentPyfunc(model, model_name=model_name)
-    example = signature_inputs(input_example.reset_index(drop=True), model)
-    output = wrapper.predict(None, example)
-    signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
-    with tempfile.TemporaryDirectory() as tmp:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            **model_files(model, tmp),
-            signature=signature,
-            input_example=example,
-            registered_model_name=registered_name,
-            pip_requirements=requirements(),
-            model_config={"model_name": model_name, "run_id": run.info.run_id if run else None},
-        )
-    return info
-
-
-def model_files(model: IntentModel, tmp: str | os.PathLike) -> dict:
-    """The arguments that log or save `model` as data plus code: its files (`save_model`) as the
-    `model` artifact, loaded by `pipelines/tracking/model_code.py` (MLflow's models-from-code), with the
-    package beside it. Loading such a model runs no pickle."""
-    from pipelines.core.scorer import save_model
-
-    return {
-        "python_model": str(PACKAGE_DIR / "model_code.py"),
-        "artifacts": {"model": str(save_model(model, Path(tmp) / "model"))},
-        "code_paths": [str(PACKAGE_DIR)],
-    }
-
-
-def requirements() -> list[str]:
-    from importlib.metadata import version
-
-    pkgs = ["mlflow", "lightgbm", "scikit-learn", "pandas", "pandera", "pyarrow", "numpy", "scipy"]
-    return [f"{p}=={version(p)}" for p in pkgs]
-
-
-def set_alias(name: str, version: str | int, alias: str) -> None:
-    MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
 def write_json_artifact(data: Mapping, path: str) -> None:

@@ -16,10 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
+
+from pipelines.config.schema import RegistrySchema
+from pipelines.core.gate import TrainingSpan
+from pipelines.tracking import runs
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = (
@@ -59,20 +65,17 @@ class MlflowSweepCallback(Callback):
         self.registered: tuple[str, str, str | None] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import mlflow
-
-        from pipelines.tracking.runs import runs as tracking
 
         tracking_cfg = OmegaConf.to_container(config.tracking, resolve=True)
-        experiment_id = tracking.setup(tracking_cfg)
+        experiment_id = runs.setup(tracking_cfg)
         overrides = list(config.hydra.overrides.task)
         name = f"sweep-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
         self.parent = mlflow.start_run(experiment_id=experiment_id, run_name=name)
         mlflow.set_tags(
             {
                 "sweep": "parent",
-                "overrides": tracking.redact(" ".join(overrides))[:5000],
-                "git_commit": tracking.git_commit(),
+                "overrides": runs.redact(" ".join(overrides))[:5000],
+                "git_commit": runs.git_commit(),
             }
         )
         self.jobs = []
@@ -81,7 +84,6 @@ class MlflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.parent is None:
             return
-        import mlflow
 
         seen = {job["run_id"] for job in self.jobs}
         children = mlflow.search_runs(
@@ -109,7 +111,6 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent is None:
             return
-        import mlflow
 
         table = summary_table(self.jobs, self.metric, self.lower_is_better)
         done = table[table["status"] == "COMPLETED"] if not table.empty else table
@@ -158,19 +159,17 @@ def register_best(config: DictConfig, run_id: str) -> tuple[str, str, str | None
     Jobs of a sweep log their models without registering them, so a sweep adds one version to
     the registry, never one per job, and the alias lands on the best job by the sweep metric.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from pipelines.core.gate import TrainingSpan
-
-    reg = OmegaConf.to_container(config.registry, resolve=True) if "registry" in config else {}
-    if not reg.get("register", True):
+    reg = RegistrySchema(
+        **(OmegaConf.to_container(config.registry, resolve=True) if "registry" in config else {})
+    )
+    if not reg.register:
         return None
     client = MlflowClient()
     run = client.get_run(run_id)
     if run.data.tags.get("sweep.registrable") != "true":
         return None
-    name = reg["model_name"]
+    name = reg.model_name
     version = str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
     for key in (TrainingSpan.TAG, "data_fingerprint"):
         if key in run.data.tags:
@@ -178,7 +177,7 @@ def register_best(config: DictConfig, run_id: str) -> tuple[str, str, str | None
     client.set_model_version_tag(
         name, version, "sweep.parent_run_id", run.data.tags.get("mlflow.parentRunId", "")
     )
-    alias = reg.get("alias")
+    alias = reg.alias
     if alias:
         client.set_registered_model_alias(name, alias, version)
     log.info("sweep: registered the best job (run %s) as %s version %s", run_id, name, version)

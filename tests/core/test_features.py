@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.contract import DatasetSpec, to_contract
-from pipelines.features import SessionFeaturizer, haversine_km
+from pipelines.core.contract import DatasetSpec, to_contract
+from pipelines.core.features import SessionFeaturizer
+from pipelines.core.geo import haversine_km
 from tests.conftest import compose_config
 
 STORES = [[51.5154, -0.1419], [40.7580, -73.9855]]
@@ -175,7 +176,7 @@ def test_missing_session_id_is_a_key_error():
 def test_feature_matrix_holds_the_numbers_of_the_feature_frame(spec, small_sessions):
     """What the scorer predicts from (categories as codes, NaN when unseen) is the frame the
     booster was trained on, value for value."""
-    from pipelines.modelling import feature_matrix
+    from pipelines.core.modelling import feature_matrix
 
     fz = featurizer(spec).fit(canonical(small_sessions, spec))
     new = small_sessions.head(120).copy()
@@ -211,3 +212,36 @@ def test_a_fitted_featurizer_pickles_without_its_lookup_cache(spec):
     assert "_level_lookup" not in state
     again = pickle.loads(pickle.dumps(fz))
     np.testing.assert_array_equal(again.transform_matrix(canonical(raw, spec)), before)
+
+
+def test_local_time_and_store_distance_match_pandas_and_a_store_index_on_random_sessions():
+    """The featurizer's clock and store distance are the ones the model was trained on: pandas'
+    local time (UTC plus the offset in minutes) and a haversine BallTree of the stores."""
+    from sklearn.neighbors import BallTree
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    sessions = pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(n)],
+            "started_at": pd.to_datetime(rng.integers(0, 2_000_000_000, n), unit="s", utc=True),
+            "utc_offset_min": rng.integers(-840, 841, n).astype(float),
+            "latitude": rng.uniform(-60, 60, n),
+            "longitude": rng.uniform(-180, 180, n),
+        }
+    )
+    sessions.loc[::9, "utc_offset_min"] = np.nan
+    sessions.loc[::13, "latitude"] = np.nan
+    f = SessionFeaturizer(stores=STORES, history=False).fit(sessions).transform(sessions)
+
+    local = sessions["started_at"].dt.tz_localize(None) + pd.to_timedelta(
+        sessions["utc_offset_min"].fillna(0), unit="m"
+    )
+    np.testing.assert_array_equal(f["local_hour"], local.dt.hour.astype(float))
+    np.testing.assert_array_equal(f["weekday"], local.dt.day_of_week.astype(float))
+    located = sessions["latitude"].notna().to_numpy()
+    tree = BallTree(np.radians(STORES), metric="haversine")
+    points = sessions.loc[located, ["latitude", "longitude"]].to_numpy()
+    distance, _ = tree.query(np.radians(points), k=1)
+    np.testing.assert_array_equal(f.loc[located, "store_distance_km"], distance[:, 0] * 6371.0088)
+    assert f.loc[~located, "store_distance_km"].isna().all()

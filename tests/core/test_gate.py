@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.gate import GatePolicy, decide
+from pipelines.core.gate import GatePolicy, decide
 
 CLASSES = ["know", "go", "do", "buy"]
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -104,8 +104,8 @@ def _journeys(n: int, first_day: str = "2026-09-01", sessions_each: int = 3):
 
 
 def test_a_journey_split_version_saw_exactly_its_train_and_val_journeys():
-    from pipelines.gate import TrainingSpan
-    from pipelines.modelling import split_sessions
+    from pipelines.core.gate import TrainingSpan
+    from pipelines.core.modelling import split_sessions
 
     sessions = _journeys(400)
     side = split_sessions(sessions, 0.15, 0.15, by="journey", seed=7).to_numpy()
@@ -121,8 +121,8 @@ def test_a_journey_split_version_saw_exactly_its_train_and_val_journeys():
 
 
 def test_a_time_split_version_saw_the_journeys_before_its_test_window():
-    from pipelines.gate import TrainingSpan
-    from pipelines.modelling import split_sessions
+    from pipelines.core.gate import TrainingSpan
+    from pipelines.core.modelling import split_sessions
 
     sessions = _journeys(200)
     # timestamps as parquet files often hold them: second resolution
@@ -135,7 +135,7 @@ def test_a_time_split_version_saw_the_journeys_before_its_test_window():
 def test_journeys_outside_a_versions_data_are_unseen_and_journeys_crossing_into_it_are_seen():
     import pandas as pd
 
-    from pipelines.gate import TrainingSpan
+    from pipelines.core.gate import TrainingSpan
 
     old = _journeys(100, "2026-01-01")
     span = TrainingSpan.of(
@@ -147,14 +147,14 @@ def test_journeys_outside_a_versions_data_are_unseen_and_journeys_crossing_into_
     # a journey the version trained on that goes on after its data ends is still seen
     crossing = pd.concat([old[old.journey_id == "j0"], later.head(3).assign(journey_id="j0")])
     seen = span.seen(crossing.reset_index(drop=True))
-    from pipelines.modelling import unit_hash
+    from pipelines.core.keys import unit_hash
 
     j0_held_out = unit_hash(pd.Series(["j0"]), "#7")[0] < 0.15
     assert (seen == (not j0_held_out)).all()
 
 
 def test_the_span_round_trips_through_its_registry_tag():
-    from pipelines.gate import TrainingSpan
+    from pipelines.core.gate import TrainingSpan
 
     sessions = _journeys(10)
     span = TrainingSpan.of(

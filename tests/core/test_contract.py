@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.contract import (
+from pipelines.core.contract import (
     ARRAY_CHECK_MAX_ROWS,
     REJECT_REASON,
     SOURCE_ROW,

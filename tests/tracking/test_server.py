@@ -14,10 +14,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import retrain as retrain_module
-from pipelines.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
+from pipelines.engines.local import LocalEngine
+from pipelines.stages.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
 from tests.servers import PASSWORD, SERVERS, USER, free_port, mlflow_server
-from tests.test_retrain import NAME, retrain_config, stream  # noqa: F401  (the module-scoped data)
+from tests.stages.test_retrain import NAME, retrain_config, stream  # noqa: F401  (the module-scoped data)
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
         assert run_retrain(first) == EXIT_OK
     assert json.loads((work / "summary.json").read_text())["exit_code"] == EXIT_OK
 
-    original_train = retrain_module.train
+    original_train = LocalEngine.train
     with mlflow_server(tmp_path, port) as url:
         died = {}
 
@@ -157,7 +157,7 @@ def test_a_server_that_dies_mid_job_exits_4_in_seconds_and_the_summary_says_so(
             died["at"] = time.monotonic()
             return result
 
-        monkeypatch.setattr(retrain_module, "train", train_then_lose_the_server)
+        monkeypatch.setattr(LocalEngine, "train", train_then_lose_the_server)
         cfg = retrain_config(stream, url, stream / "sessions", work, "retrain.end=2026-10-31")
         code = run_retrain(cfg)
         elapsed = time.monotonic() - died["at"]

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.score import load_scorer, score_file
+from pipelines.engines.local import score_file
+from pipelines.tracking.registry import load_scorer
 
 NAME = "micro_moment_intent"
 
@@ -113,8 +114,9 @@ def test_a_rerun_replaces_the_output(champion, small_sessions, tmp_path):
 KILL_SCRIPT = """
 import sys, time
 import mlflow
-from pipelines.score import load_scorer, score_file
-from pipelines.scorer import IntentModel
+from pipelines.tracking.registry import load_scorer
+from pipelines.engines.local import score_file
+from pipelines.core.scorer import IntentModel
 
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 model, info = load_scorer("models:/micro_moment_intent@champion", 1)
@@ -176,7 +178,7 @@ def test_chunk_rows_must_be_positive(champion, tmp_path):
 def test_a_table_without_session_ids_is_scored_in_buckets_with_ids_from_its_row_numbers(tmp_path):
     """Rows of an export with no id column are named by their row in the whole input, however the
     scorer buckets them: ids stay unique and mean the same as a single call's."""
-    from pipelines.train import train
+    from pipelines.stages.train import train
     from tests.conftest import compose_config
     from tests.fixtures import web_analytics_export
 
@@ -217,7 +219,7 @@ def test_a_mapped_column_missing_from_the_input_is_named_and_counted(
         columns={"device": "Device", "started_at": "StartedAt"}
     )
     raw.to_parquet(tmp_path / "in.parquet")
-    with caplog.at_level("WARNING", logger="pipelines.score"):
+    with caplog.at_level("WARNING", logger="pipelines.stages.score"):
         summary = score_file(model, tmp_path / "in.parquet", tmp_path / "out")
     assert summary["missing_columns"] == ["started_at", "device"]
     assert summary["missing_columns_count"] == 2
@@ -229,7 +231,7 @@ def test_a_mapped_column_missing_from_the_input_is_named_and_counted(
 
 
 def test_an_input_with_no_mapped_column_is_refused(champion, small_sessions, tmp_path):
-    from pipelines.contract import ContractError
+    from pipelines.core.contract import ContractError
 
     model, _ = champion
     raw = small_sessions[["session_id"]].assign(Whatever=1)
@@ -240,7 +242,7 @@ def test_an_input_with_no_mapped_column_is_refused(champion, small_sessions, tmp
 
 
 def test_an_input_without_rows_is_refused(champion, tmp_path):
-    from pipelines.contract import ContractError
+    from pipelines.core.contract import ContractError
 
     model, _ = champion
     (tmp_path / "header_only.csv").write_text("session_id,journey_id,device,dwell_time_s\n")
@@ -252,7 +254,7 @@ def test_an_input_without_rows_is_refused(champion, tmp_path):
 def test_the_summary_fingerprints_the_input_whatever_the_batch_size(
     champion, small_sessions, tmp_path
 ):
-    from pipelines.score import input_fingerprint
+    from pipelines.io.readers import input_fingerprint
 
     model, _ = champion
     raw = small_sessions.drop(columns=["intent"])

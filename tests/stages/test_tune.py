@@ -12,14 +12,14 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.tune import (
+from pipelines.core.search import (
     NoRepeatSampler,
     SearchSpaceExhausted,
     distributions,
-    open_study,
     pruning_callback,
     suggest,
 )
+from pipelines.stages.tune import open_study
 from tests.conftest import compose_config
 
 SMALL_SPACE = [
@@ -110,7 +110,7 @@ def test_no_repeat_sampler_tries_each_set_once_then_stops(caplog):
         seed=0,
     )
     study = optuna.create_study(sampler=sampler)
-    with caplog.at_level("WARNING", logger="pipelines.tune"):
+    with caplog.at_level("WARNING", logger="pipelines.stages.tune"):
         study.optimize(lambda t: float(suggest(t, SMALL_SPACE)["model.params.num_leaves"]), 6)
     sets = _param_sets(study)
     assert len(set(sets)) == 6  # 2 x 3: every set, each once
@@ -218,7 +218,7 @@ def test_killed_search_resumes_to_the_requested_trial_count_repeating_no_trial(t
     ],
 )
 def test_a_malformed_search_entry_is_named(entry, message):
-    from pipelines.tune import distributions
+    from pipelines.core.search import distributions
 
     with pytest.raises(ValueError, match=message):
         distributions([entry])

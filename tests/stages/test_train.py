@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import modelling
-from pipelines.train import train
+from pipelines.core import keys, modelling
+from pipelines.stages.train import train
 from tests.conftest import compose_config
 from tests.fixtures import web_analytics_export
 
@@ -66,7 +66,7 @@ def test_invalid_rows_are_returned_with_reason_not_dropped(train_config, small_s
 
 
 def test_time_split_tests_on_the_latest_journeys(small_sessions):
-    from pipelines.contract import DatasetSpec, to_contract
+    from pipelines.core.contract import DatasetSpec, to_contract
 
     spec = DatasetSpec.from_config(compose_config("train", ["output_dir=/tmp"])["data"])
     canon = to_contract(small_sessions, spec).sessions
@@ -147,5 +147,5 @@ def test_empty_split_is_a_clear_error(train_config, small_sessions):
 
 def test_data_fingerprint_changes_with_content_only():
     a = pd.DataFrame({"x": [1, 2, 3]})
-    assert modelling.data_fingerprint(a) == modelling.data_fingerprint(a.copy())
-    assert modelling.data_fingerprint(a) != modelling.data_fingerprint(a.assign(x=[1, 2, 4]))
+    assert keys.data_fingerprint(a) == keys.data_fingerprint(a.copy())
+    assert keys.data_fingerprint(a) != keys.data_fingerprint(a.assign(x=[1, 2, 4]))

@@ -17,13 +17,17 @@ import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 from omegaconf import OmegaConf
 
-from pipelines import modelling
 from pipelines.config import CONF_DIR
-from pipelines.contract import LABEL, DatasetSpec, to_contract
-from pipelines.dask_engine import ClusterError, cluster, csv_dtypes, generate_dask, score_dask
-from pipelines.generate import generate, run_generate
-from pipelines.score import load_scorer, score_file
-from pipelines.train import run_train, train
+from pipelines.core import modelling
+from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.engines.dask import generate_dask, score_dask
+from pipelines.engines.dask_cluster import ClusterError, cluster
+from pipelines.engines.dask_train import train_dask
+from pipelines.engines.local import generate, score_file
+from pipelines.io.readers import csv_dtypes
+from pipelines.stages.generate import run_generate
+from pipelines.stages.train import run_train, train
+from pipelines.tracking.registry import load_scorer
 from tests.conftest import compose_config
 from tests.fixtures import web_analytics_export
 
@@ -291,7 +295,7 @@ def test_dask_trained_booster_reads_categories_as_the_scorer_encodes_them(
             "baselines=false",
         ],
     )
-    result = train(cfg, client=client)
+    result = train_dask(cfg, client=client)
     assert result.model.booster.current_iteration() == 40
     assert "train/sample_best_iteration" not in result.metrics
     assert result.model.featurizer.categorical_features_  # there are categories to get right
@@ -324,7 +328,7 @@ def test_dask_training_quarantines_the_rows_local_training_rejects(client, gener
     ]
     overrides = [*_train_overrides(generated["local"], tmp_path), "baselines=false"]
     local = train(compose_config("train", overrides), sessions=sessions)
-    dask = train(
+    dask = train_dask(
         compose_config("train", [*overrides, "engine=dask"]), sessions=sessions, client=client
     )
     assert len(local.rejects) == 11
@@ -362,14 +366,17 @@ def test_dask_training_refuses_lightgbm_callbacks(train_config):
 
 def test_the_round_count_rule(small_sessions):
     """A fixed engine.num_boost_round wins; otherwise the sample's best iteration x the factor."""
-    from pipelines.dask_train import num_boost_round
-    from pipelines.train import make_featurizer
+    from pipelines.core.training import make_featurizer
+    from pipelines.engines.dask_train import num_boost_round
+    from pipelines.io.readers import load_stores
 
     cfg = compose_config("train", ["data.path=unused", "data.stores_path=null", "output_dir=/tmp"])
     spec = DatasetSpec.from_config(cfg["data"])
     canon = to_contract(small_sessions, spec).sessions
     side = modelling.split_sessions(canon, 0.3, 0.1, seed=0).to_numpy()
-    featurizer = make_featurizer(spec, cfg).fit(canon[side == "train"])
+    featurizer = make_featurizer(
+        spec, cfg["features"], load_stores(cfg["data"]["stores_path"])
+    ).fit(canon[side == "train"])
     X = {s: featurizer.transform(canon[side == s]) for s in ("train", "val")}
     y = {s: pd.Categorical(canon[LABEL][side == s], spec.classes).codes for s in ("train", "val")}
     params = modelling.lgb_params({"params": {"learning_rate": 0.3}}, 4, 1, 0)
@@ -399,7 +406,7 @@ def test_dask_reads_a_csv_export_without_ids_as_local_training_does(client, tmp_
         "model.num_boost_round=60",
     ]
     local = train(compose_config("train", overrides))
-    on_dask = train(compose_config("train", [*overrides, "engine=dask"]), client=client)
+    on_dask = train_dask(compose_config("train", [*overrides, "engine=dask"]), client=client)
     assert on_dask.fingerprint == local.fingerprint
     for key in ("data/rows_kept", "data/rows_rejected", "data/train_rows", "data/test_rows"):
         assert on_dask.metrics[key] == local.metrics[key], key

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import json
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.touchpoints import (
+from pipelines.core.touchpoints import (
     INSUFFICIENT,
     Catalogue,
     Touchpoint,
@@ -288,6 +286,14 @@ def test_holdout_is_stable_and_close_to_its_share():
         holdout_flags(ids, 1.5, "salt")
 
 
+def test_holdout_keeps_the_journeys_it_always_kept():
+    """A journey is held out when the hash of "<id>|<salt>", as a fraction of 2**64, is below
+    the share: the rule every earlier feed followed, so a journey never changes side."""
+    ids = pd.Series([f"j{i}" for i in range(5000)] + [17, 18])
+    h = pd.util.hash_pandas_object(ids.astype(str) + "|" + "salt", index=False).to_numpy()
+    np.testing.assert_array_equal(holdout_flags(ids, 0.2, "salt"), h / np.float64(2**64) < 0.2)
+
+
 # ---------------------------------------------------------------------------------------------
 # allocation
 
@@ -392,128 +398,3 @@ def test_a_typo_in_the_catalogue_fails_at_compose_time():
     cfg = compose_config("touchpoints", ["+touchpoints.catalogue.search_ad.cots=1"])
     with pytest.raises(ValueError, match=r"search_ad: unknown settings \['cots'\]"):
         Catalogue.from_config(cfg["touchpoints"])
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
-
-
-def test_touchpoints_command_writes_the_feed_report_and_run(
-    registry_store, synthetic_dir, tmp_path
-):
-    from pipelines.touchpoint_feed import run_touchpoints
-
-    out = tmp_path / "feed"
-    cfg = compose_config(
-        "touchpoints",
-        [
-            f"data.path={synthetic_dir}/sessions",
-            f"data.stores_path={synthetic_dir}/stores.csv",
-            f"tracking.uri={registry_store['uri']}",
-            "runtime.threads=1",
-            f"feed.output={out}",
-            "touchpoints.estimation.min_effective_sessions=10",
-            "touchpoints.catalogue.how_to_video.capacity=50",
-        ],
-    )
-    from omegaconf import OmegaConf
-
-    summary = run_touchpoints(OmegaConf.create(cfg))
-    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
-    feed = pd.read_parquet(out / "feed.parquet")
-    # one row per journey, at its latest session, with the model that scored it
-    assert len(feed) == sessions["journey_id"].nunique() == summary["journeys"]
-    assert feed["journey_id"].is_unique
-    latest = sessions.sort_values("started_at").groupby("journey_id")["session_id"].last()
-    assert (feed.set_index("journey_id")["session_id"] == latest.reindex(feed["journey_id"])).all()
-    champion = mlflow.MlflowClient(registry_store["uri"]).get_model_version_by_alias(
-        "micro_moment_intent", "champion"
-    )
-    assert set(feed["model_version"]) == {str(champion.version)}
-    assert set(feed["model_alias"]) == {"champion"}
-    assert summary["rows_in"] == len(sessions) == summary["rows_in_feed"] + summary["rows_rejected"]
-    # the allocation honours capacity and eligibility, and never contacts the holdout
-    assert (feed["allocated_touchpoint"] == "how_to_video").sum() <= 50
-    allocated = feed[feed["allocated_touchpoint"].notna()]
-    assert all(
-        a in e.split(",")
-        for a, e in zip(
-            allocated["allocated_touchpoint"], allocated["eligible_touchpoints"], strict=True
-        )
-    )
-    assert not allocated["holdout"].any() and not allocated["suppressed"].any()
-    assert 0.03 < feed["holdout"].mean() < 0.2
-    # outputs for marketers, on disk and in MLflow
-    for name in ("report.html", "summary.json", "conversion_estimates.parquet"):
-        assert (out / name).exists()
-    assert "Touchpoint report" in (out / "report.html").read_text()
-    assert json.loads((out / "summary.json").read_text())["journeys"] == len(feed)
-    client = mlflow.MlflowClient(registry_store["uri"])
-    run = client.get_run(summary["mlflow_run_id"])
-    assert run.data.metrics["feed/journeys"] == len(feed)
-    assert run.data.tags["model_version"] == str(champion.version)
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.html", "figures", "tables"} <= artifacts
-
-
-def test_input_without_logged_touchpoints_is_refused(registry_store, synthetic_dir, tmp_path):
-    from omegaconf import OmegaConf
-
-    from pipelines.touchpoint_feed import run_touchpoints
-
-    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
-    path = tmp_path / "no_touchpoints.parquet"
-    sessions.assign(touchpoint=None).to_parquet(path)
-    cfg = compose_config(
-        "touchpoints",
-        [
-            f"feed.input={path}",
-            f"data.stores_path={synthetic_dir}/stores.csv",
-            f"tracking.uri={registry_store['uri']}",
-            "runtime.threads=1",
-            f"feed.output={tmp_path / 'feed'}",
-        ],
-    )
-    with pytest.raises(ValueError, match="no session records a touchpoint shown"):
-        run_touchpoints(OmegaConf.create(cfg))
-    assert not (tmp_path / "feed").exists()
-
-
-def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_path):
-    from omegaconf import OmegaConf
-
-    from pipelines.contract import ContractError
-    from pipelines.score import load_scorer, score_file
-    from pipelines.touchpoint_feed import run_touchpoints
-
-    mlflow.set_tracking_uri(registry_store["uri"])
-    mlflow.set_registry_uri(registry_store["uri"])
-    model, info = load_scorer("models:/micro_moment_intent@champion", threads=1)
-    sessions = pd.read_parquet(f"{synthetic_dir}/sessions")
-    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    sessions.iloc[: len(sessions) // 2].to_parquet(a)
-    # the same shape and row count, other sessions: positions line up, intents do not
-    sessions.iloc[len(sessions) // 2 : 2 * (len(sessions) // 2)].to_parquet(b)
-    score_file(model, b, tmp_path / "scores_b", model_info=info)
-
-    def feed(input_path, scores):
-        cfg = compose_config(
-            "touchpoints",
-            [
-                f"feed.input={input_path}",
-                f"feed.scores={scores}",
-                f"data.stores_path={synthetic_dir}/stores.csv",
-                f"tracking.uri={registry_store['uri']}",
-                "runtime.threads=1",
-                f"feed.output={tmp_path / 'feed'}",
-                "feed.log_to_mlflow=false",
-                "touchpoints.estimation.min_effective_sessions=10",
-            ],
-        )
-        return run_touchpoints(OmegaConf.create(cfg))
-
-    with pytest.raises(ContractError, match="these scores belong to another input"):
-        feed(a, tmp_path / "scores_b")
-    assert not (tmp_path / "feed").exists()
-    summary = feed(b, tmp_path / "scores_b")  # its own input is accepted
-    assert summary["rows_in_feed"] + summary["rows_rejected"] == summary["rows_in"]

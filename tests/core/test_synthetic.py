@@ -17,12 +17,12 @@ import pytest
 from omegaconf import OmegaConf
 
 import pipelines.config
-from pipelines.synthetic import (
+from pipelines.core.geo import planar_km
+from pipelines.core.synthetic import (
     GeneratorParams,
     emission_loglik,
     forward_filter,
     generate_chunks,
-    planar_km,
     simulate,
 )
 

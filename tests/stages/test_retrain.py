@@ -16,15 +16,15 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipelines.config import CONF_DIR
-from pipelines.generate import generate
-from pipelines.retrain import (
+from pipelines.engines.local import generate
+from pipelines.io.outputs import exclusive_lock
+from pipelines.stages.retrain import (
     EXIT_BAD_DATA,
     EXIT_GATE,
     EXIT_LOCKED,
     EXIT_OK,
     EXIT_TRACKING,
     EXIT_USAGE,
-    job_lock,
     run_retrain,
 )
 from tests.conftest import compose_config
@@ -294,12 +294,12 @@ def test_a_summary_path_that_is_the_data_is_refused_and_the_data_kept(stream, tm
 def test_the_gate_judges_only_journeys_the_champion_did_not_train_on(stream, tmp_path):
     """A champion trained with a journey split over all the data saw most journeys of any later
     window: only the window's latest journeys that were in the champion's own test split count."""
-    from pipelines.contract import DatasetSpec, to_contract
-    from pipelines.io import read_sessions
-    from pipelines.modelling import split_sessions
-    from pipelines.promote import holdout
-    from pipelines.retrain import read_window
-    from pipelines.train import log_and_register, train
+    from pipelines.core.contract import DatasetSpec, to_contract
+    from pipelines.core.modelling import split_sessions
+    from pipelines.io.readers import read_sessions, read_window
+    from pipelines.stages.train import train
+    from pipelines.tracking.promotion import holdout
+    from pipelines.tracking.train_run import log_and_register
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     base = [
@@ -345,7 +345,7 @@ def test_the_gate_judges_only_journeys_the_champion_did_not_train_on(stream, tmp
 def test_a_second_job_exits_6_while_the_first_holds_the_lock(stream, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "summary.json").write_text('{"written_by": "retrain", "from": "the running job"}')
-    with job_lock(tmp_path / "retrain.lock"):
+    with exclusive_lock(tmp_path / "retrain.lock"):
         code = run_retrain(retrain_config(stream, uri, stream / "sessions", tmp_path))
     assert code == EXIT_LOCKED
     err = capsys.readouterr().err
@@ -365,8 +365,8 @@ def test_a_lock_left_by_a_killed_job_does_not_block_the_next(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from pipelines.retrain import job_lock\n"
-            f"with job_lock({str(lock)!r}):\n"
+            "from pipelines.io.outputs import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(60)\n",
         ],
@@ -377,7 +377,7 @@ def test_a_lock_left_by_a_killed_job_does_not_block_the_next(tmp_path):
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
     assert "pid" in lock.read_text()  # the dead job's note is still there ...
-    with job_lock(lock):  # ... but the lock went with its process
+    with exclusive_lock(lock):  # ... but the lock went with its process
         assert f"pid {os.getpid()}" in lock.read_text()
 
 
@@ -426,7 +426,7 @@ def test_a_job_killed_before_the_alias_moves_leaves_the_champion_and_a_rerun_com
         import os, signal
         from mlflow.tracking import MlflowClient
         from omegaconf import OmegaConf
-        from pipelines.retrain import run_retrain
+        from pipelines.stages.retrain import run_retrain
         from tests.conftest import compose_config
 
         def killed(*args, **kwargs):
@@ -438,7 +438,7 @@ def test_a_job_killed_before_the_alias_moves_leaves_the_champion_and_a_rerun_com
     )
     proc = subprocess.run(
         [sys.executable, "-c", script],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=600,

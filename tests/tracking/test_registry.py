@@ -10,7 +10,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.promote import export, resolve_version, rollback
+from pipelines.tracking.registry import export_model as export
+from pipelines.tracking.registry import resolve_version, rollback
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def _no_pickle_process(code: str, uri: str, cwd) -> subprocess.CompletedProcess:
 def test_a_registered_version_is_data_plus_code_and_loads_with_pickles_refused(
     registry_store, client, small_sessions, tmp_path
 ):
-    from pipelines.score import load_scorer
+    from pipelines.tracking.registry import load_scorer
 
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/2", dst_path=str(tmp_path))
     files = {p.name for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
@@ -146,8 +147,8 @@ def test_a_registered_version_is_data_plus_code_and_loads_with_pickles_refused(
 
 
 def test_saved_model_files_round_trip_exactly(registry_store, client, small_sessions, tmp_path):
-    from pipelines.score import load_scorer
-    from pipelines.scorer import load_model, save_model
+    from pipelines.core.scorer import load_model, save_model
+    from pipelines.tracking.registry import load_scorer
 
     model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
     again = load_model(save_model(model, tmp_path / "m"), threads=1)
@@ -163,7 +164,7 @@ def test_saved_model_files_round_trip_exactly(registry_store, client, small_sess
 
 
 def model_contract(model, raw):
-    from pipelines.contract import to_contract
+    from pipelines.core.contract import to_contract
 
     return to_contract(raw, model.spec, with_label=False, all_columns=False).sessions
 
@@ -173,9 +174,9 @@ def test_a_version_logged_as_a_pickle_before_still_loads_and_scores(
 ):
     """Versions registered before the model became data plus code were cloudpickled objects:
     they load and score as they always did."""
-    from pipelines.pyfunc import IntentPyfunc, input_schema
-    from pipelines.score import load_scorer
-    from pipelines.tracking import PACKAGE_DIR
+    from pipelines.tracking.model_format import IntentPyfunc, input_schema
+    from pipelines.tracking.registry import load_scorer
+    from pipelines.tracking.runs import PACKAGE_DIR
 
     model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
     with mlflow.start_run() as run:  # as versions were logged before

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import runner
-from pipelines.io import OUTPUT_MARK, OutputRefused, atomic_path, claim_output
-from pipelines.secrets import has_secret, redact
+from pipelines.core.secrets import has_secret, redact
+from pipelines.io.outputs import OUTPUT_MARK, OutputRefused, atomic_path, claim_output
+from pipelines.stages import runner
 from tests.fixtures import run_cli
 
 
@@ -158,7 +158,7 @@ def test_exit_codes_for_common_failures():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-    from pipelines.contract import ContractError
+    from pipelines.core.contract import ContractError
 
     assert runner.exit_code_for(ContractError("x.csv: column 'a' ..."))[0] == runner.EXIT_BAD_DATA
     assert runner.exit_code_for(FileNotFoundError("x.csv: no such file"))[0] == runner.EXIT_BAD_DATA
@@ -240,7 +240,7 @@ def test_scoring_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_p
 
 
 def test_parquet_parts_with_other_columns_or_types_are_named(tmp_path):
-    from pipelines.io import PartMismatch, read_sessions
+    from pipelines.io.readers import PartMismatch, read_sessions
 
     folder = tmp_path / "sessions"
     folder.mkdir()
@@ -264,8 +264,7 @@ def test_parquet_parts_with_other_columns_or_types_are_named(tmp_path):
 
 
 def test_an_empty_csv_names_the_file(tmp_path):
-    from pipelines.io import EmptyInput, read_sessions
-    from pipelines.score import count_rows
+    from pipelines.io.readers import EmptyInput, count_rows, read_sessions
 
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(EmptyInput, match="empty.csv"):
@@ -278,7 +277,7 @@ def test_an_empty_csv_names_the_file(tmp_path):
 def test_promoting_an_alias_that_does_not_exist_is_exit_5(tmp_path):
     from omegaconf import OmegaConf
 
-    from pipelines.promote import run_promote
+    from pipelines.stages.promote import run_promote
     from tests.conftest import compose_config
 
     cfg = compose_config(
@@ -297,7 +296,7 @@ def test_promoting_an_alias_that_does_not_exist_is_exit_5(tmp_path):
 def test_generate_refuses_a_folder_of_other_files_and_replaces_its_own(tmp_path):
     from omegaconf import OmegaConf
 
-    from pipelines.generate import run_generate
+    from pipelines.stages.generate import run_generate
     from tests.conftest import compose_config
 
     def generate_into(folder):

@@ -117,7 +117,7 @@ def test_in_process_predictions_stay_numeric_with_na_for_rejected_rows(
     import mlflow
     import pandas as pd
 
-    from pipelines.contract import ContractError
+    from pipelines.core.contract import ContractError
 
     mlflow.set_tracking_uri(registry_store["uri"])
     mlflow.set_registry_uri(registry_store["uri"])

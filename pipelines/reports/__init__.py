@@ -1,0 +1,1 @@
+"""What people read: plots and the marketer's HTML report. Matplotlib only; no MLflow."""

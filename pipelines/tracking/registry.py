@@ -1,0 +1,118 @@
+"""The registry: model URIs, versions and aliases, loading a scorer, rolling back, exporting."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.core.scorer import IntentModel
+from pipelines.io.outputs import atomic_path, claim_output
+from pipelines.tracking.model_format import model_files, requirements
+
+CHAMPION = "champion"
+
+
+def resolve_version(client: MlflowClient, name: str, ref: str | int) -> str | None:
+    """A version number from an alias or a number; None when the alias is not set."""
+    ref = str(ref)
+    if ref.isdigit():
+        client.get_model_version(name, ref)  # raises when it does not exist
+        return ref
+    try:
+        return str(client.get_model_version_by_alias(name, ref).version)
+    except MlflowException:
+        return None
+
+
+def load_scorer(uri: str, threads: int) -> tuple[IntentModel, dict]:
+    """The `IntentModel` behind a registered model URI (`models:/name@alias`, `models:/name/3`) or a
+    model folder, with its name and version."""
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    wrapper = pyfunc.unwrap_python_model()
+    model: IntentModel = wrapper.model
+    model.threads = threads
+    return model, {
+        "model_name": wrapper.model_name,
+        "model_version": wrapper.model_version,
+        "model_uri": uri,
+    }
+
+
+def needs_tracking(model_uri: str) -> bool:
+    """True for a registry or run URI; False for a model folder, which loads with no server."""
+    return model_uri.startswith(("models:/", "runs:/"))
+
+
+def set_alias(name: str, version: str | int, alias: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def rollback(
+    client: MlflowClient, name: str, to_version: str | int | None = None
+) -> tuple[str | None, str]:
+    """Point `champion` at `to_version`, or at the version the current champion replaced."""
+    current = resolve_version(client, name, CHAMPION)
+    if to_version is None:
+        if current is None:
+            raise ValueError(f"{name} has no champion to roll back from")
+        previous = client.get_model_version(name, current).tags.get("gate.previous_champion")
+        if not previous:
+            raise ValueError(
+                f"{name} version {current} replaced no earlier champion; name one with rollback.to_version=N"
+            )
+        to_version = previous
+    target = resolve_version(client, name, to_version)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, target, "rollback.from_version", current or "")
+    client.set_model_version_tag(
+        name, target, "rollback.at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    return current, target
+
+
+def export_model(model_uri: str, out_dir: str | Path) -> Path:
+    """Write a registered model as a standalone MLflow model folder that loads by path."""
+    source = mlflow.artifacts.download_artifacts(model_uri)
+    pyfunc = mlflow.pyfunc.load_model(source)
+    example = pyfunc.metadata.load_input_example(source)
+    wrapper = pyfunc.unwrap_python_model()
+    if wrapper.model_version is None and model_uri.startswith("models:/"):
+        # loaded from a local copy: ask the registry which version the URI names
+        ref = model_uri.removeprefix("models:/")
+        name_part, _, alias = ref.partition("@")
+        name_part, _, number = name_part.partition("/")
+        client = MlflowClient()
+        wrapper.model_version = number or str(
+            client.get_model_version_by_alias(name_part, alias).version
+        )
+        wrapper.model_name = wrapper.model_name or name_part
+    name, version = wrapper.model_name or "micro_moment_intent", wrapper.model_version
+    target = claim_output(Path(out_dir) / (f"{name}-v{version}" if version else name), "export")
+    with atomic_path(target, owner="export") as tmp, tempfile.TemporaryDirectory() as files:
+        # written as data plus code, whatever format the registered version was logged in
+        mlflow.pyfunc.save_model(
+            path=str(tmp),
+            **model_files(wrapper.model, files),
+            signature=pyfunc.metadata.signature,
+            input_example=example,
+            pip_requirements=requirements(),
+            model_config={"model_name": name, "model_version": version},
+        )
+        (tmp / "export.json").write_text(
+            json.dumps(
+                {
+                    "model_name": name,
+                    "model_version": version,
+                    "source": model_uri,
+                    "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+        )
+    return target
