@@ -173,3 +173,20 @@ def test_functions_fit_on_a_screen():
                 if lines > MAX_LINES and not says_why:
                     long.append(f"{module}.{node.name}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_tests_import_no_private_names():
+    """Tests use a module's public names only: what they pin down is what callers may rely on."""
+    borrowed = []
+    for path in TESTS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines"):
+                borrowed += [
+                    f"{path.relative_to(TESTS)}:{node.lineno} imports {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
+    assert not borrowed, "\n".join(borrowed)

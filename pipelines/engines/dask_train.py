@@ -1,8 +1,8 @@
 """`micromoment train engine=dask`: the training recipe on a Dask cluster, with `lightgbm.dask`.
 
 `train_dask(cfg)` returns the `TrainResult` local training returns: an `IntentModel` of the same
-featurizer and a LightGBM booster, evaluated by the same `pipelines.stages.train.evaluate`, so it is
-logged and registered by the same code and consumers cannot tell where it was trained.
+featurizer and a LightGBM booster, assembled and evaluated by the same `core.training.result_of`,
+so it is logged and registered by the same code and consumers cannot tell where it was trained.
 
 What runs where:
 
@@ -28,7 +28,7 @@ What runs where:
    training fits. Beyond that, only levels too rare to reach the minimum count in the sample are
    lost, and they are scored like any rare level (unknown), as the model could barely learn them.
 6. **Client**: the number of boosting rounds, since `lightgbm.dask` has no early stopping:
-   `engine.num_boost_round` when set, else a local early-stopped run (`train.fit_early_stopped`,
+   `engine.num_boost_round` when set, else a local early-stopped run (`training.fit_early_stopped`,
    capped at `model.num_boost_round`, patience `model.early_stopping_rounds`) on the training
    sample against the validation rows, whose best iteration times `engine.rounds_factor` is the
    round count. When the sample is every training row this is the local model's iteration count.
@@ -457,7 +457,7 @@ def _fingerprint(columns: pd.Index, hashes: list[pd.DataFrame]) -> str:
 
 
 def _as_read(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns in pandas' default string dtype, as `io.read_sessions` gives them (Dask reads
+    """Text columns in pandas' default string dtype, as `io.readers.read_sessions` gives them (Dask reads
     them as `string[pyarrow]`), so the gate and the logged input example see the same frame."""
     nullable = {
         c: "str"

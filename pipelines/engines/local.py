@@ -272,7 +272,7 @@ def score_buckets(
     ):
         for i, bucket in enumerate(buckets.files):
             chunk = score_chunk(model, pd.read_parquet(bucket), source, info)
-            chunk.scored.to_parquet(work / "predictions" / f"part-{i:05d}.parquet", index=False)
+            chunk.scored.to_parquet(work / "predictions" / part_name(i), index=False)
             if len(chunk.journeys):
                 journeys.write(chunk.journeys)
             if len(chunk.rejects):
