@@ -86,8 +86,9 @@ def claim_output(
 ) -> Path:
     """Refuse, before any work, an output path that would destroy what the run did not create.
 
-    Refused: the output equal to an input, inside one, or holding one; an existing file or
-    non-empty folder that is not a previous output of the same command. Replacing a previous
+    Refused: the output equal to an input, inside one, or holding one; an output inside a
+    previous output of the same command; an existing file or non-empty folder that is not a
+    previous output of the same command. Replacing a previous
     output of `command` stays allowed (and atomic, see `atomic_path`).
     """
     target = Path(target)
@@ -106,6 +107,12 @@ def claim_output(
             raise OutputRefused(
                 f"{target}: the output holds the input {given}, which replacing it would delete; "
                 "write it elsewhere"
+            )
+    for parent in resolved.parents:
+        if (parent / OUTPUT_MARK).is_file() and owner_of(parent) == command:
+            raise OutputRefused(
+                f"{target}: lies inside {parent}, an output of `micromoment {command}`; "
+                "write it beside that output, not into it"
             )
     if target.is_dir() and not any(target.iterdir()):
         return target

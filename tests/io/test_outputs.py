@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from pipelines.io.outputs import (
     atomic_path,
     claim_output,
     concat_parts,
+    exclusive_lock,
     mark_output,
     owner_of,
     part_name,
@@ -264,3 +266,75 @@ def test_a_file_of_another_command_is_refused_and_of_the_same_command_claimed(tm
 def test_inputs_given_as_uris_or_not_given_are_not_compared(tmp_path):
     out = tmp_path / "scores"
     assert claim_output(out, "score", inputs=(None, "s3://bucket/scores")) == out
+
+
+def test_the_output_may_not_be_the_input_or_inside_it_or_hold_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.csv").write_text("a\n1\n")
+    with pytest.raises(OutputRefused, match="the output is the input"):
+        claim_output(data / "x.csv", "score", inputs=(data / "x.csv",))
+    with pytest.raises(OutputRefused, match="inside the input"):
+        claim_output(data / "out", "score", inputs=(data,))
+    with pytest.raises(OutputRefused, match="holds the input"):
+        claim_output(tmp_path, "score", inputs=(data / "x.csv",))
+
+
+def test_an_existing_folder_of_other_files_is_refused(tmp_path):
+    other = tmp_path / "reports"
+    other.mkdir()
+    (other / "q3.xlsx").write_text("precious")
+    with pytest.raises(OutputRefused, match="not written by micromoment"):
+        claim_output(other, "score")
+    assert (other / "q3.xlsx").read_text() == "precious"
+
+
+def test_a_previous_output_of_the_same_command_is_replaced_and_of_another_refused(tmp_path):
+    target = tmp_path / "scores"
+    with atomic_path(target, owner="score") as work:
+        work.mkdir()
+        (work / "summary.json").write_text("{}")
+    assert (target / OUTPUT_MARK).is_file()
+    assert claim_output(target, "score") == target
+    with pytest.raises(OutputRefused, match="written by `micromoment score`"):
+        claim_output(target, "touchpoints")
+
+
+def test_an_empty_folder_may_be_used(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert claim_output(tmp_path / "empty", "score") == tmp_path / "empty"
+
+
+def test_a_lock_left_by_a_killed_job_does_not_block_the_next(tmp_path):
+    lock = tmp_path / "retrain.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pipelines.io.outputs import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert "pid" in lock.read_text()  # the dead job's note is still there ...
+    with exclusive_lock(lock):  # ... but the lock went with its process
+        assert f"pid {os.getpid()}" in lock.read_text()
+
+
+def test_an_output_inside_an_earlier_output_of_the_same_command_is_refused(tmp_path):
+    """`generate` into the `sessions/` folder of an earlier `generate` would nest a second
+    dataset inside the first, which readers of the folder would then read twice."""
+    earlier = tmp_path / "synthetic"
+    with atomic_path(earlier, owner="generate") as tmp:
+        (tmp / "sessions").mkdir(parents=True)
+        (tmp / "sessions" / "part-00000.parquet").write_bytes(b"")
+    with pytest.raises(OutputRefused, match="lies inside .*synthetic, an output of"):
+        claim_output(earlier / "sessions", "generate")
+    assert claim_output(tmp_path / "beside", "generate") == tmp_path / "beside"
