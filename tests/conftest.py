@@ -15,6 +15,20 @@ from tests.fixtures import synthetic_sessions
 # LightGBM and BLAS threads: one per test process, whatever the machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# MLflow's set_tracking_uri and set_registry_uri also write these variables, which every later
+# subprocess inherits: a consumer started with only MLFLOW_TRACKING_URI would read another test's
+# registry. Each test starts and ends with them as the session found them.
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+SESSION_MLFLOW_URIS = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+
+
+def restore_mlflow_uri_variables() -> None:
+    for name, value in SESSION_MLFLOW_URIS.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> dict:
     """A primary config composed as the CLI would, resolved into a plain dict."""
@@ -22,6 +36,15 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> dict
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides or []))
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uri_variables_as_the_session_found_them():
+    """Undo what fixtures set up for this test, and the test itself, wrote into MLflow's
+    URI variables (MLflow's in-process settings are left as they are)."""
+    restore_mlflow_uri_variables()
+    yield
+    restore_mlflow_uri_variables()
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +120,24 @@ def registry_store(synthetic_dir, tmp_path_factory):
         "summaries": summaries,
         "config": compose_config("train", base),
     }
+
+
+@pytest.fixture
+def client(registry_store):
+    """An MLflow client of the registry store, and MLflow's default URIs pointed at it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(registry_store["uri"])
+    mlflow.set_registry_uri(registry_store["uri"])
+    return MlflowClient(registry_store["uri"], registry_uri=registry_store["uri"])
+
+
+@pytest.fixture
+def registry_copy(registry_store, tmp_path):
+    """A copy of the registry store's database (its artifacts shared, read only): a test may move
+    aliases and tag versions without changing the store other tests read."""
+    import shutil
+
+    shutil.copy(registry_store["root"] / "mlflow.db", tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

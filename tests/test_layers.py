@@ -190,3 +190,26 @@ def test_tests_import_no_private_names():
                     if a.name.startswith("_")
                 ]
     assert not borrowed, "\n".join(borrowed)
+
+
+# modules whose tests live elsewhere: the compatibility re-exports (tests/tracking/
+# test_legacy_models.py), the models-from-code stub (tests/tracking/test_model_format.py) and the
+# engine selector (tests/engines/test_local.py)
+TESTED_ELSEWHERE = COMPAT | {"pipelines.tracking.model_code", "pipelines.engines"}
+
+
+def test_every_module_has_its_test_file():
+    """The tests mirror the package: `pipelines/<layer>/<name>.py` -> `tests/<layer>/test_<name>.py`."""
+    missing = []
+    for module, path in MODULES.items():
+        if (
+            path.name == "__init__.py"
+            and module != "pipelines.engines"
+            or module in TESTED_ELSEWHERE
+        ):
+            continue
+        parts = module.split(".")[1:]
+        expected = TESTS.joinpath(*parts[:-1], f"test_{parts[-1]}.py")
+        if not expected.is_file():
+            missing.append(f"{module}: {expected.relative_to(TESTS.parent)}")
+    assert not missing, "\n".join(missing)

@@ -89,3 +89,9 @@ def test_unit_hash_is_the_top_53_bits_of_the_salted_hash_as_a_fraction():
     h = pd.util.hash_pandas_object(ids.astype(str) + "#3", index=False).to_numpy()
     expected = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     np.testing.assert_array_equal(keys.unit_hash(ids, "#3"), expected)
+
+
+def test_data_fingerprint_changes_with_content_only():
+    a = pd.DataFrame({"x": [1, 2, 3]})
+    assert keys.data_fingerprint(a) == keys.data_fingerprint(a.copy())
+    assert keys.data_fingerprint(a) != keys.data_fingerprint(a.assign(x=[1, 2, 4]))

@@ -3,6 +3,7 @@ counts, fingerprints, store tables and single columns; every refusal names the f
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +22,7 @@ from pipelines.io.readers import (
     read_columns,
     read_sessions,
 )
+from pipelines.stages import runner
 
 
 def sessions(first: int, n: int) -> pd.DataFrame:
@@ -296,3 +298,69 @@ def test_csv_columns_are_read_alone_and_a_missing_one_is_null(tmp_path):
     assert list(frame.columns) == ["session_id", "label"]
     assert frame["session_id"].tolist() == ["s0", "s1", "s2"]
     assert frame["label"].isna().all()
+
+
+def test_parquet_parts_with_other_columns_or_types_are_named(tmp_path):
+    from pipelines.io.readers import PartMismatch, read_sessions
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    pd.DataFrame({"session_id": ["a"], "dwell_time_s": [1.5]}).to_parquet(folder / "part-0.parquet")
+    pd.DataFrame({"session_id": ["b"], "dwell_time_s": ["long"]}).to_parquet(
+        folder / "part-1.parquet"
+    )
+    with pytest.raises(
+        PartMismatch,
+        match=r"part-1.parquet: column 'dwell_time_s' is (large_)?string here but double",
+    ):
+        read_sessions(folder)
+    pd.DataFrame({"session_id": ["b"], "Dwell": [2.0]}).to_parquet(folder / "part-1.parquet")
+    with pytest.raises(PartMismatch, match="column 'dwell_time_s' is missing from this part"):
+        read_sessions(folder)
+    # integer and float widths, and all-null columns, read across parts as they always did
+    pd.DataFrame({"session_id": ["b"], "dwell_time_s": [None]}).to_parquet(
+        folder / "part-1.parquet"
+    )
+    assert len(read_sessions(folder)) == 2
+
+
+def test_an_empty_csv_names_the_file(tmp_path):
+    from pipelines.io.readers import EmptyInput, count_rows, read_sessions
+
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(EmptyInput, match="empty.csv"):
+        read_sessions(tmp_path / "empty.csv")
+    with pytest.raises(EmptyInput, match="empty.csv"):
+        count_rows(tmp_path / "empty.csv")
+    assert runner.exit_code_for(EmptyInput("x"))[0] == runner.EXIT_BAD_DATA
+
+
+def test_csv_column_types_are_those_of_the_whole_file(tmp_path):
+    """Types are found over every chunk, as pandas reading the whole file finds them, not from
+    the first block as Dask would: a later chunk with a missing value or text changes them."""
+    n = 30
+    frame = pd.DataFrame(
+        {
+            "counts": np.arange(n),
+            "counts_later_missing": [*range(n - 1), None],
+            "codes_later_text": [*map(str, range(n - 1)), "unknown"],
+            "flags": [True, False] * (n // 2),
+            "flags_later_missing": [*([True, False] * (n // 2 - 1)), True, None],
+            "empty": [None] * n,
+            "ratio": np.linspace(0, 1, n),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    dtypes = csv_dtypes([str(tmp_path / "t.csv")], chunk_rows=10)
+    assert dtypes == {
+        "counts": "int64",
+        "counts_later_missing": "float64",
+        "codes_later_text": "str",
+        "flags": "bool",
+        "flags_later_missing": "object",
+        "empty": "float64",
+        "ratio": "float64",
+    }
+    whole = pd.read_csv(tmp_path / "t.csv")
+    for col, dtype in dtypes.items():
+        assert whole[col].dtype == pd.Series([], dtype=dtype).dtype, col

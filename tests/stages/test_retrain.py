@@ -28,6 +28,7 @@ from pipelines.stages.retrain import (
     run_retrain,
 )
 from tests.conftest import compose_config
+from tests.fixtures import run_cli
 
 NAME = "micro_moment_intent"
 # three periods of about 1500 journeys each: the last one after a market shift
@@ -358,29 +359,6 @@ def test_a_second_job_exits_6_while_the_first_holds_the_lock(stream, tmp_path, c
     assert _versions(uri) == []
 
 
-def test_a_lock_left_by_a_killed_job_does_not_block_the_next(tmp_path):
-    lock = tmp_path / "retrain.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\n"
-            "from pipelines.io.outputs import exclusive_lock\n"
-            f"with exclusive_lock({str(lock)!r}):\n"
-            "    print('locked', flush=True)\n"
-            "    time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
-    assert "pid" in lock.read_text()  # the dead job's note is still there ...
-    with exclusive_lock(lock):  # ... but the lock went with its process
-        assert f"pid {os.getpid()}" in lock.read_text()
-
-
 # ---------------------------------------------------------------------------------------------
 # faults after training: exit 5, and a job killed before the alias moves
 
@@ -453,3 +431,27 @@ def test_a_job_killed_before_the_alias_moves_leaves_the_champion_and_a_rerun_com
     assert summary["reused_version"] is True and summary["challenger"] == "2"
     assert summary["decision"] == "promoted" and _champion(uri) == "2"
     assert _versions(uri) == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_run_then_retrain_on_the_embedded_default_exits_0_and_a_rerun_reuses_the_version(tmp_path):
+    """What a scheduler does after `make demo`: the default data holds a full recent window."""
+    run = run_cli(["run", "runtime.threads=1"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = run_cli(["retrain", "runtime.threads=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "retrain_summary.json").read_text())
+    assert summary["exit_code"] == 0 and summary["data"]["rows_kept"] > 20_000
+    assert summary["decision"] in ("promoted", "kept") and summary["reason"]
+    # judged only on journeys neither version trained on: a fraction of the window's latest ones
+    held_out = summary["holdout"]
+    assert 200 <= held_out["rows_judged"] < held_out["rows_offered"]
+    again = run_cli(["retrain", "runtime.threads=1"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "retrain_summary.json").read_text())
+    assert rerun["reused_version"] is True and rerun["challenger"] == summary["challenger"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    versions = MlflowClient(uri, registry_uri=uri).search_model_versions(
+        "name = 'micro_moment_intent'"
+    )
+    assert len(versions) == 2

@@ -1,0 +1,202 @@
+"""The intent scorer: raw sessions in, one row of probabilities per input row out, in input
+order; saved as LightGBM text and JSON and loaded back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.core import modelling
+from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.scorer import BOOSTER_FILE, STATE_FILE, IntentModel, load_model, save_model
+from pipelines.core.training import make_featurizer
+from pipelines.stages.train import train
+
+NAME = "micro_moment_intent"
+
+CLASSES = ("know", "go", "do", "buy")
+# the user's own column names, mapped onto the contract's roles
+SPEC = DatasetSpec(
+    columns={
+        "session_id": "id",
+        "journey_id": "journey",
+        "started_at": "start",
+        "device": "device",
+        "dwell_time_s": "dwell",
+    },
+    label_column="intent",
+    classes=CLASSES,
+)
+
+
+def hand_built_sessions(n_journeys: int = 80) -> pd.DataFrame:
+    """`n_journeys` journeys of 3 sessions a day apart; the intent follows the dwell time."""
+    t0 = pd.Timestamp("2026-03-01T09:00:00Z")
+    rows = []
+    for j in range(n_journeys):
+        for s in range(3):
+            k = (j + s) % 4
+            rows.append(
+                {
+                    "id": f"j{j}-s{s}",
+                    "journey": f"j{j}",
+                    "start": (t0 + pd.Timedelta(days=s, hours=j)).isoformat(),
+                    "device": ["mobile", "desktop"][j % 2],
+                    "dwell": 30.0 + 100.0 * k + j % 7,
+                    "intent": CLASSES[k],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> IntentModel:
+    """A five-round LightGBM model on hand-built sessions, on one thread."""
+    canon = to_contract(hand_built_sessions(), SPEC, with_label=True).sessions
+    featurizer = make_featurizer(
+        SPEC, {"near_store_km": 1.0, "history": True, "min_category_count": 1}, None
+    ).fit(canon)
+    X = featurizer.transform(canon)
+    y = pd.Categorical(canon[LABEL], categories=list(CLASSES)).codes.astype(int)
+    params = modelling.lgb_params(
+        {"params": {"num_leaves": 4, "min_data_in_leaf": 5}}, len(CLASSES), threads=1, seed=0
+    )
+    booster = modelling.fit_lightgbm(
+        X, y, X, y, params, featurizer.categorical_features_, 5, early_stopping_rounds=5
+    )
+    return IntentModel(SPEC, featurizer, booster, threads=1)
+
+
+def test_model_predicts_raw_sessions_in_input_order(train_config, small_sessions):
+    model = train(train_config).model
+    raw = small_sessions.drop(columns=["intent"]).sample(frac=1.0, random_state=1)
+    out = model.predict(raw)
+    assert out["session_id"].tolist() == raw["session_id"].tolist()
+    probs = out[[f"p_{c}" for c in model.classes]].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert (out["confidence"] >= out["margin"]).all()
+    assert set(out["intent"]) <= set(model.classes)
+
+
+def test_unknown_device_and_missing_location_are_scored(train_config, small_sessions):
+    model = train(train_config).model
+    raw = small_sessions.head(4).drop(columns=["intent"]).copy()
+    raw["device"] = "smartwatch"
+    raw["latitude"] = np.nan
+    raw["longitude"] = np.nan
+    out = model.predict(raw)
+    assert out["reject_reason"].isna().all()
+    assert np.isfinite(out["p_know"]).all()
+
+
+def test_invalid_rows_are_returned_with_reason_not_dropped(train_config, small_sessions):
+    model = train(train_config).model
+    raw = small_sessions.head(5).drop(columns=["intent"]).copy()
+    raw.loc[2, "dwell_time_s"] = -3.0
+    out = model.predict(raw)
+    assert len(out) == 5
+    assert "dwell_time_s must be >= 0" in out.loc[2, "reject_reason"]
+    assert np.isnan(out.loc[2, "p_know"]) and pd.isna(out.loc[2, "intent"])
+    assert out.drop(index=2)["reject_reason"].isna().all()
+
+
+PROBS = ["p_know", "p_go", "p_do", "p_buy"]
+
+
+def test_saved_model_files_round_trip_exactly(registry_store, client, small_sessions, tmp_path):
+    from pipelines.core.scorer import load_model, save_model
+    from pipelines.tracking.registry import load_scorer
+
+    model, _ = load_scorer(f"models:/{NAME}/2", threads=1)
+    again = load_model(save_model(model, tmp_path / "m"), threads=1)
+    raw = small_sessions.drop(columns=["intent"])
+    assert again.spec == model.spec
+    assert again.featurizer.categories_ == model.featurizer.categories_
+    features = model.featurizer.transform_matrix(model_contract(model, raw))
+    assert (again.featurizer.transform_matrix(model_contract(again, raw)) == features)[
+        ~__import__("numpy").isnan(features)
+    ].all()
+    diff = again.predict(raw)[PROBS].to_numpy() - model.predict(raw)[PROBS].to_numpy()
+    assert abs(diff).max() <= 1e-12
+
+
+def model_contract(model, raw):
+    from pipelines.core.contract import to_contract
+
+    return to_contract(raw, model.spec, with_label=False, all_columns=False).sessions
+
+
+def test_the_scorer_learns_the_hand_built_rule(tiny_model):
+    raw = hand_built_sessions().drop(columns=["intent"])
+    out = tiny_model.predict(raw)
+    assert (out["intent"] == hand_built_sessions()["intent"]).mean() > 0.9
+    assert out.columns.tolist() == tiny_model.output_columns
+    assert tiny_model.output_columns == [
+        "session_id",
+        "p_know",
+        "p_go",
+        "p_do",
+        "p_buy",
+        "intent",
+        "confidence",
+        "margin",
+        "reject_reason",
+    ]
+
+
+def test_a_saved_model_is_booster_text_and_json_and_loads_with_the_same_scores(
+    tiny_model, tmp_path
+):
+    folder = save_model(tiny_model, tmp_path / "model")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([BOOSTER_FILE, STATE_FILE])
+    state = json.loads((folder / STATE_FILE).read_text())
+    assert state["format_version"] == 1 and state["spec"]["columns"]["dwell_time_s"] == "dwell"
+    again = load_model(folder)
+    assert again.spec == tiny_model.spec and again.classes == CLASSES
+    raw = hand_built_sessions().drop(columns=["intent"]).sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(again.predict(raw), tiny_model.predict(raw))
+
+
+def test_a_loaded_model_scores_on_the_threads_it_is_given_with_the_same_probabilities(
+    tiny_model, tmp_path
+):
+    folder = save_model(tiny_model, tmp_path / "model")
+    one, four = load_model(folder, threads=1), load_model(folder, threads=4)
+    assert (one.threads, four.threads) == (1, 4)
+    raw = pd.concat([hand_built_sessions()] * 3, ignore_index=True).drop(columns=["intent"])
+    assert len(raw) > modelling.SINGLE_THREAD_MAX_ROWS  # enough rows to use every thread
+    probs = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_array_equal(four.predict(raw)[probs], one.predict(raw)[probs])
+
+
+def test_a_model_folder_of_another_format_version_is_refused(tiny_model, tmp_path):
+    folder = save_model(tiny_model, tmp_path / "model")
+    state = json.loads((folder / STATE_FILE).read_text())
+    (folder / STATE_FILE).write_text(json.dumps({**state, "format_version": 99}))
+    with pytest.raises(ValueError, match="model format 99, expected 1"):
+        load_model(folder)
+
+
+def test_a_rejected_row_has_nan_scores_or_missing_values_when_asked_for_nullable_columns(
+    tiny_model,
+):
+    raw = hand_built_sessions(2).drop(columns=["intent"])
+    raw.loc[1, "dwell"] = -5.0
+    plain = tiny_model.predict(raw)
+    assert np.isnan(plain.loc[1, "p_buy"]) and pd.isna(plain.loc[1, "intent"])
+    nullable = tiny_model.predict(raw, nullable=True, extra={"model_version": "7"})
+    assert nullable["p_buy"].dtype == "Float64" and nullable.loc[1, "p_buy"] is pd.NA
+    assert nullable.loc[1, "intent"] is pd.NA and nullable.loc[0, "reject_reason"] is pd.NA
+    assert "dwell" in nullable.loc[1, "reject_reason"]
+    assert nullable["model_version"].tolist() == ["7"] * len(raw)
+
+
+def test_a_model_describes_its_classes_columns_and_features(tiny_model):
+    described = tiny_model.describe()
+    assert described["classes"] == list(CLASSES)
+    assert described["columns"]["session_id"] == "id"
+    assert described["features"] == list(tiny_model.featurizer.feature_names_)
+    json.dumps(described)  # plain JSON, for the model README

@@ -1,0 +1,58 @@
+"""`micromoment score`: sessions scored with a registered model into an output folder, and a
+model folder that does not exist refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from pipelines.stages.score import run_score
+from tests.conftest import compose_config
+
+
+def score_config(uri: str, tmp_path, model_uri: str):
+    return OmegaConf.create(
+        compose_config(
+            "score",
+            [
+                f"tracking.uri={uri}",
+                f"score.input={tmp_path / 'in.parquet'}",
+                f"score.output={tmp_path / 'scores'}",
+                f"score.model_uri={model_uri}",
+                "runtime.threads=1",
+            ],
+        )
+    )
+
+
+def test_the_champion_scores_every_row_or_rejects_it_and_says_so(
+    registry_store, small_sessions, tmp_path, capsys
+):
+    raw = small_sessions.head(60).drop(columns="intent").reset_index(drop=True)
+    raw.loc[7, "dwell_time_s"] = -1.0
+    raw.to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    summary = run_score(cfg)
+    assert (summary["rows_in"], summary["rows_scored"], summary["rows_rejected"]) == (60, 59, 1)
+    assert summary["journeys"] == raw["journey_id"].nunique()
+    predictions = pd.read_parquet(tmp_path / "scores" / "predictions")
+    assert sorted(predictions["session_id"]) == sorted(raw["session_id"].drop(index=7))
+    assert set(predictions["model_version"]) == {"2"}
+    rejects = pd.read_parquet(tmp_path / "scores" / "rejects.parquet")
+    assert rejects["session_id"].tolist() == [raw.loc[7, "session_id"]]
+    assert json.loads((tmp_path / "scores" / "summary.json").read_text())["rows_in"] == 60
+    assert capsys.readouterr().out.startswith(
+        f"scored 59 of 60 sessions (1 rejected) in {summary['journeys']} journeys with "
+        "micro_moment_intent version 2 ->"
+    )
+
+
+def test_a_model_folder_that_does_not_exist_is_refused_naming_it(tmp_path):
+    pd.DataFrame({"session_id": ["a"]}).to_parquet(tmp_path / "in.parquet")
+    cfg = score_config("http://127.0.0.1:9", tmp_path, str(tmp_path / "models" / "none"))
+    with pytest.raises(FileNotFoundError, match="none: no such model folder"):
+        run_score(cfg)
+    assert not (tmp_path / "scores").exists()
