@@ -138,7 +138,8 @@ def _open_csv(path: Path):
     `csv_types`): pyarrow alone infers types from the first block and fails on a later one."""
     try:
         types = csv_types(path)
-        options = pacsv.ConvertOptions(column_types=types)
+        # an empty field is missing, as pandas (and so training) reads it, not an empty text
+        options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
         return pacsv.open_csv(path, read_options=_CSV_READ, convert_options=options)
     except (pa.ArrowInvalid, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise EmptyInput(f"{path}: cannot be read as CSV: {err}") from None
@@ -266,6 +267,7 @@ def read_columns(path: str | Path, columns: list[str]) -> pd.DataFrame:
             opts = pacsv.ConvertOptions(
                 include_columns=columns,
                 include_missing_columns=True,
+                strings_can_be_null=True,
                 column_types={c: kind for c, kind in csv_types(f).items() if c in columns},
             )
             table = pacsv.read_csv(f, convert_options=opts)

@@ -364,3 +364,18 @@ def test_csv_column_types_are_those_of_the_whole_file(tmp_path):
     whole = pd.read_csv(tmp_path / "t.csv")
     for col, dtype in dtypes.items():
         assert whole[col].dtype == pd.Series([], dtype=dtype).dtype, col
+
+
+def test_an_empty_csv_field_is_missing_as_pandas_reads_it(tmp_path):
+    """A session without a journey id is its own journey in training (pandas reads the empty
+    field as missing): scoring must read it the same way, not as a journey named ''."""
+    path = tmp_path / "in.csv"
+    path.write_text("session_id,journey_id,channel\na,j1,email\nb,,\nc,,social\n")
+    streamed = pa.Table.from_batches(list(iter_batches(path, 10))).to_pandas()
+    whole = read_sessions(path)
+    assert streamed["journey_id"].isna().tolist() == whole["journey_id"].isna().tolist()
+    assert streamed["journey_id"].isna().tolist() == [False, True, True]
+    assert streamed["channel"].isna().tolist() == [False, True, False]
+    columns = read_columns(path, ["session_id", "journey_id", "device"])
+    assert columns["journey_id"].isna().tolist() == [False, True, True]
+    assert columns["device"].isna().all()  # a column the file lacks comes back missing
