@@ -11,18 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.core import touchpoints as tp
 from pipelines.core.contract import DatasetSpec
-from pipelines.core.touchpoints import (
-    Catalogue,
-    allocate,
-    build_feed,
-    eligibility,
-    estimate_conversion,
-    intent_weights,
-    journey_context,
-    marketer_tables,
-    rate_matrix,
-)
 
 
 def _model_alias(uri: str | None) -> str | None:
@@ -43,17 +33,17 @@ def build(
     spec = DatasetSpec.from_config(cfg["data"])
     tcfg = cfg["touchpoints"]
     classes = list(spec.classes)
-    catalogue = Catalogue.from_config(tcfg)
+    catalogue = tp.Catalogue.from_config(tcfg)
     if sessions.empty:
         raise ValueError(f"{input_path}: no scored sessions to build a touchpoint feed from")
     estimates, source = conversion_estimates(sessions, classes, catalogue, tcfg, input_path)
-    ctx = journey_context(sessions, catalogue)
+    ctx = tp.journey_context(sessions, catalogue)
     ctx["model_alias"] = _model_alias(model_uri)
-    ok, reasons = eligibility(ctx, catalogue, stores)
-    feed = build_feed(
+    ok, reasons = tp.eligibility(ctx, catalogue, stores)
+    feed = tp.build_feed(
         ctx,
         classes,
-        rate_matrix(estimates, classes, catalogue.names),
+        tp.rate_matrix(estimates, classes, catalogue.names),
         catalogue,
         ok,
         reasons,
@@ -65,7 +55,7 @@ def build(
     rows = feed.rows
     rows.insert(2, "scored_at", pd.Timestamp(datetime.now(UTC)))
     alloc, allocation_table = allocate_budget(rows, feed, catalogue, tcfg["allocation"])
-    tables = marketer_tables(sessions, rows, classes)
+    tables = tp.marketer_tables(sessions, rows, classes)
     tables["allocation"] = allocation_table
     tables["conversion_by_intent_and_touchpoint"] = estimates.set_index(["intent", "touchpoint"])
     headline = {
@@ -89,7 +79,7 @@ def build(
 
 
 def conversion_estimates(
-    sessions: pd.DataFrame, classes: list[str], catalogue: Catalogue, tcfg: dict, input_path
+    sessions: pd.DataFrame, classes: list[str], catalogue: tp.Catalogue, tcfg: dict, input_path
 ) -> tuple[pd.DataFrame, str]:
     """Conversion by intent x touchpoint from the sessions that logged a touchpoint, and which
     intents they were estimated from (labels or predictions)."""
@@ -100,8 +90,8 @@ def conversion_estimates(
         )
     est = tcfg["estimation"]
     logged = sessions[sessions["touchpoint"].notna()]
-    weights, source = intent_weights(logged, classes, est["intent_source"])
-    estimates = estimate_conversion(
+    weights, source = tp.intent_weights(logged, classes, est["intent_source"])
+    estimates = tp.estimate_conversion(
         logged,
         weights,
         classes,
@@ -113,11 +103,11 @@ def conversion_estimates(
     return estimates, source
 
 
-def allocate_budget(rows: pd.DataFrame, feed, catalogue: Catalogue, acfg: dict):
+def allocate_budget(rows: pd.DataFrame, feed, catalogue: tp.Catalogue, acfg: dict):
     """The budgeted allocation over the journeys that may be contacted: each row's allocated
     touchpoint and its expected conversion (added to `rows`), and the allocation by touchpoint."""
     contactable = rows["contact"].to_numpy()
-    alloc = allocate(
+    alloc = tp.allocate(
         np.where(contactable[:, None], feed.score, -np.inf),
         catalogue.capacities,
         catalogue.costs,

@@ -10,64 +10,21 @@ import pandas as pd
 import pytest
 
 from pipelines.core import modelling
-from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.contract import to_contract
 from pipelines.core.scorer import BOOSTER_FILE, STATE_FILE, IntentModel, load_model, save_model
-from pipelines.core.training import make_featurizer
 from pipelines.stages.train import train
+from tests.fixtures import HAND_CLASSES, HAND_SPEC, hand_built_model, hand_built_sessions
 
 NAME = "micro_moment_intent"
 
-CLASSES = ("know", "go", "do", "buy")
-# the user's own column names, mapped onto the contract's roles
-SPEC = DatasetSpec(
-    columns={
-        "session_id": "id",
-        "journey_id": "journey",
-        "started_at": "start",
-        "device": "device",
-        "dwell_time_s": "dwell",
-    },
-    label_column="intent",
-    classes=CLASSES,
-)
-
-
-def hand_built_sessions(n_journeys: int = 80) -> pd.DataFrame:
-    """`n_journeys` journeys of 3 sessions a day apart; the intent follows the dwell time."""
-    t0 = pd.Timestamp("2026-03-01T09:00:00Z")
-    rows = []
-    for j in range(n_journeys):
-        for s in range(3):
-            k = (j + s) % 4
-            rows.append(
-                {
-                    "id": f"j{j}-s{s}",
-                    "journey": f"j{j}",
-                    "start": (t0 + pd.Timedelta(days=s, hours=j)).isoformat(),
-                    "device": ["mobile", "desktop"][j % 2],
-                    "dwell": 30.0 + 100.0 * k + j % 7,
-                    "intent": CLASSES[k],
-                }
-            )
-    return pd.DataFrame(rows)
+CLASSES = HAND_CLASSES
+SPEC = HAND_SPEC
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> IntentModel:
     """A five-round LightGBM model on hand-built sessions, on one thread."""
-    canon = to_contract(hand_built_sessions(), SPEC, with_label=True).sessions
-    featurizer = make_featurizer(
-        SPEC, {"near_store_km": 1.0, "history": True, "min_category_count": 1}, None
-    ).fit(canon)
-    X = featurizer.transform(canon)
-    y = pd.Categorical(canon[LABEL], categories=list(CLASSES)).codes.astype(int)
-    params = modelling.lgb_params(
-        {"params": {"num_leaves": 4, "min_data_in_leaf": 5}}, len(CLASSES), threads=1, seed=0
-    )
-    booster = modelling.fit_lightgbm(
-        X, y, X, y, params, featurizer.categorical_features_, 5, early_stopping_rounds=5
-    )
-    return IntentModel(SPEC, featurizer, booster, threads=1)
+    return hand_built_model()
 
 
 def test_model_predicts_raw_sessions_in_input_order(train_config, small_sessions):
@@ -124,7 +81,6 @@ def test_saved_model_files_round_trip_exactly(registry_store, client, small_sess
 
 
 def model_contract(model, raw):
-    from pipelines.core.contract import to_contract
 
     return to_contract(raw, model.spec, with_label=False, all_columns=False).sessions
 

@@ -8,14 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core import modelling
 from pipelines.core.contract import (
-    LABEL,
     REJECT_REASON,
     SOURCE_ROW,
     ContractError,
-    DatasetSpec,
-    to_contract,
 )
 from pipelines.core.scorer import IntentModel
 from pipelines.core.scoring import (
@@ -26,60 +22,18 @@ from pipelines.core.scoring import (
     score_chunk,
     score_summary,
 )
-from pipelines.core.training import make_featurizer
+from tests.fixtures import HAND_CLASSES, HAND_SPEC, HAND_T0, hand_built_model
 
-CLASSES = ("know", "go", "do", "buy")
-# the user's own column names, mapped onto the contract's roles
-SPEC = DatasetSpec(
-    columns={
-        "session_id": "id",
-        "journey_id": "journey",
-        "started_at": "start",
-        "device": "device",
-        "dwell_time_s": "dwell",
-    },
-    label_column="intent",
-    classes=CLASSES,
-)
+CLASSES = HAND_CLASSES
+SPEC = HAND_SPEC
 INFO = {"model_name": "intent", "model_version": 3, "model_uri": None}
-T0 = pd.Timestamp("2026-03-01T09:00:00Z")
-
-
-def training_sessions(n_journeys: int = 40) -> pd.DataFrame:
-    """`n_journeys` journeys of 3 sessions a day apart; the intent follows the dwell time."""
-    rows = []
-    for j in range(n_journeys):
-        for s in range(3):
-            k = (j + s) % 4
-            rows.append(
-                {
-                    "id": f"j{j}-s{s}",
-                    "journey": f"j{j}",
-                    "start": (T0 + pd.Timedelta(days=s, hours=j)).isoformat(),
-                    "device": ["mobile", "desktop"][j % 2],
-                    "dwell": 30.0 + 100.0 * k + j % 7,
-                    "intent": CLASSES[k],
-                }
-            )
-    return pd.DataFrame(rows)
+T0 = HAND_T0
 
 
 @pytest.fixture(scope="module")
 def model() -> IntentModel:
     """A five-round LightGBM model on hand-built sessions, on one thread."""
-    canon = to_contract(training_sessions(), SPEC, with_label=True).sessions
-    featurizer = make_featurizer(
-        SPEC, {"near_store_km": 1.0, "history": True, "min_category_count": 1}, None
-    ).fit(canon)
-    X = featurizer.transform(canon)
-    y = pd.Categorical(canon[LABEL], categories=list(CLASSES)).codes.astype(int)
-    params = modelling.lgb_params(
-        {"params": {"num_leaves": 4, "min_data_in_leaf": 5}}, len(CLASSES), threads=1, seed=0
-    )
-    booster = modelling.fit_lightgbm(
-        X, y, X, y, params, featurizer.categorical_features_, 5, early_stopping_rounds=5
-    )
-    return IntentModel(SPEC, featurizer, booster, threads=1)
+    return hand_built_model(40)
 
 
 def chunk_of_input() -> pd.DataFrame:

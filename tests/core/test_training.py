@@ -3,6 +3,7 @@ the Bayes reference on tiny known cases, and the `TrainResult` every engine ends
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core import keys, modelling, training
-from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.contract import LABEL, to_contract
 from pipelines.core.scorer import IntentModel
 from pipelines.core.training import (
     TrainResult,
@@ -22,19 +23,12 @@ from pipelines.core.training import (
     result_of,
     timed,
 )
+from tests.fixtures import HAND_SPEC
 
 CLASSES = ("know", "go", "do", "buy")
-SPEC = DatasetSpec(
-    columns={
-        "session_id": "id",
-        "journey_id": "journey",
-        "started_at": "start",
-        "device": "device",
-        "dwell_time_s": "dwell",
-    },
+SPEC = dataclasses.replace(
+    HAND_SPEC,
     page_counts={"info": "info_pages", "cart": "cart_pages"},
-    label_column="intent",
-    classes=CLASSES,
     extra_numeric=("score",),
     extra_categorical=("browser",),
 )

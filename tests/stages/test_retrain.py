@@ -15,7 +15,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines.config import CONF_DIR
 from pipelines.engines.local import generate
 from pipelines.io.outputs import exclusive_lock
 from pipelines.stages.retrain import (
@@ -41,13 +40,9 @@ END_OF = {"p1": "2026-08-31", "p2": "2026-10-31", "p3": None}  # None: the lates
 
 
 def _generator(name: str, start: str) -> dict:
-    cfg = OmegaConf.load(f"{CONF_DIR}/generator/default.yaml")
-    if name == "shifted":
-        shifted = OmegaConf.load(f"{CONF_DIR}/generator/shifted.yaml")
-        shifted.pop("defaults")
-        cfg = OmegaConf.merge(cfg, shifted)
-    cfg.start_date = start
-    return OmegaConf.to_container(cfg)
+    """The generator preset `name` (`conf/generator/<name>.yaml`) starting on `start`."""
+    cfg = compose_config("generate", [f"generator={name}", f"generator.start_date={start}"])
+    return cfg["generator"]
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +70,28 @@ def stream(tmp_path_factory) -> Path:
     return root
 
 
+def retrain_overrides(root: Path, uri: str, data: str | Path, work: Path, *extra: str) -> list:
+    """The retrain job's overrides for the test stream `root`, one store and one work folder."""
+    return [
+        f"data.path={data}",
+        f"data.stores_path={root / 'stores.csv'}",
+        f"tracking.uri={uri}",
+        f"output_dir={work}",
+        f"retrain.lock_path={work / 'retrain.lock'}",
+        f"retrain.summary_path={work / 'summary.json'}",
+        "retrain.window_days=61",
+        "runtime.threads=1",
+        "baselines=false",
+        "model.num_boost_round=200",
+        "model.early_stopping_rounds=20",
+        "gate.min_improvement=0.02",
+        *extra,
+    ]
+
+
 def retrain_config(root: Path, uri: str, data: str | Path, work: Path, *extra: str):
     return OmegaConf.create(
-        compose_config(
-            "retrain",
-            [
-                f"data.path={data}",
-                f"data.stores_path={root / 'stores.csv'}",
-                f"tracking.uri={uri}",
-                f"output_dir={work}",
-                f"retrain.lock_path={work / 'retrain.lock'}",
-                f"retrain.summary_path={work / 'summary.json'}",
-                "retrain.window_days=61",
-                "runtime.threads=1",
-                "baselines=false",
-                "model.num_boost_round=200",
-                "model.early_stopping_rounds=20",
-                "gate.min_improvement=0.02",
-                *extra,
-            ],
-        )
+        compose_config("retrain", retrain_overrides(root, uri, data, work, *extra))
     )
 
 
@@ -385,20 +382,7 @@ def test_a_job_killed_before_the_alias_moves_leaves_the_champion_and_a_rerun_com
     code, first = _retrain(stream, uri, tmp_path, "p1")
     assert code == EXIT_OK and _champion(uri) == "1"
     # a job on the shifted window is killed (SIGKILL) at the last moment: when it moves the alias
-    overrides = [
-        f"data.path={stream / 'sessions'}",
-        f"data.stores_path={stream / 'stores.csv'}",
-        f"tracking.uri={uri}",
-        f"output_dir={tmp_path}",
-        f"retrain.lock_path={tmp_path / 'retrain.lock'}",
-        f"retrain.summary_path={tmp_path / 'summary.json'}",
-        "retrain.window_days=61",
-        "runtime.threads=1",
-        "baselines=false",
-        "model.num_boost_round=200",
-        "model.early_stopping_rounds=20",
-        "gate.min_improvement=0.02",
-    ]
+    overrides = retrain_overrides(stream, uri, stream / "sessions", tmp_path)
     script = textwrap.dedent(
         f"""
         import os, signal

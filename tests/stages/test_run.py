@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.fixtures import run_cli
+from tests.fixtures import run_cli, run_consumer
 
 
 @pytest.mark.slow
@@ -57,16 +53,7 @@ def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
         "out = m.predict(raw)\n"
         "print(out['intent'].tolist(), round(float(out[['p_know','p_go','p_do','p_buy']].sum(axis=1).max()), 6))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-    consumer = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    consumer = run_consumer(code, elsewhere, f"sqlite:///{db}")
     assert consumer.returncode == 0, consumer.stderr[-3000:]
     assert consumer.stdout.strip().endswith("1.0")
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from pipelines.tracking.registry import export_model as export
 from pipelines.tracking.registry import resolve_version, rollback
+from tests.fixtures import run_consumer
 
 NAME = "micro_moment_intent"
 
@@ -39,20 +36,10 @@ def test_exported_model_loads_by_path_without_a_tracking_server(registry_store, 
         "out = m.predict(pd.DataFrame({'session_id': ['a'], 'device': ['mobile'], 'dwell_time_s': [30.0]}))\n"
         "print(out.loc[0, 'model_version'], out.loc[0, 'intent'])\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_TRACKING_URI"] = (
-        "http://127.0.0.1:9"  # nothing listens: the folder must not need it
-    )
     elsewhere = tmp_path / "consumer"
     elsewhere.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # nothing listens at the tracking URI: the folder must not need it
+    proc = run_consumer(code, elsewhere, "http://127.0.0.1:9", keep_mlflow_env=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     version, intent = proc.stdout.split()[-2:]
     assert version == "2" and intent in {"know", "go", "do", "buy"}

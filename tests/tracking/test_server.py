@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.engines.local import LocalEngine
 from pipelines.stages.retrain import EXIT_OK, EXIT_TRACKING, EXIT_USAGE, run_retrain
+from tests.fixtures import run_consumer
 from tests.servers import PASSWORD, SERVERS, USER, free_port, mlflow_server
 from tests.stages.test_retrain import NAME, retrain_config, stream  # noqa: F401  (the module-scoped data)
 
@@ -93,18 +92,8 @@ def test_retrain_over_http_with_basic_auth_promotes_and_no_secret_is_recorded(
             " 'pages_store_locator': [4], 'dwell_time_s': [40.0]}))\n"
             "print(out['model_version'].iloc[0], out['intent'].iloc[0])\n"
         )
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["MLFLOW_TRACKING_URI"] = (
-            url  # the credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
-        )
-        consumer = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        # the credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD
+        consumer = run_consumer(code, tmp_path, url)
         assert consumer.returncode == 0, consumer.stderr[-2000:]
         version, intent = consumer.stdout.split()
         assert version == summary["challenger"] and intent in ("know", "go", "do", "buy")
