@@ -8,10 +8,16 @@ its own section of bench/RESULTS.md:
 - accuracy, macro-F1 and log-loss on the test split of the LightGBM model, the Bayes-optimal
   posterior, a logistic regression and the majority class, and the model's ratio to the
   Bayes-optimal accuracy (target: >= 97%);
+- with `--no-history`, the same recipe again with `experiment=no_history` (no journey-history
+  features) on the same data and split: what a journey's past is worth;
+- the targets of a world that tells models apart (`--generator segmented`), as ratios to the
+  Bayes-optimal accuracy: the model >= 98%, the logistic regression <= 94%, no history >= 2
+  points below the model, and the Bayes-optimal accuracy itself in [0.80, 0.90] (room to be wrong);
 - each stage's share of the time (data generation included), from one run.
 
     python bench/bench_training.py                      # 200k sessions, 2 threads
     python bench/bench_training.py --sessions 50000 --out /tmp/RESULTS.md
+    python bench/bench_training.py --generator segmented --no-history  # segments and interactions
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ from pipelines.engines.local import generate
 from pipelines.stages.train import train
 
 TARGET_RATIO = 0.97  # model accuracy / Bayes-optimal accuracy
+# a world that tells models apart: the model close to the limit, a linear model and
+# a model without journey history clearly below it, and the limit itself below certainty
+WORLD_TARGETS = {
+    "model_ratio": 0.98,  # >= : LightGBM accuracy / Bayes accuracy
+    "logreg_ratio": 0.94,  # <= : logistic-regression accuracy / Bayes accuracy
+    "history_gap": 0.02,  # >= : LightGBM accuracy minus no-history accuracy
+    "bayes_accuracy": (0.80, 0.90),
+}
 MODELS = (  # (label, metric prefix)
     ("LightGBM model", "test/"),
     ("Bayes-optimal posterior", "test/bayes/"),
@@ -54,7 +68,9 @@ STAGES = (
 )
 
 
-def train_config(data_dir: Path, output_dir: Path, threads: int) -> dict:
+def train_config(
+    data_dir: Path, output_dir: Path, threads: int, extra: tuple[str, ...] = ()
+) -> dict:
     """The `train` config as the CLI composes it, pointed at the generated data."""
     return compose_config(
         "train",
@@ -64,13 +80,17 @@ def train_config(data_dir: Path, output_dir: Path, threads: int) -> dict:
             # output_dir is ${hydra:runtime.output_dir}, which only a Hydra run resolves
             f"output_dir={output_dir}",
             f"runtime.threads={threads}",
+            *extra,
         ],
     )
 
 
-def run(sessions: int, threads: int, seed: int) -> dict:
-    """Generate, train and evaluate once; returns what the report needs."""
-    composed = compose_config("generate")  # conf/generate.yaml: generator and generate groups
+def run(
+    sessions: int, threads: int, seed: int, generator: str = "default", no_history: bool = False
+) -> dict:
+    """Generate, train and evaluate once (twice with `no_history`); returns what the report
+    needs."""
+    composed = compose_config("generate", [f"generator={generator}"])
     gen_params_cfg, gen_cfg = composed["generator"], composed["generate"]
     n_journeys = journeys_for(sessions, gen_params_cfg)
 
@@ -91,8 +111,18 @@ def run(sessions: int, threads: int, seed: int) -> dict:
             result = train(cfg)
         train_s = time.perf_counter() - start
         print(f"  train() took {train_s:.1f} s", flush=True)
+        no_history_metrics = None
+        if no_history:
+            print("training again with experiment=no_history ...", flush=True)
+            cfg = train_config(
+                data_dir, Path(tmp) / "output_nh", threads, ("experiment=no_history",)
+            )
+            with threadpool_limits(limits=threads):
+                no_history_metrics = train(cfg).metrics
 
     return {
+        "generator": generator,
+        "no_history_metrics": no_history_metrics,
         "sessions": summary["sessions"],
         "journeys": summary["journeys"],
         "chunk_journeys": int(gen_cfg["chunk_journeys"]),
@@ -105,7 +135,7 @@ def run(sessions: int, threads: int, seed: int) -> dict:
     }
 
 
-def quality_table(m: dict) -> list[str]:
+def quality_table(m: dict, no_history: dict | None = None) -> list[str]:
     lines = [
         "| model | accuracy | macro-F1 | log-loss |",
         "|---|---:|---:|---:|",
@@ -118,6 +148,70 @@ def quality_table(m: dict) -> list[str]:
             f"| {label} | {m[f'{prefix}accuracy']:.4f} | {m[f'{prefix}macro_f1']:.4f} "
             f"| {m[f'{prefix}logloss']:.4f} |"
         )
+    if no_history is not None:
+        lines.insert(
+            3,
+            f"| LightGBM, no journey history (`experiment=no_history`) "
+            f"| {no_history['test/accuracy']:.4f} | {no_history['test/macro_f1']:.4f} "
+            f"| {no_history['test/logloss']:.4f} |",
+        )
+    return lines
+
+
+def world_table(m: dict, no_history: dict | None) -> list[str]:
+    """Each model's accuracy and log-loss as ratios to the Bayes-optimal ones, and the
+    targets of the world, from the same run."""
+    if "test/bayes/accuracy" not in m:
+        return []
+    acc, loss = m["test/bayes/accuracy"], m["test/bayes/logloss"]
+    rows = [("LightGBM model", m["test/accuracy"], m["test/logloss"])]
+    if no_history is not None:
+        rows.append(
+            (
+                "LightGBM, no journey history",
+                no_history["test/accuracy"],
+                no_history["test/logloss"],
+            )
+        )
+    if "test/logreg/accuracy" in m:
+        rows.append(("logistic regression", m["test/logreg/accuracy"], m["test/logreg/logloss"]))
+    lines = [
+        "| model | accuracy / Bayes | log-loss / Bayes |",
+        "|---|---:|---:|",
+        *(f"| {label} | {pct(a / acc)} | {ll / loss:.3f}x |" for label, a, ll in rows),
+        "",
+        "| target (a world that tells models apart) | measured | status |",
+        "|---|---:|---|",
+    ]
+    t = WORLD_TARGETS
+    lo, hi = t["bayes_accuracy"]
+    checks = [
+        (
+            f"model accuracy >= {pct(t['model_ratio'], 0)} of Bayes",
+            pct(m["test/accuracy"] / acc),
+            m["test/accuracy"] / acc >= t["model_ratio"],
+        ),
+        (f"Bayes accuracy in [{lo:.2f}, {hi:.2f}]", f"{acc:.4f}", lo <= acc <= hi),
+    ]
+    if "test/logreg/accuracy" in m:
+        r = m["test/logreg/accuracy"] / acc
+        checks.append(
+            (
+                f"logistic regression <= {pct(t['logreg_ratio'], 0)} of Bayes",
+                pct(r),
+                r <= t["logreg_ratio"],
+            )
+        )
+    if no_history is not None:
+        gap = m["test/accuracy"] - no_history["test/accuracy"]
+        checks.append(
+            (
+                f"no history >= {100 * t['history_gap']:.0f} points below the model",
+                f"{100 * gap:.2f} points",
+                gap >= t["history_gap"],
+            )
+        )
+    lines += [f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |" for name, value, ok in checks]
     return lines
 
 
@@ -175,11 +269,12 @@ def render(res: dict, command: str, meta: list[str]) -> str:
         f"- data: {res['journeys']:,} journeys, {res['sessions']:,} sessions, generator seed "
         f"{res['seed']}, {res['chunk_journeys']:,} journeys per part; {rows}",
         f"- LightGBM {lightgbm.__version__}, {res['threads']} threads, best iteration "
-        f"{int(m['train/best_iteration'])}; default `conf/` otherwise; nothing logged to MLflow",
+        f"{int(m['train/best_iteration'])}; `generator={res['generator']}`, default `conf/` "
+        "otherwise; nothing logged to MLflow",
         "",
         "### Quality on the test split",
         "",
-        *quality_table(m),
+        *quality_table(m, res["no_history_metrics"]),
         "",
         f"**Model accuracy / Bayes-optimal accuracy: {ratio_text}** "
         f"(target >= {pct(TARGET_RATIO, 0)}): **{status}**",
@@ -190,6 +285,14 @@ def render(res: dict, command: str, meta: list[str]) -> str:
             f"Also: macro-F1 at {pct(m['test/ratio_to_bayes/macro_f1'])} of the Bayes-optimal "
             f"macro-F1; log-loss {m['test/ratio_to_bayes/logloss']:.3f}x the Bayes-optimal "
             "log-loss (lower is better, 1.0 is the limit).",
+        ]
+    world = world_table(m, res["no_history_metrics"])
+    if world:
+        lines += [
+            "",
+            "### Against the limit: ratios to the Bayes-optimal posterior (one run)",
+            "",
+            *world,
         ]
     lines += [
         "",
@@ -216,6 +319,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     parser.add_argument(
+        "--generator", default="default", help="the generator preset, conf/generator/ (default)"
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="also train experiment=no_history on the same data and report the accuracy gap",
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_RESULTS, help="results file (default bench/RESULTS.md)"
     )
     parser.add_argument(
@@ -232,7 +343,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     meta = run_metadata()  # before the run: the code version it ran with
-    res = run(args.sessions, args.threads, args.seed)
+    res = run(args.sessions, args.threads, args.seed, args.generator, args.no_history)
     command = command_line(__file__, sys.argv[1:] if argv is None else argv)
     report = render(res, command, meta)
     print("\n" + report, flush=True)

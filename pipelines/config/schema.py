@@ -12,7 +12,9 @@ from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipelines.core.synthetic import GeneratorParams
 
 
 def choices(name: str, *values: str) -> type[StrEnum]:
@@ -260,8 +262,28 @@ class CitySchema:
 
 
 @dataclass
+class SegmentSchema:
+    """A hidden customer segment: its share of journeys and how it tilts the shared parameters
+    (a tilt multiplies the named entries of each probability row, then renormalises it)."""
+
+    name: str = MISSING
+    share: float = MISSING
+    intent_tilt: dict[str, float] = field(default_factory=dict)  # first intent and every move
+    device_tilt: dict[str, float] = field(default_factory=dict)
+    channel_tilt: dict[str, float] = field(default_factory=dict)
+    page_tilt: dict[str, float] = field(default_factory=dict)
+    gap_scale: float = 1.0  # times the mean day gap between sessions
+    near_store_scale: float = 1.0  # times the chance a located session is at a store
+    returning_odds: float = 1.0  # times the odds a first visit is a returning customer
+
+
+@dataclass
 class GeneratorSchema:
-    """Every parameter of the synthetic journeys (see conf/generator/default.yaml)."""
+    """Every parameter of the synthetic journeys (see conf/generator/default.yaml).
+
+    Types are checked when Hydra composes; values (rows summing to 1, lengths, known names) by
+    `validate_generator`, which raises `GeneratorConfigError` naming the key.
+    """
 
     intents: list[str] = MISSING
     initial: list[float] = MISSING
@@ -294,6 +316,23 @@ class GeneratorSchema:
     touchpoints: list[str] = MISSING
     logging_policy: dict[str, list[float]] = MISSING
     conversion: list[list[float]] = MISSING
+    # customer segments and context interactions (docs/synthetic.md); empty = none
+    segments: list[SegmentSchema] = field(default_factory=list)
+    store_hours: list[int] = field(default_factory=lambda: [0, 24])
+    near_store_closed: list[float] | None = None
+    returning_channel_odds: dict[str, dict[str, float]] = field(default_factory=dict)
+    dwell_device_shift: dict[str, list[float]] = field(default_factory=dict)
+    dwell_page_slope: list[float] | None = None
+    dwell_page_shift: dict[str, list[float]] = field(default_factory=dict)
+
+
+def validate_generator(cfg: Any) -> None:
+    """Refuse generator parameters that cannot describe a world (a row not summing to 1, a
+    probability outside [0, 1], lists of the wrong length, unknown names) before any work:
+    raises `GeneratorConfigError` naming the `generator.` key."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    GeneratorParams.from_config(cfg)
 
 
 # the blocks of the primary configs (`score:` in conf/score.yaml, ...): each primary config puts

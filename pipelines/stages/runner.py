@@ -36,8 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pipelines.config import hydra_main
+from pipelines.config.schema import validate_generator
 from pipelines.core.contract import ContractError
 from pipelines.core.secrets import CREDENTIALS_HINT, has_secret, redact
+from pipelines.core.synthetic import GeneratorConfigError
 from pipelines.io.outputs import LockHeld, OutputRefused
 from pipelines.io.readers import EmptyInput, PartMismatch
 from pipelines.tracking.runs import resolve_tracking_uri
@@ -196,6 +198,8 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, _first_line(err)
     if isinstance(err, LockHeld):
         return EXIT_LOCKED, _first_line(err)
+    if isinstance(err, GeneratorConfigError):
+        return EXIT_USAGE, _first_line(err)
     if is_tracking_outage(err):
         return EXIT_TRACKING, f"the tracking server stopped answering: {_first_line(err)}"
     if isinstance(err, MissingMandatoryValue):
@@ -239,6 +243,8 @@ def start(cfg: DictConfig, tracking: bool) -> None:
     level = str(OmegaConf.select(cfg, "runtime.log_level", default="INFO")).upper()
     logging.getLogger("pipelines").setLevel(level)
     check_config(cfg)
+    if "generator" in cfg:
+        validate_generator(cfg.generator)  # a world that cannot be drawn, before any work
     refuse_secrets_in_args(
         []
     )  # MLFLOW_TRACKING_URI (the CLI checked the command line before Hydra)

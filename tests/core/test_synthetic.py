@@ -1,28 +1,37 @@
 """The synthetic journey generator and its Bayes-optimal intent posterior.
 
-The forward filter is checked against brute-force enumeration (the recursion), and its output
-against the sampler on a large sample (calibration, overall and conditional on observable
-features): together they show `emission_loglik` agrees with `simulate`.
+The forward filter over (segment, intent) is checked against brute-force enumeration of every
+path (the recursion), and its output against the sampler on a large sample (calibration of the
+intent and of the segment, overall and conditional on observable features, including the
+combinations the interactions are about): together they show `emission_loglik` agrees with
+`simulate`. The default world (no segments, no interactions) is checked to be the world before segments
+existed, session for session; `generator=segmented` is the world with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import pipelines.config
+from pipelines.config.schema import register_configs, validate_generator
 from pipelines.core.geo import planar_km
 from pipelines.core.synthetic import (
+    GeneratorConfigError,
     GeneratorParams,
     emission_loglik,
     forward_filter,
     generate_chunks,
+    joint_posterior,
     simulate,
 )
 
@@ -32,8 +41,8 @@ LARGE_JOURNEYS = 35_000  # about 100k sessions once the export is cut at the ext
 N_SE = 4.5
 
 
-def _config() -> dict:
-    path = Path(pipelines.config.CONF_DIR) / "generator" / "default.yaml"
+def _config(name: str = "segmented") -> dict:
+    path = Path(pipelines.config.CONF_DIR) / "generator" / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
@@ -44,8 +53,9 @@ def params() -> GeneratorParams:
 
 @pytest.fixture(scope="module")
 def large(params):
-    """About 100k sessions with the true intent index `z` and the Bayes posterior."""
-    df = simulate(params, LARGE_JOURNEYS, np.random.default_rng(20260901))
+    """About 100k sessions with the true intent index `z` and the Bayes posterior (the hidden
+    `segment` column is there too)."""
+    df = simulate(params, LARGE_JOURNEYS, np.random.default_rng(20260901), with_segment=True)
     z = pd.Categorical(df["intent"], categories=params.intents).codes.astype(int)
     assert (z >= 0).all()
     post = forward_filter(df, params)
@@ -73,14 +83,21 @@ def _local_time(df: pd.DataFrame) -> pd.Series:
 
 
 def _session_marginal(params: GeneratorParams) -> np.ndarray:
-    """Share of sessions of each intent, from the chain: sum over positions of P(z_t, reached t)."""
-    step = params.transition * (1 - params.end_prob)[:, None]
-    alpha = params.initial.copy()
+    """(G, K) share of sessions of each segment and intent, from the chain: sum over positions
+    of P(segment, z_t, reached t)."""
+    step = params.tilted["transition"] * (1 - params.end_prob)[None, :, None]
+    alpha = params.segments.probs[:, None] * params.tilted["initial"]
     total = np.zeros_like(alpha)
     for _ in range(params.max_sessions):
         total += alpha
-        alpha = alpha @ step
+        alpha = np.einsum("gk,gkj->gj", alpha, step)
     return total / total.sum()
+
+
+def _segment_codes(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
+    g = pd.Categorical(df["segment"], categories=params.segments.names).codes.astype(int)
+    assert (g >= 0).all()
+    return g
 
 
 def _log_loss(post: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -91,16 +108,20 @@ def _log_loss(post: np.ndarray, z: np.ndarray) -> np.ndarray:
 # the forward recursion
 
 
-def test_posterior_matches_brute_force_enumeration(params):
-    """p(z_t | x_1..t) by summing over all 4^t intent paths equals the forward filter."""
-    p = dataclasses.replace(params, max_sessions=4)
+@pytest.mark.parametrize("preset", ["segmented", "default"])
+def test_posterior_matches_brute_force_enumeration(preset):
+    """p(segment, z_t | x_1..t) by summing over every segment and all 4^t intent paths equals
+    the forward filter, to 1e-9; the intent posterior is its sum over segments."""
+    p = dataclasses.replace(GeneratorParams.from_config(_config(preset)), max_sessions=4)
     df = simulate(p, 400, np.random.default_rng(7))
     lengths = df.groupby("journey_id", sort=False).size()
     assert set(lengths) == {1, 2, 3, 4}  # every journey length is exercised
-    post = forward_filter(df, p)
+    joint = joint_posterior(df, p)
+    np.testing.assert_allclose(forward_filter(df, p), joint.sum(axis=1), atol=1e-12)
     ll = emission_loglik(df, p)
-    k = p.n_intents
-    step = p.transition * (1 - p.end_prob)[:, None]  # the journey continued, then moved on
+    assert ll.shape == (len(df), p.n_segments, p.n_intents)
+    k, n_seg = p.n_intents, p.n_segments
+    step = p.tilted["transition"] * (1 - p.end_prob)[None, :, None]  # continued, then moved on
 
     starts = np.flatnonzero(
         np.r_[True, df["journey_id"].to_numpy()[1:] != df["journey_id"].to_numpy()[:-1]]
@@ -108,15 +129,20 @@ def test_posterior_matches_brute_force_enumeration(params):
     n_checked = 0
     for start, n in zip(starts, lengths.to_numpy(), strict=True):
         # rescale each session's likelihood by its max: a constant that cancels on normalising
-        like = np.exp(ll[start : start + n] - ll[start : start + n].max(axis=1, keepdims=True))
+        block = ll[start : start + n]
+        like = np.exp(block - block.max(axis=(1, 2), keepdims=True))
         for t in range(1, n + 1):
-            paths = np.array(list(itertools.product(range(k), repeat=t)))  # (k^t, t)
-            weight = p.initial[paths[:, 0]] * like[0, paths[:, 0]]
-            for s in range(1, t):
-                weight = weight * step[paths[:, s - 1], paths[:, s]] * like[s, paths[:, s]]
-            brute = np.bincount(paths[:, -1], weights=weight, minlength=k)
+            brute = np.zeros((n_seg, k))
+            for g in range(n_seg):  # the segment is fixed along the journey
+                paths = np.array(list(itertools.product(range(k), repeat=t)))  # (k^t, t)
+                weight = p.segments.probs[g] * p.tilted["initial"][g, paths[:, 0]]
+                weight = weight * like[0, g, paths[:, 0]]
+                for s in range(1, t):
+                    weight = weight * step[g, paths[:, s - 1], paths[:, s]]
+                    weight = weight * like[s, g, paths[:, s]]
+                brute[g] = np.bincount(paths[:, -1], weights=weight, minlength=k)
             brute /= brute.sum()
-            np.testing.assert_allclose(post[start + t - 1], brute, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(joint[start + t - 1], brute, rtol=0, atol=1e-9)
             n_checked += 1
     assert n_checked == len(df)
 
@@ -260,6 +286,21 @@ def _features(df: pd.DataFrame, params: GeneratorParams) -> dict[str, np.ndarray
     ret = df["returning_visitor"].to_numpy(bool)
     feats["first, returning"] = (pos == 0) & ret
     feats["first, new"] = (pos == 0) & ~ret
+    # the combinations the interactions are about: at a store by opening hours, a first visit's
+    # channel by returning customer, dwell by device
+    open_hours = (hour >= 9) & (hour < 21)
+    for name, dev in (("mobile", mobile), ("other device", ~mobile)):
+        at_store = located & dev & (store_km < 0.5)
+        feats[f"{name}, store < 0.5 km, open hours"] = at_store & open_hours
+        feats[f"{name}, store < 0.5 km, closed hours"] = at_store & ~open_hours
+    for c in params.channels:
+        for label, r in (("returning", ret), ("new", ~ret)):
+            feats[f"first, {label}, channel={c}"] = (pos == 0) & r & (df["channel"] == c).to_numpy()
+    for d in params.devices:
+        dev = (df["device"] == d).to_numpy()
+        feats[f"device={d}, log dwell < 4.5"] = dev & (logd < 4.5)
+        feats[f"device={d}, log dwell >= 5.5"] = dev & (logd >= 5.5)
+        feats[f"device={d}, pages>=4, log dwell < 5"] = dev & (pages >= 4) & (logd < 5)
     return feats
 
 
@@ -316,7 +357,7 @@ def overlapping(params):
     p = dataclasses.replace(
         params, near_store_mean_km=3.0, near_store_mobile=shares, near_store_other=shares
     )
-    df = simulate(p, 20_000, np.random.default_rng(31))
+    df = simulate(p, 20_000, np.random.default_rng(31), with_segment=True)
     z = pd.Categorical(df["intent"], categories=p.intents).codes.astype(int)
     return p, df, z
 
@@ -325,10 +366,10 @@ def overlapping(params):
 def test_location_likelihood_is_a_normalised_density_for_every_intent(sample, request):
     """The location term is a density in the same measure for every intent.
 
-    For located sessions of intent j, E[p(loc | k) / p(loc | j)] = 1 for every k (the ratio is
-    bounded as every intent mixes both components, so the mean is sharp). The location term is
-    isolated by differencing with the same sessions unlocated; a missing Jacobian, a wrong
-    mixture weight or a wrong radial law breaks the identity.
+    For located sessions of intent j, E[p(loc | k) / p(loc | j)] = 1 for every k, within the
+    session's own segment (the ratio is bounded as every intent mixes both components, so the
+    mean is sharp). The location term is isolated by differencing with the same sessions
+    unlocated; a missing Jacobian, a wrong mixture weight or a wrong radial law breaks it.
     """
     if sample == "default":
         params = request.getfixturevalue("params")
@@ -338,9 +379,10 @@ def test_location_likelihood_is_a_normalised_density_for_every_intent(sample, re
     unlocated = df.copy()
     unlocated["latitude"] = np.nan
     unlocated["longitude"] = np.nan
-    loc_term = emission_loglik(df, params) - emission_loglik(unlocated, params)
+    full = emission_loglik(df, params) - emission_loglik(unlocated, params)
+    loc_term = full[np.arange(len(df)), _segment_codes(df, params)]  # (n, K), own segment
     located = df["latitude"].notna().to_numpy()
-    np.testing.assert_allclose(loc_term[~located], 0.0, atol=1e-12)
+    np.testing.assert_allclose(full[~located], 0.0, atol=1e-12)
     clusters = _journey_codes(df)
     mobile = (df["device"] == "mobile").to_numpy()
     n_checked = 0
@@ -406,18 +448,21 @@ def test_day_gap_and_hour_likelihood_is_the_redrawn_geometric_times_hour(params)
         local.dt.normalize().to_numpy()[1::2] - local.dt.normalize().to_numpy()[0::2]
     ) / np.timedelta64(1, "D")
 
-    # first sessions: only the hour varies
-    resid = first - np.log(params.hour_probs[:, h0].T)
+    # first sessions: only the hour varies (and, with store hours, nothing else: unlocated)
+    resid = first - np.log(params.hour_probs[:, h0].T)[:, None, :]
     np.testing.assert_allclose(resid - resid[0], 0.0, atol=1e-9)
 
     all_gaps = np.arange(5000)[:, None]
-    for k in range(params.n_intents):
-        gp = params.gap_p[k]
-        joint = gp * (1 - gp) ** all_gaps * params.hour_probs[k][None, :]  # (gap, hour)
-        norm = {a: joint.sum() - joint[0, : a + 1].sum() for a in prev_hours}
-        log_p = np.log(joint[g.astype(int), h] / np.array([norm[a] for a in h0]))
-        resid = second[:, k] - log_p
-        np.testing.assert_allclose(resid - resid[0], 0.0, atol=1e-9, err_msg=params.intents[k])
+    for s in range(params.n_segments):
+        for k in range(params.n_intents):
+            gp = params.gap_p_g[s, k]
+            joint = gp * (1 - gp) ** all_gaps * params.hour_probs[k][None, :]  # (gap, hour)
+            norm = {a: joint.sum() - joint[0, : a + 1].sum() for a in prev_hours}
+            log_p = np.log(joint[g.astype(int), h] / np.array([norm[a] for a in h0]))
+            resid = second[:, s, k] - log_p
+            np.testing.assert_allclose(
+                resid - resid[0], 0.0, atol=1e-9, err_msg=(params.segments.names[s], k)
+            )
 
 
 def test_bayes_posterior_beats_history_free_alternatives(params, large):
@@ -428,13 +473,19 @@ def test_bayes_posterior_beats_history_free_alternatives(params, large):
     """
     df, z, post = large
     clusters = _journey_codes(df)
-    marginal = _session_marginal(params)
-    freq = np.bincount(z, minlength=params.n_intents) / len(z)
+    joint_marginal = _session_marginal(params)  # (G, K)
+    marginal = joint_marginal.sum(axis=0)
+    # without the export cut: the cut shortens journeys, which the chain's marginal ignores
+    whole = simulate(
+        dataclasses.replace(params, cut_at_end=False), 20_000, np.random.default_rng(17)
+    )
+    zw = pd.Categorical(whole["intent"], categories=params.intents).codes
+    freq = np.bincount(zw, minlength=params.n_intents) / len(zw)
     np.testing.assert_allclose(freq, marginal, atol=0.01)
 
     ll = emission_loglik(df, params)
-    a = np.log(marginal)[None, :] + ll
-    per_session = np.exp(a - a.max(axis=1, keepdims=True))
+    a = np.log(joint_marginal)[None, :, :] + ll
+    per_session = np.exp(a - a.max(axis=(1, 2), keepdims=True)).sum(axis=1)
     per_session /= per_session.sum(axis=1, keepdims=True)
 
     bayes_loss = _log_loss(post, z)
@@ -450,6 +501,7 @@ def test_bayes_posterior_beats_history_free_alternatives(params, large):
 
     # a filter that believes intents do not persist (every row of the transition = the marginal)
     wrong = dataclasses.replace(params, transition=np.tile(marginal, (params.n_intents, 1)))
+    assert not np.allclose(wrong.tilted["transition"], params.tilted["transition"])
     diff_wrong = _log_loss(forward_filter(df, wrong), z) - bayes_loss
     assert diff_wrong.mean() > N_SE * _clustered_se(diff_wrong, clusters)
 
@@ -525,8 +577,8 @@ def test_journey_lengths_follow_the_end_probabilities_and_the_cap(params):
     df = simulate(p, 20_000, np.random.default_rng(13))
     lengths = df.groupby("journey_id").size()
     assert lengths.max() == 3
-    # P(length = 1) = sum_k initial_k * end_k
-    expected = float(p.initial @ p.end_prob)
+    # P(length = 1) = sum_g share_g sum_k initial_gk * end_k
+    expected = float(p.segments.probs @ p.tilted["initial"] @ p.end_prob)
     n = len(lengths)
     share = (lengths == 1).mean()
     assert abs(share - expected) < N_SE * np.sqrt(expected * (1 - expected) / n)
@@ -571,7 +623,12 @@ def test_mobile_go_sessions_are_mostly_near_a_store_and_desktops_share_location_
     near_share = (store_km[mobile_go] < 1.0).mean()
     assert mobile_go.sum() > 5000
     assert near_share > 0.5  # mostly
-    near_p = params.near_store_mobile[go]
+    # the configured at-a-store chance of each session's own segment, intent and hour
+    hour = _local_time(df).dt.hour.to_numpy()
+    chance = params.near_store_p(device == "mobile", hour)[
+        np.arange(len(df)), _segment_codes(df, params), z
+    ]
+    near_p = chance[mobile_go].mean()
     max_stores = max(len(c.stores) for c in params.cities)
     city_near = max_stores / params.city_radius_km**2  # union bound on area within 1 km of a store
     se = np.sqrt(near_share * (1 - near_share) / mobile_go.sum())
@@ -583,13 +640,10 @@ def test_mobile_go_sessions_are_mostly_near_a_store_and_desktops_share_location_
 
     # intents with a low store chance are rarely near a store, on any device
     know = params.intents.index("know")
-    for dev, near_cfg in (
-        ("mobile", params.near_store_mobile),
-        ("desktop", params.near_store_other),
-    ):
+    for dev in ("mobile", "desktop"):
         sel = located & (device == dev) & (z == know)
         share = (store_km[sel] < 1.0).mean()
-        upper = near_cfg[know] * within + (1 - near_cfg[know]) * city_near
+        upper = chance[sel].mean() * within + (1 - chance[sel].mean()) * city_near
         assert share < upper + N_SE * np.sqrt(upper / sel.sum()), dev
 
 
@@ -629,20 +683,14 @@ def test_touchpoints_follow_the_logging_policy_and_conversions_the_configured_ra
 
 
 # ---------------------------------------------------------------------------------------------
-# the config
-
-
-def _with(**changes) -> dict:
-    cfg = _config()
-    cfg.update(changes)
-    return cfg
+# the config (base keys)
 
 
 def test_from_config_rejects_a_transition_row_that_does_not_sum_to_one():
     cfg = _config()
     transition = [list(row) for row in cfg["transition"]]
     transition[1][0] += 0.1
-    with pytest.raises(ValueError, match=r"generator\.transition"):
+    with pytest.raises(GeneratorConfigError, match=r"generator\.transition.* row 1 \(go\)"):
         GeneratorParams.from_config(_with(transition=transition))
 
 
@@ -692,3 +740,170 @@ def test_the_export_ends_at_the_extraction_time_with_steady_traffic_before_it(pa
     assert recent.min() > 0.85 * recent.max()
     last_28_days = (_local_time(df) >= cut - pd.Timedelta(days=28)).sum()
     assert last_28_days > 0.4 * len(df)
+
+
+# ---------------------------------------------------------------------------------------------
+# presets, segments and interactions
+
+# sha256 of the sessions of `simulate(default, 300, default_rng(2026))` (floats to 6 decimals),
+# as the generator wrote them before segments and interactions existed
+DEFAULT_SESSIONS_SHA256 = "740be5fb261615a56f28c429b3ba2eca1aff7b939b38377ea7d391db2c56d90c"
+
+
+def test_the_default_world_is_the_world_before_segments_session_for_session():
+    p = GeneratorParams.from_config(_config("default"))
+    assert p.segments.names == ("all",)
+    it = p.interactions
+    assert it.store_hours == (0, 24)
+    assert (it.near_store_closed == 1).all() and (it.returning_channel_odds == 1).all()
+    assert not it.dwell_device_shift.any() and not it.dwell_page_slope.any()
+    assert not it.dwell_page_shift.any()
+    df = simulate(p, 300, np.random.default_rng(2026))
+    floats = df.select_dtypes("float").columns
+    df[floats] = df[floats].round(6)
+    digest = hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+    assert digest == DEFAULT_SESSIONS_SHA256
+
+
+def test_default_world_has_segments_that_change_the_chain_and_the_emissions(params):
+    assert params.n_segments == 3
+    np.testing.assert_allclose(params.segments.probs.sum(), 1.0)
+    # every segment's chain and emission rows are probabilities, and segments differ
+    for arr in (
+        params.tilted["initial"],
+        params.tilted["transition"],
+        params.tilted["device_probs"],
+        params.tilted["channel_probs"],
+        params.tilted["page_type_probs"],
+    ):
+        np.testing.assert_allclose(arr.sum(axis=-1), 1.0)
+        assert not np.allclose(arr[0], arr[1]) or not np.allclose(arr[1], arr[2])
+    assert len(set(params.gap_p_g[:, 0])) == params.n_segments
+
+
+def test_segments_show_in_the_sample_as_configured(params, large):
+    """Each segment's share of journeys, and its device mix, are the configured ones."""
+    df, z, _ = large
+    g = _segment_codes(df, params)
+    first = ~df["journey_id"].duplicated().to_numpy()
+    share = np.bincount(g[first], minlength=params.n_segments) / first.sum()
+    se = np.sqrt(params.segments.probs * (1 - params.segments.probs) / first.sum())
+    assert (np.abs(share - params.segments.probs) < N_SE * se).all(), share
+    dev = pd.Categorical(df["device"], categories=params.devices).codes
+    for s in range(params.n_segments):
+        for k in range(params.n_intents):
+            sel = (g == s) & (z == k)
+            freq = np.bincount(dev[sel], minlength=len(params.devices)) / sel.sum()
+            expected = params.tilted["device_probs"][s, k]
+            se = np.sqrt(expected * (1 - expected) / sel.sum())
+            assert (np.abs(freq - expected) < N_SE * se + 1e-3).all(), (s, k, freq, expected)
+
+
+def test_segment_posterior_is_calibrated_and_sharpens_along_the_journey(params, large):
+    """The joint posterior summed over intents is the segment's posterior: calibrated, and more
+    certain the more sessions of the journey it has seen (the past carries the segment)."""
+    df, _, _ = large
+    g = _segment_codes(df, params)
+    seg_post = joint_posterior(df, params).sum(axis=2)
+    clusters = _journey_codes(df)
+    onehot = np.eye(params.n_segments)[g]
+    for s, name in enumerate(params.segments.names):
+        diff = onehot[:, s] - seg_post[:, s]
+        assert abs(diff.mean()) < N_SE * _clustered_se(diff, clusters), name
+        for lo in np.arange(0, 1, 0.2):
+            sel = (seg_post[:, s] >= lo) & (seg_post[:, s] < lo + 0.2)
+            if sel.sum() < 2000:
+                continue
+            d = diff[sel]
+            assert abs(d.mean()) < max(0.02, N_SE * _clustered_se(d, clusters[sel])), (name, lo)
+    pos = _positions(df)
+    certainty = seg_post.max(axis=1)
+    by_position = [certainty[pos == t].mean() for t in range(4)]
+    assert all(a < b for a, b in zip(by_position, by_position[1:], strict=False)), by_position
+
+
+def test_interactions_make_the_same_context_mean_different_intents(params, large):
+    """At a store while stores are open, a mobile session is mostly "go"; at a store after
+    closing, mostly not; a returning customer's first visit by e-mail is mostly "buy", a new
+    visitor's by e-mail much less so."""
+    df, z, _ = large
+    go, buy = params.intents.index("go"), params.intents.index("buy")
+    hour = _local_time(df).dt.hour.to_numpy()
+    opened = params.interactions.store_open(hour)
+    at_store = (df["device"] == "mobile").to_numpy() & (_nearest_store_km(df, params) < 0.5)
+    go_open = (z[at_store & opened] == go).mean()
+    go_closed = (z[at_store & ~opened] == go).mean()
+    assert go_open > 0.5 > go_closed + 0.2, (go_open, go_closed)
+
+    first = _positions(df) == 0
+    email = first & (df["channel"] == "email").to_numpy()
+    ret = df["returning_visitor"].to_numpy(bool)
+    assert (z[email & ret] == buy).mean() > (z[email & ~ret] == buy).mean() + 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# the config
+
+
+def _with(**changes) -> dict:
+    cfg = _config()
+    cfg.update(changes)
+    return cfg
+
+
+def _segment_change(i: int, **changes) -> list[dict]:
+    segments = [dict(s) for s in _config()["segments"]]
+    segments[i].update(changes)
+    return segments
+
+
+@pytest.mark.parametrize(
+    "key, change",
+    [
+        ("segments", {"segments": _segment_change(1, share=0.5)}),  # shares sum to 1.15
+        ("segments[0].device_tilt", {"segments": _segment_change(0, device_tilt={"phone": 2.0})}),
+        ("segments[2].gap_scale", {"segments": _segment_change(2, gap_scale=-1.0)}),
+        ("segments[1]", {"segments": _segment_change(1, colour="red")}),
+        ("store_hours", {"store_hours": [21, 9]}),
+        ("near_store_closed", {"near_store_closed": [1.0, 0.1]}),
+        ("near_store_mobile", {"near_store_mobile": [0.25, 0.95, 0.2, 0.3]}),  # x 1.15 > 1
+        ("returning_channel_odds.browse", {"returning_channel_odds": {"browse": {"email": 2}}}),
+        ("returning_channel_odds.buy", {"returning_channel_odds": {"buy": {"fax": 2}}}),
+        ("dwell_device_shift.mobile", {"dwell_device_shift": {"mobile": [0.1, 0.2]}}),
+        ("dwell_page_shift", {"dwell_page_shift": {"video": [0.0, 0.0, 0.0, 0.0]}}),
+        ("dwell_log_sd", {"dwell_log_sd": [0.8, 0.0, 0.8, 0.8]}),
+        ("city_probs", {"city_probs": [0.5, 0.5]}),
+        ("logging_policy.desktop", {"logging_policy": {"mobile": [0.125] * 8}}),
+    ],
+)
+def test_from_config_rejects_bad_segments_and_interactions_naming_the_key(key, change):
+    with pytest.raises(GeneratorConfigError, match=r"generator\." + re.escape(key)):
+        GeneratorParams.from_config(_with(**change))
+
+
+def _composed_generator(overrides: list[str]) -> dict:
+    register_configs()
+    with initialize_config_dir(config_dir=pipelines.config.CONF_DIR, version_base="1.3"):
+        cfg = compose("generate", overrides=overrides)
+    return cfg.generator
+
+
+@pytest.mark.parametrize("preset", ["default", "segmented", "shifted"])
+def test_every_preset_composes_and_validates(preset):
+    validate_generator(_composed_generator([f"generator={preset}"]))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("generator.initial=[0.5,0.5,0.5,0.1]", "initial"),
+        ("generator.transition.1=[0.5,0.5,0.5,0.1]", "transition"),
+        ("generator.device_probs.0=[1.5,-0.5,0.0]", "device_probs"),
+        ("generator.end_prob=[0.3,0.3]", "end_prob"),
+        ("generator.segments.0.share=0.9", "segments"),
+    ],
+)
+def test_a_composed_config_with_a_bad_value_is_refused_naming_the_key(override, key):
+    """What `micromoment generate <override>` composes is refused before any work."""
+    with pytest.raises(GeneratorConfigError, match=rf"generator\.{key}"):
+        validate_generator(_composed_generator(["generator=segmented", override]))

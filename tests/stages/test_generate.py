@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from pipelines.io.outputs import OUTPUT_MARK, OutputRefused
 from pipelines.stages.generate import run_generate
 from tests.conftest import compose_config
+from tests.fixtures import run_cli
 
 
 def test_generate_refuses_a_folder_of_other_files_and_replaces_its_own(tmp_path):
@@ -78,3 +79,27 @@ def test_generate_writes_a_part_per_chunk_and_says_what_it_wrote(tmp_path, capsy
         f"wrote {summary['sessions']} sessions of 30 journeys to {tmp_path / 'data'}/sessions "
         "(3 parts)"
     )
+
+
+def test_a_world_that_cannot_be_drawn_exits_2_naming_the_key_before_any_work(tmp_path):
+    done = run_cli(
+        ["generate", f"generate.out_dir={tmp_path / 'out'}", "generator.initial=[0.5,0.5,0.5,0.1]"],
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("micromoment generate: error: generator.initial")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_segmented_world_is_a_preset_of_generate(tmp_path):
+    cfg = compose_config(
+        "generate",
+        [f"generate.out_dir={tmp_path}", "generate.n_journeys=50", "generator=segmented"],
+    )
+    summary = run_generate(OmegaConf.create(cfg))
+    sessions = pd.read_parquet(tmp_path / "sessions")
+    assert summary["journeys"] == 50 and len(sessions) == summary["sessions"]
+    posterior = sessions[[f"bayes_p_{c}" for c in ("know", "go", "do", "buy")]].sum(axis=1)
+    assert posterior.round(9).eq(1.0).all()
