@@ -166,58 +166,30 @@ class Stopwatch:
 @contextlib.contextmanager
 def timed_pieces(model: IntentModel, watch: Stopwatch, with_io: bool) -> Iterator[None]:
     """Time the stages of `IntentModel.predict` (and of `score_file` when `with_io`) in place."""
+
+    def timed(owner, name: str, label: str, **kwargs) -> tuple:
+        """`owner.name` replaced by a version that adds its time to `label`."""
+        return owner, name, watch.wrap(label, getattr(owner, name), **kwargs)
+
     targets = [
-        (
-            pipelines.core.scorer,
-            "to_contract",
-            watch.wrap("contract", pipelines.core.scorer.to_contract),
-        ),
+        timed(pipelines.core.scorer, "to_contract", "contract"),
         # row checks: pandera for a chunk, the same rules on arrays for a few rows
-        (
-            pipelines.core.contract,
-            "schema_failures",
-            watch.wrap("validate", pipelines.core.contract.schema_failures),
-        ),
-        (
-            pipelines.core.contract,
-            "array_failures",
-            watch.wrap("validate", pipelines.core.contract.array_failures),
-        ),
-        (
-            model.featurizer,
-            "transform_matrix",
-            watch.wrap("features", model.featurizer.transform_matrix),
-        ),
-        (model, "predict_features", watch.wrap("predict", model.predict_features)),
-        (model, "predict", watch.wrap("intent_predict", model.predict)),
+        timed(pipelines.core.contract, "schema_failures", "validate"),
+        timed(pipelines.core.contract, "array_failures", "validate"),
+        timed(model.featurizer, "transform_matrix", "features"),
+        timed(model, "predict_features", "predict"),
+        timed(model, "predict", "intent_predict"),
     ]
     if with_io:
+        local = pipelines.engines.local
         targets += [
-            (
-                pipelines.engines.local,
-                "iter_batches",
-                watch.wrap_iter("read_input", pipelines.engines.local.iter_batches),
-            ),
-            (
-                pipelines.engines.local,
-                "bucket_of",
-                watch.wrap("route", pipelines.engines.local.bucket_of),
-            ),
-            (
-                pq.ParquetWriter,
-                "write_table",
-                # DataFrame.to_parquet writes through ParquetWriter too: counted as outputs
-                watch.wrap(
-                    "write_buckets", pq.ParquetWriter.write_table, unless=("write_outputs",)
-                ),
-            ),
-            (pd, "read_parquet", watch.wrap("read_buckets", pd.read_parquet)),
-            (
-                pipelines.core.scoring,
-                "journey_summary",
-                watch.wrap("journeys", pipelines.core.scoring.journey_summary),
-            ),
-            (pd.DataFrame, "to_parquet", watch.wrap("write_outputs", pd.DataFrame.to_parquet)),
+            (local, "iter_batches", watch.wrap_iter("read_input", local.iter_batches)),
+            timed(local, "bucket_of", "route"),
+            # DataFrame.to_parquet writes through ParquetWriter too: counted as outputs
+            timed(pq.ParquetWriter, "write_table", "write_buckets", unless=("write_outputs",)),
+            timed(pd, "read_parquet", "read_buckets"),
+            timed(pipelines.core.scoring, "journey_summary", "journeys"),
+            timed(pd.DataFrame, "to_parquet", "write_outputs"),
         ]
     with contextlib.ExitStack() as stack:
         for owner, name, wrapped in targets:
