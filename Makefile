@@ -35,8 +35,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP) ## run the training benchmark (200k sessions) and rewrite bench/RESULTS.md
-	$(BIN)/python bench/bench_training.py
+bench: $(STAMP) ## run the training benchmark (200k sessions, with and without history) and rewrite bench/RESULTS.md
+	$(BIN)/python bench/bench_training.py --no-history
 
 notebooks: $(STAMP) ## run both notebooks top to bottom into notebooks/*.ipynb (outputs kept out of git)
 	$(BIN)/jupytext --to notebook notebooks/01_sessions_and_journeys.py notebooks/02_model_report.py

@@ -62,19 +62,9 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> dict
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def sessions_per_journey(params: GeneratorParams) -> float:
-    """Expected sessions per journey of the generator (its Markov chain, cut at max_sessions)."""
-    alive = params.initial.copy()  # P(the journey has a session t and its intent is k)
-    total = 0.0
-    for _ in range(params.max_sessions):
-        total += float(alive.sum())
-        alive = (alive * (1.0 - params.end_prob)) @ params.transition
-    return total
-
-
 def journeys_for(sessions: int, generator_cfg: dict) -> int:
     """Journeys to simulate for about `sessions` sessions with this generator config."""
-    per_journey = sessions_per_journey(GeneratorParams.from_config(generator_cfg))
+    per_journey = GeneratorParams.from_config(generator_cfg).mean_sessions_per_journey()
     return max(1, round(sessions / per_journey))
 
 

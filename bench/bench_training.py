@@ -10,14 +10,16 @@ its own section of bench/RESULTS.md:
   Bayes-optimal accuracy (target: >= 97%);
 - with `--no-history`, the same recipe again with `experiment=no_history` (no journey-history
   features) on the same data and split: what a journey's past is worth;
-- the targets of a world that tells models apart (`--generator segmented`), as ratios to the
+- the targets of a world that tells models apart (the default world), as ratios to the
   Bayes-optimal accuracy: the model >= 98%, the logistic regression <= 94%, no history >= 2
-  points below the model, and the Bayes-optimal accuracy itself in [0.80, 0.90] (room to be wrong);
+  points below the model, and the Bayes-optimal accuracy itself in [0.80, 0.90] (room to be
+  wrong). On the default world a missed target fails the benchmark (exit 1); on the others
+  (`--generator simple`) they are reported only;
 - each stage's share of the time (data generation included), from one run.
 
-    python bench/bench_training.py                      # 200k sessions, 2 threads
+    python bench/bench_training.py --no-history         # 200k sessions, 2 threads, the targets
     python bench/bench_training.py --sessions 50000 --out /tmp/RESULTS.md
-    python bench/bench_training.py --generator segmented --no-history  # segments and interactions
+    python bench/bench_training.py --generator simple   # the world without segments
 """
 
 from __future__ import annotations
@@ -183,6 +185,17 @@ def world_table(m: dict, no_history: dict | None) -> list[str]:
         "| target (a world that tells models apart) | measured | status |",
         "|---|---:|---|",
     ]
+    checks = world_checks(m, no_history)
+    lines += [f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |" for name, value, ok in checks]
+    return lines
+
+
+def world_checks(m: dict, no_history: dict | None) -> list[tuple[str, str, bool]]:
+    """The targets of a world that tells models apart: (target, measured, met) for each one
+    this run measured."""
+    if "test/bayes/accuracy" not in m:
+        return []
+    acc = m["test/bayes/accuracy"]
     t = WORLD_TARGETS
     lo, hi = t["bayes_accuracy"]
     checks = [
@@ -211,8 +224,7 @@ def world_table(m: dict, no_history: dict | None) -> list[str]:
                 gap >= t["history_gap"],
             )
         )
-    lines += [f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |" for name, value, ok in checks]
-    return lines
+    return checks
 
 
 def verdict(m: dict) -> tuple[float | None, str]:
@@ -349,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + report, flush=True)
     path = write_section(args.out, args.section, report)
     print(f"wrote section {args.section!r} of {path}", flush=True)
-    return 0 if verdict(res["metrics"])[1] == "PASS" else 1
+    world_ok = all(ok for _, _, ok in world_checks(res["metrics"], res["no_history_metrics"]))
+    ok = verdict(res["metrics"])[1] == "PASS" and (world_ok or args.generator != "default")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -275,6 +275,8 @@ class SegmentSchema:
     gap_scale: float = 1.0  # times the mean day gap between sessions
     near_store_scale: float = 1.0  # times the chance a located session is at a store
     returning_odds: float = 1.0  # times the odds a first visit is a returning customer
+    dwell_shift: list[float] | None = None  # log-seconds added to the dwell, per intent
+    pages_scale: list[float] | None = None  # times the mean extra page views, per intent
 
 
 @dataclass

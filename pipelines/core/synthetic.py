@@ -65,6 +65,8 @@ class Segments:
     gap_scale: np.ndarray  # (G,): multiplies the mean day gap between sessions
     near_store_scale: np.ndarray  # (G,): multiplies the chance a located session is at a store
     returning_odds: np.ndarray  # (G,): multiplies the odds a first visit is a returning customer
+    dwell_shift: np.ndarray  # (G, K): log-seconds added to the dwell of each intent
+    pages_scale: np.ndarray  # (G, K): multiplies the mean extra page views of each intent
 
     @property
     def n(self) -> int:
@@ -183,6 +185,16 @@ class GeneratorParams:
         scale = self.segments.gap_scale[:, None]
         mean = (1 - self.gap_p) / self.gap_p
         return np.where(scale == 1, self.gap_p[None, :], 1 / (1 + mean[None, :] * scale))
+
+    @cached_property
+    def dwell_log_mean_g(self) -> np.ndarray:
+        """(G, K) log-mean dwell of a one-page session, shifted per segment."""
+        return self.dwell_log_mean[None, :] + self.segments.dwell_shift
+
+    @cached_property
+    def extra_pages_mean_g(self) -> np.ndarray:
+        """(G, K) mean extra page views, scaled per segment."""
+        return self.extra_pages_mean[None, :] * self.segments.pages_scale
 
     def near_store_p(self, mobile: np.ndarray, hour: np.ndarray) -> np.ndarray:
         """(n, G, K) chance a located session is at a store, by device class and local hour."""
@@ -445,6 +457,16 @@ class _Validator:
             for name in ("gap_scale", "near_store_scale", "returning_odds"):
                 arr = self.array(f"{key}.{name}", seg.get(name, 1.0), (), "a number")
                 rows[name].append(float(self.bounded(f"{key}.{name}", arr, 0, None, True)))
+            for name, identity, bounds in (
+                ("dwell_shift", 0.0, {}),
+                ("pages_scale", 1.0, {"lo": 0, "open_lo": True}),
+            ):
+                value = seg.get(name)
+                rows[name].append(
+                    np.full(len(self.intents), identity)
+                    if value is None
+                    else self.per_intent(f"{key}.{name}", value=value, **bounds)
+                )
         names = tuple(str(seg.get("name", "")) for seg in cfg)
         if "" in names or len(set(names)) != len(names):
             raise self.fail("segments", f"need distinct non-empty names, got {list(names)}")
@@ -500,6 +522,8 @@ _SEGMENT_FIELDS = (
     "gap_scale",
     "near_store_scale",
     "returning_odds",
+    "dwell_shift",
+    "pages_scale",
 )
 
 
@@ -572,9 +596,9 @@ def simulate(
 
         # the dwell's noise is drawn here (where it always was); its mean needs the pages
         dwell_noise = rng.standard_normal(n)
-        pages = 1 + rng.poisson(p.extra_pages_mean[zt])
+        pages = 1 + rng.poisson(p.extra_pages_mean_g[gt, zt])
         page_counts = rng.multinomial(pages, p.tilted["page_type_probs"][gt, zt])
-        mu = p.dwell_log_mean[zt] + p.interactions.dwell_shift(device, pages, page_counts, zt)
+        mu = p.dwell_log_mean_g[gt, zt] + p.interactions.dwell_shift(device, pages, page_counts, zt)
         dwell = np.exp(mu + p.dwell_log_sd[zt] * dwell_noise)
         if t == 0:
             ret_p = p.returning_p(channel)[np.arange(n), gt, zt]
@@ -734,14 +758,17 @@ def emission_loglik(df: pd.DataFrame, params: GeneratorParams) -> np.ndarray:
     pages = df["page_views"].to_numpy(dtype=float)
     counts = np.stack([df[f"pages_{t}"].to_numpy(dtype=float) for t in p.page_types], axis=1)
     logd = np.log(np.maximum(df["dwell_time_s"].to_numpy(dtype=float), 1e-3))
-    mu = p.dwell_log_mean[None, :] + p.interactions.dwell_shift(device, pages, counts, None)
-    sd = p.dwell_log_sd[None, :]
-    ll += (-np.log(sd) - 0.5 * ((logd[:, None] - mu) / sd) ** 2)[:, None, :]
+    mu = (
+        p.dwell_log_mean_g[None, :, :]
+        + p.interactions.dwell_shift(device, pages, counts, None)[:, None, :]
+    )  # (n, G, K)
+    sd = p.dwell_log_sd[None, None, :]
+    ll += -np.log(sd) - 0.5 * ((logd[:, None, None] - mu) / sd) ** 2
 
     # pages: 1 + Poisson count, then a multinomial page-type mix
-    extra = pages - 1
-    lam = p.extra_pages_mean[None, :]
-    ll += (extra[:, None] * np.log(lam) - lam - gammaln(extra + 1)[:, None])[:, None, :]
+    extra = (pages - 1)[:, None, None]
+    lam = p.extra_pages_mean_g[None, :, :]
+    ll += extra * np.log(lam) - lam - gammaln(extra + 1)
     ll += np.einsum("np,gkp->ngk", counts, np.log(p.tilted["page_type_probs"]))
 
     # returning visitor: informative on the first session of a journey only

@@ -4,8 +4,8 @@ The forward filter over (segment, intent) is checked against brute-force enumera
 path (the recursion), and its output against the sampler on a large sample (calibration of the
 intent and of the segment, overall and conditional on observable features, including the
 combinations the interactions are about): together they show `emission_loglik` agrees with
-`simulate`. The default world (no segments, no interactions) is checked to be the world before segments
-existed, session for session; `generator=segmented` is the world with them.
+`simulate`. The default world has segments and interactions; `generator=simple` (no segments,
+no interactions) is checked to be the world before segments existed, session for session.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ LARGE_JOURNEYS = 35_000  # about 100k sessions once the export is cut at the ext
 N_SE = 4.5
 
 
-def _config(name: str = "segmented") -> dict:
+def _config(name: str = "default") -> dict:
     path = Path(pipelines.config.CONF_DIR) / "generator" / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path))
 
@@ -108,7 +108,7 @@ def _log_loss(post: np.ndarray, z: np.ndarray) -> np.ndarray:
 # the forward recursion
 
 
-@pytest.mark.parametrize("preset", ["segmented", "default"])
+@pytest.mark.parametrize("preset", ["default", "simple"])
 def test_posterior_matches_brute_force_enumeration(preset):
     """p(segment, z_t | x_1..t) by summing over every segment and all 4^t intent paths equals
     the forward filter, to 1e-9; the intent posterior is its sum over segments."""
@@ -745,13 +745,13 @@ def test_the_export_ends_at_the_extraction_time_with_steady_traffic_before_it(pa
 # ---------------------------------------------------------------------------------------------
 # presets, segments and interactions
 
-# sha256 of the sessions of `simulate(default, 300, default_rng(2026))` (floats to 6 decimals),
-# as the generator wrote them before segments and interactions existed
-DEFAULT_SESSIONS_SHA256 = "740be5fb261615a56f28c429b3ba2eca1aff7b939b38377ea7d391db2c56d90c"
+# sha256 of the sessions of `simulate(simple, 300, default_rng(2026))` (floats to 6 decimals),
+# as the generator wrote them (as its default world) before segments and interactions existed
+SIMPLE_SESSIONS_SHA256 = "740be5fb261615a56f28c429b3ba2eca1aff7b939b38377ea7d391db2c56d90c"
 
 
-def test_the_default_world_is_the_world_before_segments_session_for_session():
-    p = GeneratorParams.from_config(_config("default"))
+def test_the_simple_world_is_the_world_before_segments_session_for_session():
+    p = GeneratorParams.from_config(_config("simple"))
     assert p.segments.names == ("all",)
     it = p.interactions
     assert it.store_hours == (0, 24)
@@ -762,7 +762,7 @@ def test_the_default_world_is_the_world_before_segments_session_for_session():
     floats = df.select_dtypes("float").columns
     df[floats] = df[floats].round(6)
     digest = hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
-    assert digest == DEFAULT_SESSIONS_SHA256
+    assert digest == SIMPLE_SESSIONS_SHA256
 
 
 def test_default_world_has_segments_that_change_the_chain_and_the_emissions(params):
@@ -779,6 +779,16 @@ def test_default_world_has_segments_that_change_the_chain_and_the_emissions(para
         np.testing.assert_allclose(arr.sum(axis=-1), 1.0)
         assert not np.allclose(arr[0], arr[1]) or not np.allclose(arr[1], arr[2])
     assert len(set(params.gap_p_g[:, 0])) == params.n_segments
+    # the same intent reads differently by segment: a researcher's buy session is longer and
+    # has more pages than a deal seeker's
+    buy = params.intents.index("buy")
+    researcher, deal_seeker = (
+        params.segments.names.index(n) for n in ("researcher", "deal_seeker")
+    )
+    assert params.dwell_log_mean_g[researcher, buy] > params.dwell_log_mean_g[deal_seeker, buy] + 1
+    assert (
+        params.extra_pages_mean_g[researcher, buy] > 2 * params.extra_pages_mean_g[deal_seeker, buy]
+    )
 
 
 def test_segments_show_in_the_sample_as_configured(params, large):
@@ -797,6 +807,28 @@ def test_segments_show_in_the_sample_as_configured(params, large):
             expected = params.tilted["device_probs"][s, k]
             se = np.sqrt(expected * (1 - expected) / sel.sum())
             assert (np.abs(freq - expected) < N_SE * se + 1e-3).all(), (s, k, freq, expected)
+
+
+def test_pages_and_dwell_per_segment_and_intent_are_the_configured_ones(params, large):
+    """The mean extra page views, and the mean log dwell once the session's own shifts (device,
+    pages, page mix) are taken off, match each (segment, intent)'s configured values."""
+    df, z, _ = large
+    g = _segment_codes(df, params)
+    pages = df["page_views"].to_numpy()
+    counts = np.stack([df[f"pages_{t}"].to_numpy() for t in params.page_types], axis=1)
+    device = pd.Categorical(df["device"], categories=params.devices).codes
+    # the dwell is rounded to 0.1 s on output: negligible against its log-normal spread
+    resid = np.log(df["dwell_time_s"].to_numpy()) - params.interactions.dwell_shift(
+        device, pages, counts, z
+    )
+    for s in range(params.n_segments):
+        for k in range(params.n_intents):
+            sel = (g == s) & (z == k)
+            lam = params.extra_pages_mean_g[s, k]
+            assert abs((pages[sel] - 1).mean() - lam) < N_SE * np.sqrt(lam / sel.sum()), (s, k)
+            sd = params.dwell_log_sd[k]
+            mean = resid[sel].mean()
+            assert abs(mean - params.dwell_log_mean_g[s, k]) < N_SE * sd / np.sqrt(sel.sum()) + 1e-3
 
 
 def test_segment_posterior_is_calibrated_and_sharpens_along_the_journey(params, large):
@@ -864,6 +896,8 @@ def _segment_change(i: int, **changes) -> list[dict]:
         ("segments[0].device_tilt", {"segments": _segment_change(0, device_tilt={"phone": 2.0})}),
         ("segments[2].gap_scale", {"segments": _segment_change(2, gap_scale=-1.0)}),
         ("segments[1]", {"segments": _segment_change(1, colour="red")}),
+        ("segments[0].dwell_shift", {"segments": _segment_change(0, dwell_shift=[0.1, 0.2])}),
+        ("segments[1].pages_scale", {"segments": _segment_change(1, pages_scale=[1, 0, 1, 1])}),
         ("store_hours", {"store_hours": [21, 9]}),
         ("near_store_closed", {"near_store_closed": [1.0, 0.1]}),
         ("near_store_mobile", {"near_store_mobile": [0.25, 0.95, 0.2, 0.3]}),  # x 1.15 > 1
@@ -888,7 +922,7 @@ def _composed_generator(overrides: list[str]) -> dict:
     return cfg.generator
 
 
-@pytest.mark.parametrize("preset", ["default", "segmented", "shifted"])
+@pytest.mark.parametrize("preset", ["default", "simple", "shifted"])
 def test_every_preset_composes_and_validates(preset):
     validate_generator(_composed_generator([f"generator={preset}"]))
 
@@ -906,4 +940,4 @@ def test_every_preset_composes_and_validates(preset):
 def test_a_composed_config_with_a_bad_value_is_refused_naming_the_key(override, key):
     """What `micromoment generate <override>` composes is refused before any work."""
     with pytest.raises(GeneratorConfigError, match=rf"generator\.{key}"):
-        validate_generator(_composed_generator(["generator=segmented", override]))
+        validate_generator(_composed_generator(["generator=default", override]))

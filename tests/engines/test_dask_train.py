@@ -47,7 +47,8 @@ def test_dask_training_registers_a_model_as_good_as_local_training(generated, tm
     run = client.get_run(version.run_id).data
     assert run.metrics["val/logloss"] == pytest.approx(val_logloss)
     assert abs(run.metrics["test/accuracy"] - local.metrics["test/accuracy"]) <= 0.01
-    assert run.metrics["test/accuracy"] > 0.9  # and both are near the Bayes-optimal 0.93
+    # and both are near the Bayes-optimal accuracy on the same rows
+    assert run.metrics["test/accuracy"] > 0.95 * run.metrics["test/bayes/accuracy"]
     # the same rows, split the same way: the data fingerprint is local training's
     assert run.tags["data_fingerprint"] == local.fingerprint
     for key in ("data/rows_kept", "data/train_rows", "data/val_rows", "data/test_rows"):

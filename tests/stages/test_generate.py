@@ -93,10 +93,10 @@ def test_a_world_that_cannot_be_drawn_exits_2_naming_the_key_before_any_work(tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_the_segmented_world_is_a_preset_of_generate(tmp_path):
+def test_the_simple_world_is_a_preset_of_generate(tmp_path):
     cfg = compose_config(
         "generate",
-        [f"generate.out_dir={tmp_path}", "generate.n_journeys=50", "generator=segmented"],
+        [f"generate.out_dir={tmp_path}", "generate.n_journeys=50", "generator=simple"],
     )
     summary = run_generate(OmegaConf.create(cfg))
     sessions = pd.read_parquet(tmp_path / "sessions")
