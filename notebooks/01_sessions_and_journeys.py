@@ -373,10 +373,14 @@ display(near.reindex(INTENTS).round(2))
 # %% [markdown]
 # ## What to take away
 #
-# - Pages viewed and dwell time carry most of the signal about a session's intent; device,
-#   channel, hour and location sharpen it.
-# - History matters: intents follow each other in typical patterns, so a session's intent is
-#   easier to tell once the journey's earlier sessions are known.
+# - Pages viewed and dwell time carry much of the signal about a session's intent; device,
+#   channel, hour and location sharpen it, and often only in combination (a phone at a store
+#   means "go" while stores are open; a short session is research on a phone and a checkout
+#   on a desk).
+# - History matters: intents follow each other in typical patterns, and each journey belongs to
+#   a hidden customer segment (researchers, deal seekers, local shoppers) whose sessions look
+#   different for the same intent, so a session's intent is easier to tell once the journey's
+#   earlier sessions are known (`docs/synthetic.md`).
 # - Some sessions stay ambiguous whatever the model (a short research session looks like a
 #   short purchase session). The generator writes the Bayes-optimal posterior of each session
 #   (`bayes_p_<intent>`) as the best any model can do; `02_model_report` compares a trained model

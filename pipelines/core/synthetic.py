@@ -17,9 +17,9 @@ The posterior conditions on the session context (device, channel, local time, th
 previous session, location, dwell time, pages, returning visitor). It does not condition on the
 touchpoint shown or on conversion: those are outcomes, not context a scorer has.
 
-Every new effect is off (tilt 1, shift 0) unless configured, and then draws exactly what the
-generator drew before it existed: the default world (`conf/generator/default.yaml`) has no
-segments or interactions; `generator=segmented` has both.
+Every effect is off (tilt 1, shift 0) unless configured, and then the generator draws exactly
+what it drew before the effect existed: the default world (`conf/generator/default.yaml`) has
+segments and interactions; `generator=simple` has neither.
 """
 
 from __future__ import annotations
