@@ -343,12 +343,13 @@ def validate_generator(cfg: Any) -> None:
 
 @dataclass
 class ScoreBlock:
-    """`micromoment score`: the model, the input and output, the chunk size."""
+    """`micromoment score`: the model, the input and output, the chunk size, the reasons."""
 
     model_uri: str = "models:/micro_moment_intent@champion"
     input: str = MISSING
     output: str = "scores/latest"
     chunk_rows: int = 250000
+    explain: int = 0  # the top-k reasons of each prediction (0: none; costs more than scoring)
 
 
 @dataclass
@@ -361,6 +362,7 @@ class FeedBlock:
     model_uri: str = "models:/micro_moment_intent@champion"
     output: str = "touchpoints/latest"
     chunk_rows: int = 250000
+    explain: int = 0  # the top-k reasons of each journey's latest prediction, when scored here
     log_to_mlflow: bool = True
 
 

@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from pipelines.core import explain as reasons_of
 from pipelines.core.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
 from pipelines.core.features import SessionFeaturizer
 from pipelines.core.modelling import booster_proba
@@ -41,14 +42,34 @@ class IntentModel:
 
     @property
     def output_columns(self) -> list[str]:
+        """The columns `predict` returns without reasons (before any `extra` ones)."""
+        return self.columns_with(explain=0)
+
+    def columns_with(self, explain: int) -> list[str]:
+        """The columns `predict(..., explain=explain)` returns (before any `extra` ones)."""
+        reasons = [reasons_of.reason_column(i + 1) for i in range(explain)]
         return [
             "session_id",
             *[f"p_{c}" for c in self.classes],
             "intent",
             "confidence",
             "margin",
+            *(reasons + [reasons_of.REASONS] if explain else []),
             REJECT_REASON,
         ]
+
+    def explain_features(self, X: np.ndarray, proba: np.ndarray, k: int) -> list[list[dict]]:
+        """The top-`k` reasons toward each row's predicted intent (`core.explain`), from the
+        feature matrix `X` and the probabilities predicted from it."""
+        contrib = reasons_of.contributions(self.booster, X, len(self.classes), self.threads)
+        return reasons_of.explain_rows(
+            contrib,
+            proba.argmax(axis=1),
+            X,
+            self.featurizer.feature_names_,
+            self.featurizer.categories_,
+            k,
+        )
 
     def predict_features(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Class probabilities from a feature frame or from `featurizer.transform_matrix`."""
@@ -61,6 +82,7 @@ class IntentModel:
         extra: dict | None = None,
         row_numbers: np.ndarray | None = None,
         nullable: bool = False,
+        explain: int = 0,
     ) -> pd.DataFrame:
         """One output row per input row, in the input order.
 
@@ -70,7 +92,10 @@ class IntentModel:
         numbers in the whole input when `raw` is a piece of it: a table without a session id
         column gets `row-<n>` ids from them. With `nullable`, missing values are `pd.NA` in
         `Float64` and `string` columns (what a JSON answer turns into null) instead of NaN/None.
+        With `explain` = k > 0, each scored row also gets its top-k reasons (`core.explain`):
+        `reason_1`..`reason_k` in words with their contribution, and `reasons` as JSON.
         """
+        explain = check_explain(explain)
         result = to_contract(
             raw,
             self.spec,
@@ -85,16 +110,33 @@ class IntentModel:
         ids = raw[id_col].to_numpy(dtype=object) if id_col else row_ids(n, row_numbers)
         k = len(self.classes)
         proba = np.full((n, k), np.nan)
+        explained: list = [None] * n
         if len(kept):
-            proba[result.kept_rows] = self.predict_features(self.featurizer.transform_matrix(kept))
+            X = self.featurizer.transform_matrix(kept)
+            proba[result.kept_rows] = self.predict_features(X)
+            if explain:
+                rows = self.explain_features(X, proba[result.kept_rows], explain)
+                for row, reasons in zip(result.kept_rows, rows, strict=True):
+                    explained[row] = reasons
+        reasons = np.full(n, None, dtype=object)
+        for row, reason in result.reasons.items():
+            reasons[row] = reason
+        if explain:
+            extra = {**reasons_of.reason_columns(explained, explain), **(extra or {})}
+        return self._frame(ids, proba, reasons, extra or {}, nullable)
+
+    def _frame(
+        self, ids: np.ndarray, proba: np.ndarray, rejected: np.ndarray, extra: dict, nullable: bool
+    ) -> pd.DataFrame:
+        """The output frame: ids, probabilities, intent, confidence and margin, then `extra`
+        columns (lists: one value per row; anything else: one value for every row) before and
+        after `reject_reason` (reason codes before it, the model's name and version after)."""
+        n = len(ids)
         top = np.argsort(-np.nan_to_num(proba, nan=-1.0), axis=1)
         best = np.take_along_axis(proba, top[:, :1], axis=1)[:, 0]
         second = np.take_along_axis(proba, top[:, 1:2], axis=1)[:, 0]
         intent = np.asarray(self.classes, dtype=object)[top[:, 0]]
         intent[np.isnan(best)] = None
-        reasons = np.full(n, None, dtype=object)
-        for row, reason in result.reasons.items():
-            reasons[row] = reason
         # one frame built at once: adding columns one by one costs more than scoring a session
         as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _same)
         columns = {
@@ -108,11 +150,15 @@ class IntentModel:
                 "intent": as_text(intent),
                 "confidence": as_float(best),
                 "margin": as_float(best - second),
-                REJECT_REASON: as_text(reasons),
             }
         )
-        for name, value in (extra or {}).items():
-            columns[name] = as_text(np.full(n, value, dtype=object))
+        per_row = {k: v for k, v in extra.items() if isinstance(v, list)}
+        for name, values in per_row.items():
+            columns[name] = as_text(np.asarray(values, dtype=object))
+        columns[REJECT_REASON] = as_text(rejected)
+        for name, value in extra.items():
+            if name not in per_row:
+                columns[name] = as_text(np.full(n, value, dtype=object))
         return pd.DataFrame(columns)
 
     def describe(self) -> dict:
@@ -131,6 +177,23 @@ class IntentModel:
 
 
 _TEXT = pd.StringDtype("python", na_value=pd.NA)
+MAX_EXPLAIN = 20  # reasons per row a caller may ask for
+
+
+def check_explain(explain) -> int:
+    """The number of reasons asked for, as an int in [0, MAX_EXPLAIN]; anything else raises
+    ValueError naming the value."""
+    if explain is None or explain is False:
+        return 0
+    if explain is True:
+        raise ValueError(f"explain must be a whole number of reasons, got {explain!r}")
+    try:
+        k = int(explain)
+    except (TypeError, ValueError):
+        raise ValueError(f"explain must be a whole number of reasons, got {explain!r}") from None
+    if k != explain or not 0 <= k <= MAX_EXPLAIN:
+        raise ValueError(f"explain must be a whole number from 0 to {MAX_EXPLAIN}, got {explain!r}")
+    return k
 
 
 def _same(values: np.ndarray) -> np.ndarray:

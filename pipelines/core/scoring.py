@@ -39,15 +39,20 @@ class ScoredChunk:
 
 
 def score_chunk(
-    model: IntentModel, frame: pd.DataFrame, source: str, info: Mapping[str, object]
+    model: IntentModel,
+    frame: pd.DataFrame,
+    source: str,
+    info: Mapping[str, object],
+    explain: int = 0,
 ) -> ScoredChunk:
     """Score `frame` (the user's columns plus `ROW`, every journey whole) with `model`.
 
-    `info` (model name, version, URI) is added to every scored and journey row as text.
+    `info` (model name, version, URI) is added to every scored and journey row as text. With
+    `explain` = k, each scored session also gets its top-k reasons (`IntentModel.predict`).
     """
     frame = frame.reset_index(drop=True)
     rows = frame.pop(ROW).to_numpy()
-    out = model.predict(frame, source=source, row_numbers=rows)
+    out = model.predict(frame, source=source, row_numbers=rows, explain=explain)
     bad = out[REJECT_REASON].notna().to_numpy()
     scored = out[~bad].drop(columns=[REJECT_REASON]).reset_index(drop=True)
     scored.insert(1, "journey_id", _journeys_of(frame, model, scored, bad))

@@ -16,6 +16,7 @@ Pure functions over frames, wired by `pipelines.stages.touchpoints`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -500,6 +501,9 @@ def _journey_columns(ctx: pd.DataFrame, classes: Sequence[str], proba: np.ndarra
     rows["intent"] = ctx["intent"].to_numpy() if "intent" in ctx else None
     for k, c in enumerate(classes):
         rows[f"p_{c}"] = proba[:, k]
+    # the latest session's reason codes, when it was scored with them (`score.explain`)
+    for col in (c for c in ctx.columns if re.fullmatch(r"reason_\d+|reasons", str(c))):
+        rows[col] = ctx[col].to_numpy()
     return rows
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipelines.core import drift, keys, modelling
+from pipelines.core import drift, explain, keys, modelling
 from pipelines.core.contract import LABEL, DatasetSpec
 from pipelines.core.features import SessionFeaturizer
 from pipelines.core.gate import TrainingSpan
@@ -131,9 +131,15 @@ def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
         for j, c in enumerate(classes):
             test_frame[f"bayes_p_{c}"] = reference[:, j]
     predicted = pd.Series(np.asarray(classes, dtype=object)[proba["test"].argmax(axis=1)])
+    figures = _figures(model, y["test"], proba["test"])
+    if int(cfg["drivers_rows"]) > 0:
+        with timed(timings, "drivers"):
+            figures["drivers"] = drivers_by_intent(
+                model, X["test"], proba["test"], int(cfg["drivers_rows"]), cfg["runtime"]["seed"]
+            )
     return {
         "metrics": metrics,
-        "figures": _figures(model, y["test"], proba["test"]),
+        "figures": figures,
         "test_frame": test_frame,
         "drift_reference": {
             "classes": classes,
@@ -173,6 +179,21 @@ def _figures(model: IntentModel, y_test: np.ndarray, proba_test: np.ndarray) -> 
             model.booster.feature_importance(importance_type="gain"),
         ),
     }
+
+
+def drivers_by_intent(
+    model: IntentModel, X: pd.DataFrame, proba: np.ndarray, rows: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """What drives each intent (`explain.driver_summary`) on a seeded sample of at most `rows`
+    test rows (exact contributions cost far more than predictions), keyed by intent name."""
+    rng = np.random.default_rng(int(seed))
+    take = np.sort(rng.choice(len(X), size=min(rows, len(X)), replace=False))
+    matrix = modelling.feature_matrix(X.iloc[take])
+    contrib = explain.contributions(model.booster, matrix, len(model.classes), model.threads)
+    summary = explain.driver_summary(
+        contrib, proba[take].argmax(axis=1), model.featurizer.feature_names_
+    )
+    return {model.classes[c]: drivers for c, drivers in summary.items()}
 
 
 def baseline_metrics(cfg: Mapping, model: IntentModel, X: Mapping, y: Mapping) -> dict[str, float]:

@@ -33,9 +33,16 @@ class Engine(Protocol):
         of `data.path`; `callbacks`: extra LightGBM callbacks)."""
 
     def score(
-        self, model_uri: str, input_path: str, out_dir: str, threads: int, chunk_rows: int
+        self,
+        model_uri: str,
+        input_path: str,
+        out_dir: str,
+        threads: int,
+        chunk_rows: int,
+        explain: int = 0,
     ) -> dict:
-        """Score every session of an input into an output folder; the summary."""
+        """Score every session of an input into an output folder; the summary. `explain` = k
+        adds each session's top-k reasons to its predictions."""
 
 
 ENGINES: dict[str, type] = {"local": LocalEngine, "dask": DaskEngine}

@@ -34,6 +34,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from pipelines.core.scorer import check_explain
 from pipelines.core.scoring import (
     ROW,
     journey_summary,
@@ -77,13 +78,14 @@ def _score_partition(
     tracking_uri: str | None,
     threads: int,
     source: str,
+    explain: int = 0,
     partition_info: dict | None = None,
 ) -> pd.DataFrame:
     """Score one partition into its part files (`core.scoring.score_chunk`, as the local engine
     scores a bucket); returns its counts (one row)."""
     part = int(partition_info["number"]) if partition_info else 0
     model, info = _worker_model(model_uri, tracking_uri, threads)
-    chunk = score_chunk(model, frame, source, info)
+    chunk = score_chunk(model, frame, source, info, explain)
     root, name = Path(work), part_name(part)
     write_parquet(chunk.scored, root / "predictions" / name)
     write_parquet(chunk.journeys, root / "_journeys" / name)
@@ -108,8 +110,11 @@ def score_dask(
     partitions: int | None = None,
     threads: int = 1,
     tracking_uri: str | None = None,
+    explain: int = 0,
 ) -> dict:
-    """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary."""
+    """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary.
+    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions."""
+    explain = check_explain(explain)
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
     # the model's column mapping decides the journey column; load it here once for that
@@ -134,6 +139,7 @@ def score_dask(
             tracking_uri,
             threads,
             str(input_path),
+            explain,
             meta=COUNTS_META,
             enforce_metadata=False,
         )
@@ -143,22 +149,28 @@ def score_dask(
         summary = score_summary(
             str(input_path),
             str(out_dir),
-            {
-                "rows_in": rows_in,
-                "rows_scored": int(counts["scored"].sum()),
-                "rows_rejected": int(counts["rejected"].sum()),
-                "journeys": int(counts["journeys"].sum()),
-            },
+            _totals(counts, rows_in),
             info,
             engine="dask",
             input_fingerprint=fingerprint,
             missing_columns=absent,
+            explain=explain,
             partitions=int(len(counts)),
             workers=n_workers(client),
             seconds=round(time.perf_counter() - start, 3),
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _totals(counts: pd.DataFrame, rows_in: int) -> dict[str, int]:
+    """The row and journey counts of a scoring run from its partitions' counts."""
+    return {
+        "rows_in": rows_in,
+        "rows_scored": int(counts["scored"].sum()),
+        "rows_rejected": int(counts["rejected"].sum()),
+        "journeys": int(counts["journeys"].sum()),
+    }
 
 
 def _gather_parts(work: Path, classes: list[str]) -> None:
@@ -243,7 +255,13 @@ class DaskEngine:
         return train_dask(cfg, sessions=sessions)
 
     def score(
-        self, model_uri: str, input_path: str, out_dir: str, threads: int, chunk_rows: int
+        self,
+        model_uri: str,
+        input_path: str,
+        out_dir: str,
+        threads: int,
+        chunk_rows: int,
+        explain: int = 0,
     ) -> dict:
         """Score on the cluster (`chunk_rows` is the local engine's: partitions come from
         `engine.partitions`). Workers reach the tracking server this process uses."""
@@ -258,4 +276,5 @@ class DaskEngine:
                 partitions=self.cfg["partitions"],
                 threads=threads,
                 tracking_uri=tracking_uri,
+                explain=explain,
             )

@@ -31,7 +31,7 @@ from pipelines.core import keys, modelling
 from pipelines.core.contract import LABEL, ContractError, DatasetSpec, to_contract
 from pipelines.core.gate import TrainingSpan
 from pipelines.core.keys import bucket_of
-from pipelines.core.scorer import IntentModel
+from pipelines.core.scorer import IntentModel, check_explain
 from pipelines.core.scoring import (
     ROW,
     journey_summary,
@@ -78,10 +78,18 @@ class LocalEngine:
         return train(cfg, sessions, callbacks)
 
     def score(
-        self, model_uri: str, input_path: str, out_dir: str, threads: int, chunk_rows: int
+        self,
+        model_uri: str,
+        input_path: str,
+        out_dir: str,
+        threads: int,
+        chunk_rows: int,
+        explain: int = 0,
     ) -> dict:
         model, info = load_scorer(model_uri, threads)
-        return score_file(model, input_path, out_dir, chunk_rows=chunk_rows, model_info=info)
+        return score_file(
+            model, input_path, out_dir, chunk_rows=chunk_rows, model_info=info, explain=explain
+        )
 
 
 # -- generate ------------------------------------------------------------------------------------
@@ -196,10 +204,13 @@ def score_file(
     chunk_rows: int = 250_000,
     model_info: Mapping | None = None,
     progress: bool | None = None,
+    explain: int = 0,
 ) -> dict:
-    """Score every session of `input_path` into `out_dir`; returns the summary (counts, timings)."""
+    """Score every session of `input_path` into `out_dir`; returns the summary (counts, timings).
+    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number, got {chunk_rows}")
+    explain = check_explain(explain)
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
     info = dict(model_info or {})
@@ -207,7 +218,7 @@ def score_file(
         work.mkdir(parents=True)
         buckets = route_to_buckets(model.spec, input_path, work / "_buckets", chunk_rows)
         progress = sys.stderr.isatty() if progress is None else progress
-        counts = score_buckets(model, buckets, work, str(input_path), info, progress)
+        counts = score_buckets(model, buckets, work, str(input_path), info, progress, explain)
         summary = score_summary(
             str(input_path),
             str(out_dir),
@@ -216,6 +227,7 @@ def score_file(
             engine="local",
             input_fingerprint=buckets.fingerprint,
             missing_columns=buckets.absent,
+            explain=explain,
             buckets=len(buckets.files),
             seconds=round(time.perf_counter() - start, 3),
         )
@@ -258,7 +270,13 @@ def route_to_buckets(spec: DatasetSpec, input_path: Path, folder: Path, chunk_ro
 
 
 def score_buckets(
-    model: IntentModel, buckets: Buckets, work: Path, source: str, info: Mapping, progress: bool
+    model: IntentModel,
+    buckets: Buckets,
+    work: Path,
+    source: str,
+    info: Mapping,
+    progress: bool,
+    explain: int = 0,
 ) -> dict[str, int]:
     """Pass 2: score bucket by bucket into `work` (predictions parts, journeys, rejects); the
     bucket files are removed as they are done. Returns the row and journey counts."""
@@ -271,7 +289,7 @@ def score_buckets(
         ParquetAppender(work / "rejects.parquet") as rejects,
     ):
         for i, bucket in enumerate(buckets.files):
-            chunk = score_chunk(model, pd.read_parquet(bucket), source, info)
+            chunk = score_chunk(model, pd.read_parquet(bucket), source, info, explain)
             chunk.scored.to_parquet(work / "predictions" / part_name(i), index=False)
             if len(chunk.journeys):
                 journeys.write(chunk.journeys)

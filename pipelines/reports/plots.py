@@ -6,7 +6,7 @@ and leaves the backend of the caller (a notebook's inline backend, a headless jo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -68,6 +68,23 @@ def reliability_figure(y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     for j in range(k, rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle("Reliability per intent (dot size = sessions in bin)")
+    fig.tight_layout()
+    return fig
+
+
+def drivers_figure(drivers: Mapping[str, Mapping[str, float]], top: int = 8):
+    """What drives each intent: per predicted intent, the reasons pushing its sessions toward it
+    hardest on average (mean contribution to the raw score, relative to the other intents)."""
+    intents = list(drivers)
+    fig = Figure(figsize=(4.2 * max(len(intents), 1), 0.32 * top + 1.6))
+    axes = fig.subplots(1, max(len(intents), 1), squeeze=False)[0]
+    for ax, intent in zip(axes, intents, strict=False):
+        items = list(drivers[intent].items())[:top]
+        ax.barh([name for name, _ in items][::-1], [value for _, value in items][::-1])
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"predicted {intent}")
+        ax.set_xlabel("mean push toward it (log-odds)")
+    fig.suptitle("What drives each intent (exact contributions, grouped by input)")
     fig.tight_layout()
     return fig
 

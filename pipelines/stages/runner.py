@@ -38,6 +38,7 @@ from omegaconf.errors import MissingMandatoryValue
 from pipelines.config import hydra_main
 from pipelines.config.schema import validate_generator
 from pipelines.core.contract import ContractError
+from pipelines.core.scorer import check_explain
 from pipelines.core.secrets import CREDENTIALS_HINT, has_secret, redact
 from pipelines.core.synthetic import GeneratorConfigError
 from pipelines.io.outputs import LockHeld, OutputRefused
@@ -67,6 +68,15 @@ class UserError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
         self.code = code
+
+
+def reasons_asked(value, key: str) -> int:
+    """The number of reason codes a config value asks for (`core.scorer.check_explain`); a bad
+    one is a usage error naming its key."""
+    try:
+        return check_explain(value)
+    except ValueError as err:
+        raise UserError(f"{key}: {err}") from None
 
 
 def refuse_secrets_in_args(args: list[str], environ: Mapping[str, str] = os.environ) -> None:

@@ -25,6 +25,7 @@ def run_score(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     s = c["score"]
     uri = str(s["model_uri"])
+    explain = runner.reasons_asked(s["explain"], "score.explain")
     claim_output(s["output"], "score", inputs=(s["input"], uri))
     if needs_tracking(uri):
         runner.check_tracking(runs.resolve_tracking_uri(c["tracking"]["uri"]))
@@ -32,7 +33,12 @@ def run_score(cfg: DictConfig) -> dict:
     elif "://" not in uri and not Path(uri).is_dir():
         raise FileNotFoundError(f"{uri}: no such model folder (score.model_uri)")
     summary = engine_for(c["engine"]).score(
-        uri, s["input"], s["output"], int(c["runtime"]["threads"]), int(s["chunk_rows"])
+        uri,
+        s["input"],
+        s["output"],
+        int(c["runtime"]["threads"]),
+        int(s["chunk_rows"]),
+        explain=explain,
     )
     missing = summary["missing_columns"]
     print(

@@ -33,6 +33,7 @@ from pipelines.io.outputs import atomic_path, claim_output
 from pipelines.io.readers import load_stores
 from pipelines.io.scores import check_scores_match, scored_sessions
 from pipelines.reports import touchpoint_report as report
+from pipelines.stages import runner
 from pipelines.stages.runner import command
 from pipelines.tracking import runs
 from pipelines.tracking.registry import load_scorer
@@ -114,6 +115,7 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)
     f = c["feed"]
+    explain = runner.reasons_asked(f["explain"], "feed.explain")
     stores_path = c["data"]["stores_path"]
     out = claim_output(f["output"], "touchpoints", inputs=(f["input"], f["scores"], stores_path))
     experiment_id = runs.setup(c["tracking"])
@@ -131,7 +133,12 @@ def run_touchpoints(cfg: DictConfig) -> dict:
         else:
             model, info = load_scorer(f["model_uri"], int(c["runtime"]["threads"]))
             score_file(
-                model, f["input"], work / "scores", chunk_rows=int(f["chunk_rows"]), model_info=info
+                model,
+                f["input"],
+                work / "scores",
+                chunk_rows=int(f["chunk_rows"]),
+                model_info=info,
+                explain=explain,
             )
             pred_dir = work / "scores" / "predictions"
         predictions = pd.read_parquet(pred_dir)

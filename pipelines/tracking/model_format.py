@@ -16,10 +16,10 @@ from mlflow.models import infer_signature
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipelines.core.contract import ROLES, ContractError
-from pipelines.core.scorer import IntentModel, load_model, save_model
+from pipelines.core.scorer import IntentModel, check_explain, load_model, save_model
 from pipelines.tracking.runs import PACKAGE_DIR
 
 # outcomes are not read when scoring
@@ -105,6 +105,11 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
 
     An input the contract cannot read at all raises `InputRejected` (a `ContractError`).
 
+    `params={"explain": k}` adds each scored row's top-k reasons toward its predicted intent:
+    `reason_1`..`reason_k` (the session's value in words, with its contribution to the raw
+    score) and `reasons` (the same as JSON), from LightGBM's exact contributions. Explaining costs
+    more than scoring, so it is off unless asked for.
+
     The registry assigns the version after the model is logged, so a model loaded from the registry
     looks its version up by run id when it is loaded; an exported model carries it in its config.
     """
@@ -127,11 +132,16 @@ class IntentPyfunc(mlflow.pyfunc.PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         version = None if self.model_version is None else str(self.model_version)
         try:
+            explain = check_explain((params or {}).get("explain"))
+        except ValueError as err:
+            raise InputRejected(f"params: {err}") from None
+        try:
             return self.model.predict(
                 frame,
                 source="model input",
                 extra={"model_name": self.model_name, "model_version": version},
                 nullable=True,
+                explain=explain,
             )
         except ContractError as err:
             raise InputRejected(str(err)) from err
@@ -176,7 +186,11 @@ def log_intent_model(
     wrapper = IntentPyfunc(model, model_name=model_name)
     example = signature_inputs(input_example.reset_index(drop=True), model)
     output = wrapper.predict(None, example)
-    signature = ModelSignature(inputs=input_schema(model), outputs=infer_signature(output).inputs)
+    signature = ModelSignature(
+        inputs=input_schema(model),
+        outputs=infer_signature(output).inputs,
+        params=ParamSchema([ParamSpec("explain", "long", 0)]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
             name="model",

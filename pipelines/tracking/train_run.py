@@ -29,13 +29,16 @@ def render_figures(result: TrainResult) -> dict:
     cm, classes = result.figures["confusion"]
     y, proba, classes = result.figures["reliability"]
     names, gain = result.figures["importance"]
-    return {
+    figures = {
         "plots/confusion_matrix.png": plots.confusion_figure(cm, classes),
         "plots/reliability.png": plots.reliability_figure(y, proba, classes),
         "plots/feature_importance.png": plots.importance_figure(
             list(names), np.asarray(gain, dtype=float)
         ),
     }
+    if "drivers" in result.figures:
+        figures["plots/drivers_by_intent.png"] = plots.drivers_figure(result.figures["drivers"])
+    return figures
 
 
 def log_and_register(
@@ -91,6 +94,8 @@ def log_result(cfg: Mapping, result: TrainResult, overrides: list[str], output_d
     for path, fig in render_figures(result).items():
         runs.log_figure(fig, path)
     runs.write_json_artifact(result.model.describe(), "model_contract.json")
+    if "drivers" in result.figures:
+        runs.write_json_artifact(result.figures["drivers"], "plots/drivers_by_intent.json")
     runs.write_json_artifact(result.drift_reference, "drift_reference.json")
     if len(result.rejects):
         target = Path(output_dir or ".") / "rejects.parquet"

@@ -176,12 +176,13 @@ def trained():
     return SimpleNamespace(model=model, X=X, y=y, test=parts["test"], test_raw=test_raw)
 
 
-def cfg(prefix: str | None = None, baselines: bool = False) -> dict:
+def cfg(prefix: str | None = None, baselines: bool = False, drivers_rows: int = 0) -> dict:
     return {
         "baselines": baselines,
         "data": {"reference_posterior_prefix": prefix},
         "runtime": {"seed": 0},
         "logreg_max_rows": 1000,
+        "drivers_rows": drivers_rows,
     }
 
 
@@ -242,3 +243,18 @@ def test_a_reference_posterior_in_the_test_rows_is_measured_and_kept(trained):
     assert res.metrics["test/ratio_to_bayes/accuracy"] == res.metrics["test/accuracy"]
     np.testing.assert_allclose(res.test_frame["bayes_p_know"], trained.test_raw["bayes_p_know"])
     assert "test/majority/accuracy" in res.metrics and "test/logreg/accuracy" in res.metrics
+
+
+def test_what_drives_each_intent_is_measured_on_a_sample_of_test_rows(trained):
+    res = result(trained, cfg(drivers_rows=40))
+    drivers = res.figures["drivers"]
+    predicted = {
+        trained.model.classes[c] for c in res.test_frame.filter(like="p_").to_numpy().argmax(axis=1)
+    }
+    assert set(drivers) <= predicted and drivers
+    for by_reason in drivers.values():
+        values = list(by_reason.values())
+        assert values == sorted(values, reverse=True)
+        assert "time on site" in by_reason  # the hand-built rule: intent follows dwell
+    assert "drivers" in res.timings
+    assert "drivers" not in result(trained, cfg(drivers_rows=0)).figures

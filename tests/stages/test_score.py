@@ -56,3 +56,33 @@ def test_a_model_folder_that_does_not_exist_is_refused_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="none: no such model folder"):
         run_score(cfg)
     assert not (tmp_path / "scores").exists()
+
+
+def test_reasons_are_written_beside_each_prediction_when_asked(
+    registry_store, small_sessions, tmp_path
+):
+    raw = small_sessions.head(40).drop(columns="intent").reset_index(drop=True)
+    raw.to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    cfg.score.explain = 3
+    summary = run_score(cfg)
+    assert summary["explain"] == 3 and summary["rows_scored"] == 40
+    predictions = pd.read_parquet(tmp_path / "scores" / "predictions")
+    assert {"reason_1", "reason_2", "reason_3", "reasons"} <= set(predictions.columns)
+    assert predictions["reason_1"].notna().all()
+    first = json.loads(predictions["reasons"].iloc[0])
+    assert (
+        predictions["reason_1"].iloc[0] == f"{first[0]['value']} ({first[0]['contribution']:+.2f})"
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 99])
+def test_a_bad_number_of_reasons_is_refused_before_any_work(registry_store, tmp_path, bad):
+    from pipelines.stages.runner import UserError
+
+    pd.DataFrame({"session_id": ["a"]}).to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    cfg.score.explain = bad
+    with pytest.raises(UserError, match=rf"score.explain: .*{bad}"):
+        run_score(cfg)
+    assert not (tmp_path / "scores").exists()

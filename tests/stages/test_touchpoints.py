@@ -27,6 +27,7 @@ def test_touchpoints_command_writes_the_feed_report_and_run(
             f"feed.output={out}",
             "touchpoints.estimation.min_effective_sessions=10",
             "touchpoints.catalogue.how_to_video.capacity=50",
+            "feed.explain=2",
         ],
     )
     from omegaconf import OmegaConf
@@ -44,6 +45,11 @@ def test_touchpoints_command_writes_the_feed_report_and_run(
     )
     assert set(feed["model_version"]) == {str(champion.version)}
     assert set(feed["model_alias"]) == {"champion"}
+    # why: the latest session's reasons toward the journey's intent, at most two, pushing toward it
+    assert feed["reason_1"].notna().all()
+    for cell in feed["reasons"]:
+        reasons = json.loads(cell)
+        assert 1 <= len(reasons) <= 2 and all(r["contribution"] > 0 for r in reasons)
     assert summary["rows_in"] == len(sessions) == summary["rows_in_feed"] + summary["rows_rejected"]
     # the allocation honours capacity and eligibility, and never contacts the holdout
     assert (feed["allocated_touchpoint"] == "how_to_video").sum() <= 50

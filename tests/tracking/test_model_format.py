@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from pipelines.core.contract import ContractError
 from tests.servers import free_port, wait_healthy
 
 NAME = "micro_moment_intent"
@@ -240,3 +241,34 @@ def test_a_version_logged_as_a_pickle_before_still_loads_and_scores(
     diff = legacy.predict(raw)[PROBS].to_numpy() - model.predict(raw)[PROBS].to_numpy()
     assert abs(diff).max() == 0
     assert meta["model_version"] == str(info.registered_model_version)
+
+
+@pytest.mark.slow
+def test_served_model_returns_reasons_when_the_request_asks(server, small_sessions):
+    rows = small_sessions.head(3)
+    payload = {"dataframe_records": as_records(rows), "params": {"explain": 2}}
+    status, body = post(f"{server}/invocations", payload)
+    assert status == 200, body
+    preds = strict_json(body)["predictions"]
+    for p in preds:
+        reasons = json.loads(p["reasons"])
+        assert 1 <= len(reasons) <= 2
+        assert p["reason_1"].startswith(reasons[0]["value"])
+    # without params: no reason columns
+    status, body = post(f"{server}/invocations", {"dataframe_records": as_records(rows)})
+    assert status == 200 and "reason_1" not in strict_json(body)["predictions"][0]
+    status, body = post(f"{server}/invocations", {**payload, "params": {"explain": -2}})
+    assert 400 <= status < 500 and b"explain" in body
+
+
+def test_the_pyfunc_explains_when_its_params_ask(registry_store, small_sessions):
+    mlflow.set_tracking_uri(registry_store["uri"])
+    mlflow.set_registry_uri(registry_store["uri"])
+    scorer = mlflow.pyfunc.load_model("models:/micro_moment_intent@champion")
+    raw = small_sessions.head(5).drop(columns="intent")
+    plain = scorer.predict(raw)
+    out = scorer.predict(raw, params={"explain": 3})
+    assert out[PROBS].astype(float).equals(plain[PROBS].astype(float))
+    assert out["reasons"].notna().all() and out["reason_1"].notna().all()
+    with pytest.raises(ContractError, match="explain"):
+        scorer.predict(raw, params={"explain": 50})

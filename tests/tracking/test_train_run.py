@@ -3,6 +3,9 @@ under its alias."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -28,7 +31,18 @@ def test_training_run_is_logged_and_registered(train_config, tmp_path):
         "plots/confusion_matrix.png",
         "plots/reliability.png",
         "plots/feature_importance.png",
+        "plots/drivers_by_intent.png",
+        "plots/drivers_by_intent.json",
     }
+    drivers = json.loads(
+        Path(
+            client.download_artifacts(
+                summary["run_id"], "plots/drivers_by_intent.json", str(tmp_path)
+            )
+        ).read_text()
+    )
+    assert drivers and set(drivers) <= {"know", "go", "do", "buy"}
+    assert all(len(by_reason) >= 5 for by_reason in drivers.values())
     assert {a.path for a in client.list_artifacts(summary["run_id"], "config")} == {
         "config/resolved.yaml",
         "config/overrides.txt",
