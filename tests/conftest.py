@@ -47,6 +47,22 @@ def mlflow_uri_variables_as_the_session_found_them():
     restore_mlflow_uri_variables()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_trees_cache(tmp_path_factory):
+    """Compiled models are cached in a folder of the test session's, never in the user's home
+    (subprocesses inherit it)."""
+    from pipelines.core.compiled import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("compiled")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
     """Generated sessions and stores on disk, as `micromoment generate` writes them."""

@@ -147,6 +147,7 @@ class RuntimeSchema:
     threads: int = 2
     log_level: LogLevel = LogLevel.INFO
     seed: int = 42
+    compiled_trees: bool = True  # batch scoring predicts with compiled trees when it can
 
 
 @dataclass

@@ -8,6 +8,7 @@ consumers pass raw sessions and never rebuild features themselves.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,14 +16,26 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from pipelines.core import compiled as compiled_trees
 from pipelines.core import explain as reasons_of
 from pipelines.core.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
 from pipelines.core.features import SessionFeaturizer
-from pipelines.core.modelling import booster_proba
+from pipelines.core.modelling import SINGLE_THREAD_MAX_ROWS, booster_proba, feature_matrix
+
+log = logging.getLogger(__name__)
 
 
 class IntentModel:
-    """A fitted featurizer and booster behind the session contract."""
+    """A fitted featurizer and booster behind the session contract.
+
+    It predicts with LightGBM unless `use_compiled_trees` compiled the booster (`core.compiled`);
+    `predictor` says which, and `predictor_note` why LightGBM when compiling was asked for.
+    """
+
+    # class defaults: models unpickled from before compiled trees existed have neither
+    compiled: compiled_trees.CompiledTrees | None = None
+    predictor_note: str | None = None
+    _checked = False
 
     def __init__(
         self,
@@ -71,9 +84,55 @@ class IntentModel:
             k,
         )
 
+    @property
+    def predictor(self) -> str:
+        """What predicts: `lleaves` (compiled trees) or `lightgbm`."""
+        return compiled_trees.LLEAVES if self.compiled is not None else compiled_trees.LIGHTGBM
+
+    def use_compiled_trees(self, cache_dir=None) -> str:
+        """Predict with the booster compiled from now on (cached per model and platform); when it
+        cannot be compiled, keep LightGBM and say why in `predictor_note`. Returns `predictor`."""
+        try:
+            self.compiled = compiled_trees.compile_trees(
+                self.booster.model_to_string(), len(self.classes), cache_dir
+            )
+            self._checked, self.predictor_note = False, None
+        except Exception as err:  # no lleaves, a model it cannot compile, an unwritable cache
+            self._fall_back(f"compiling failed ({type(err).__name__}: {err})")
+        return self.predictor
+
+    def use_lightgbm(self) -> None:
+        self.compiled, self.predictor_note = None, None
+
+    def _fall_back(self, why: str) -> None:
+        self.compiled = None
+        self.predictor_note = f"{why}; LightGBM predicts"
+        log.warning("%s", self.predictor_note)
+
     def predict_features(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Class probabilities from a feature frame or from `featurizer.transform_matrix`."""
-        return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
+        if self.compiled is None:
+            return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
+        X = feature_matrix(features) if isinstance(features, pd.DataFrame) else features
+        threads = 1 if len(X) <= SINGLE_THREAD_MAX_ROWS else self.threads
+        proba = self.compiled.predict(X, threads)
+        if not self._checked and len(X):
+            # the first rows predicted both ways: a compiled model that disagrees is set aside
+            head = X[: compiled_trees.CHECK_ROWS]
+            exact = booster_proba(self.booster, head, len(self.classes), threads=1)
+            diff = compiled_trees.largest_difference(proba[: len(head)], exact)
+            self._checked = True
+            if diff > compiled_trees.TOLERANCE:
+                self._fall_back(f"compiled trees differ from LightGBM by {diff:.3g}")
+                return self.predict_features(X)
+        return proba
+
+    def __getstate__(self) -> dict:
+        # a compiled binary is machine code bound to this process: it never travels
+        state = dict(self.__dict__)
+        state.pop("compiled", None)
+        state.pop("_checked", None)
+        return state
 
     def predict(
         self,

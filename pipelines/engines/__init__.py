@@ -40,9 +40,11 @@ class Engine(Protocol):
         threads: int,
         chunk_rows: int,
         explain: int = 0,
+        compiled: bool = False,
     ) -> dict:
         """Score every session of an input into an output folder; the summary. `explain` = k
-        adds each session's top-k reasons to its predictions."""
+        adds each session's top-k reasons to its predictions; `compiled` predicts with compiled
+        trees where they can be built (the summary's `predictor` says what predicted)."""
 
 
 ENGINES: dict[str, type] = {"local": LocalEngine, "dask": DaskEngine}

@@ -57,17 +57,22 @@ from pipelines.tracking.registry import load_scorer, needs_tracking
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_model(model_uri: str, tracking_uri: str | None, threads: int):
-    """The scorer, loaded once per worker process and model."""
+def _worker_model(model_uri: str, tracking_uri: str | None, threads: int, compiled: bool):
+    """The scorer, loaded (and compiled) once per worker process and model."""
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
-    return load_scorer(model_uri, threads)
+    return load_scorer(model_uri, threads, compiled=compiled)
 
 
 COUNTS_META = pd.DataFrame(
-    {c: pd.Series(dtype=np.int64) for c in ("part", "rows", "scored", "rejected", "journeys")}
+    {
+        **{
+            c: pd.Series(dtype=np.int64) for c in ("part", "rows", "scored", "rejected", "journeys")
+        },
+        "predictor": pd.Series(dtype=object),
+    }
 )
 
 
@@ -79,12 +84,13 @@ def _score_partition(
     threads: int,
     source: str,
     explain: int = 0,
+    compiled: bool = False,
     partition_info: dict | None = None,
 ) -> pd.DataFrame:
     """Score one partition into its part files (`core.scoring.score_chunk`, as the local engine
     scores a bucket); returns its counts (one row)."""
     part = int(partition_info["number"]) if partition_info else 0
-    model, info = _worker_model(model_uri, tracking_uri, threads)
+    model, info = _worker_model(model_uri, tracking_uri, threads, compiled)
     chunk = score_chunk(model, frame, source, info, explain)
     root, name = Path(work), part_name(part)
     write_parquet(chunk.scored, root / "predictions" / name)
@@ -98,6 +104,7 @@ def _score_partition(
             "scored": [len(chunk.scored)],
             "rejected": [len(chunk.rejects)],
             "journeys": [len(chunk.journeys)],
+            "predictor": [model.predictor],
         }
     )
 
@@ -111,9 +118,11 @@ def score_dask(
     threads: int = 1,
     tracking_uri: str | None = None,
     explain: int = 0,
+    compiled: bool = False,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary.
-    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions."""
+    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions; with
+    `compiled`, each worker predicts with compiled trees (`core.compiled`) when it can."""
     explain = check_explain(explain)
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -132,20 +141,15 @@ def score_dask(
         work.mkdir(parents=True)
         for sub in ("predictions", "_journeys", "_rejects"):
             (work / sub).mkdir()
+        args = (str(work), model_uri, tracking_uri, threads, str(input_path), explain, compiled)
         scored_parts = ddf.map_partitions(
-            _score_partition,
-            str(work),
-            model_uri,
-            tracking_uri,
-            threads,
-            str(input_path),
-            explain,
-            meta=COUNTS_META,
-            enforce_metadata=False,
+            _score_partition, *args, meta=COUNTS_META, enforce_metadata=False
         )
         # a partition whose worker dies is run again elsewhere and rewrites the same part files
         counts = client.compute(scored_parts, retries=2).result()
         _gather_parts(work, list(model.classes))
+        # what predicted is what the workers used, whatever this process loaded
+        info = {**info, "predictor": ",".join(sorted(set(counts["predictor"].astype(str))))}
         summary = score_summary(
             str(input_path),
             str(out_dir),
@@ -262,6 +266,7 @@ class DaskEngine:
         threads: int,
         chunk_rows: int,
         explain: int = 0,
+        compiled: bool = False,
     ) -> dict:
         """Score on the cluster (`chunk_rows` is the local engine's: partitions come from
         `engine.partitions`). Workers reach the tracking server this process uses."""
@@ -277,4 +282,5 @@ class DaskEngine:
                 threads=threads,
                 tracking_uri=tracking_uri,
                 explain=explain,
+                compiled=compiled,
             )

@@ -85,8 +85,9 @@ class LocalEngine:
         threads: int,
         chunk_rows: int,
         explain: int = 0,
+        compiled: bool = False,
     ) -> dict:
-        model, info = load_scorer(model_uri, threads)
+        model, info = load_scorer(model_uri, threads, compiled=compiled)
         return score_file(
             model, input_path, out_dir, chunk_rows=chunk_rows, model_info=info, explain=explain
         )

@@ -39,6 +39,7 @@ def run_score(cfg: DictConfig) -> dict:
         int(c["runtime"]["threads"]),
         int(s["chunk_rows"]),
         explain=explain,
+        compiled=bool(c["runtime"]["compiled_trees"]),
     )
     missing = summary["missing_columns"]
     print(

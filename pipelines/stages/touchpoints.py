@@ -95,6 +95,7 @@ def log_to_mlflow(cfg: dict, result: dict, out_dir: Path, experiment_id: str) ->
                 "stage": "touchpoints",
                 "model_name": str(h["model_name"]),
                 "model_version": str(h["model_version"]),
+                "predictor": str(h.get("predictor")),
                 "git_commit": runs.git_commit(),
             }
         )
@@ -131,7 +132,11 @@ def run_touchpoints(cfg: DictConfig) -> dict:
                 )
             check_scores_match(f["scores"], f["input"])
         else:
-            model, info = load_scorer(f["model_uri"], int(c["runtime"]["threads"]))
+            model, info = load_scorer(
+                f["model_uri"],
+                int(c["runtime"]["threads"]),
+                compiled=bool(c["runtime"]["compiled_trees"]),
+            )
             score_file(
                 model,
                 f["input"],
@@ -147,6 +152,8 @@ def run_touchpoints(cfg: DictConfig) -> dict:
         uris = predictions["model_uri"] if "model_uri" in predictions else pd.Series([None])
         model_uri = uris.iloc[0] if len(uris) else None
         result = build(c, sessions, counts, model_uri, stores, f["input"])
+        if "predictor" in predictions and len(predictions):
+            result["headline"]["predictor"] = ",".join(sorted(set(predictions["predictor"])))
         result["level"] = float(c["touchpoints"]["estimation"]["level"])
         write_outputs(result, work)
     h = result["headline"]

@@ -156,10 +156,17 @@ def _registered_version(name: str, run_id: str) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
+COMPILED_TREES_ENV = "MICROMOMENT_COMPILED_TREES"  # "0": a loaded model predicts with LightGBM
+
+
 class IntentFromFiles(IntentPyfunc):
     """The registered model as data plus this code: `load_context` reads the booster (LightGBM
     text) and the featurizer's state (JSON) from the model's `model` artifact, so loading a
-    version runs no pickle. `pipelines/tracking/model_code.py` is the file MLflow loads it from."""
+    version runs no pickle. `pipelines/tracking/model_code.py` is the file MLflow loads it from.
+
+    Loading also compiles the booster (`core.compiled`, cached per model and machine: the first
+    load on a machine takes seconds to a minute, later ones milliseconds) unless the environment
+    sets `MICROMOMENT_COMPILED_TREES=0`; without lleaves it predicts with LightGBM."""
 
     def __init__(self) -> None:
         super().__init__(model=None)
@@ -167,6 +174,8 @@ class IntentFromFiles(IntentPyfunc):
     def load_context(self, context) -> None:
 
         self.model = load_model(context.artifacts["model"])
+        if os.environ.get(COMPILED_TREES_ENV, "1") != "0":
+            self.model.use_compiled_trees()
         super().load_context(context)
 
 
@@ -218,4 +227,5 @@ def model_files(model: IntentModel, tmp: str | os.PathLike) -> dict:
 def requirements() -> list[str]:
 
     pkgs = ["mlflow", "lightgbm", "scikit-learn", "pandas", "pandera", "pyarrow", "numpy", "scipy"]
+    pkgs += ["lleaves", "llvmlite"]  # compiled trees, when the consumer's machine can build them
     return [f"{p}=={version(p)}" for p in pkgs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.core.scorer import IntentModel
 from pipelines.io.outputs import atomic_path, claim_output
-from pipelines.tracking.model_format import model_files, requirements
+from pipelines.tracking.model_format import COMPILED_TREES_ENV, model_files, requirements
 
 CHAMPION = "champion"
 
@@ -30,17 +31,34 @@ def resolve_version(client: MlflowClient, name: str, ref: str | int) -> str | No
         return None
 
 
-def load_scorer(uri: str, threads: int) -> tuple[IntentModel, dict]:
+def load_scorer(
+    uri: str, threads: int, compiled: bool = False, cache_dir: str | None = None
+) -> tuple[IntentModel, dict]:
     """The `IntentModel` behind a registered model URI (`models:/name@alias`, `models:/name/3`) or a
-    model folder, with its name and version."""
-    pyfunc = mlflow.pyfunc.load_model(uri)
+    model folder, with its name and version. With `compiled`, it predicts with compiled trees
+    (`core.compiled`, cached in `cache_dir` or the default cache) when they can be built;
+    `info["predictor"]` says which predicts."""
+    previous = os.environ.get(COMPILED_TREES_ENV)
+    os.environ[COMPILED_TREES_ENV] = "0"  # the caller decides, after loading
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    finally:
+        if previous is None:
+            os.environ.pop(COMPILED_TREES_ENV, None)
+        else:
+            os.environ[COMPILED_TREES_ENV] = previous
     wrapper = pyfunc.unwrap_python_model()
     model: IntentModel = wrapper.model
     model.threads = threads
+    if compiled:
+        model.use_compiled_trees(cache_dir)
+    else:
+        model.use_lightgbm()
     return model, {
         "model_name": wrapper.model_name,
         "model_version": wrapper.model_version,
         "model_uri": uri,
+        "predictor": model.predictor,
     }
 
 

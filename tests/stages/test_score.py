@@ -86,3 +86,17 @@ def test_a_bad_number_of_reasons_is_refused_before_any_work(registry_store, tmp_
     with pytest.raises(UserError, match=rf"score.explain: .*{bad}"):
         run_score(cfg)
     assert not (tmp_path / "scores").exists()
+
+
+@pytest.mark.parametrize("compiled_trees, predictor", [(True, "lleaves"), (False, "lightgbm")])
+def test_the_output_says_which_predictor_scored(
+    registry_store, small_sessions, tmp_path, compiled_trees, predictor
+):
+    raw = small_sessions.head(30).drop(columns="intent").reset_index(drop=True)
+    raw.to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    cfg.runtime.compiled_trees = compiled_trees
+    summary = run_score(cfg)
+    assert summary["predictor"] == predictor
+    predictions = pd.read_parquet(tmp_path / "scores" / "predictions")
+    assert set(predictions["predictor"]) == {predictor}

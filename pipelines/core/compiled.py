@@ -1,0 +1,130 @@
+"""Compiled trees: a LightGBM booster compiled to machine code with lleaves, for scoring.
+
+Prediction with LightGBM walks every tree through a generic interpreter; lleaves compiles the
+same trees with LLVM into straight-line code, several times faster on one thread and equal to
+LightGBM's probabilities to rounding (about 1e-15). Compiling takes seconds to a minute, so the
+binary is cached per model and machine: the file name holds a hash of the booster text and one of
+the platform (OS, architecture, Python, lleaves and llvmlite versions, host CPU and features).
+The booster text stays the model; a cached binary is only ever derived from it.
+
+Compiling can fail or be unavailable (no lleaves, an unsupported model, a read-only cache); then
+the scorer predicts with LightGBM and says so (`IntentModel.predictor`). A compiled model is also
+checked against LightGBM on the first rows it predicts, and set aside if they differ by more
+than `TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+LIGHTGBM = "lightgbm"
+LLEAVES = "lleaves"
+TOLERANCE = 1e-9  # largest difference from LightGBM's probabilities a compiled model may show
+CHECK_ROWS = 256  # rows of the first batch predicted both ways
+CACHE_ENV = "MICROMOMENT_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """`$MICROMOMENT_CACHE_DIR`, else `$XDG_CACHE_HOME/micromoment/compiled`, else
+    `~/.cache/micromoment/compiled`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "micromoment" / "compiled"
+
+
+def platform_key() -> str:
+    """What a compiled binary depends on besides the model, hashed: it runs only where this
+    is the same."""
+    import llvmlite.binding as llvm
+
+    parts = [
+        platform.system(),
+        platform.machine(),
+        f"py{sys.version_info.major}.{sys.version_info.minor}",
+        f"lleaves {_version('lleaves')}",
+        f"llvmlite {_version('llvmlite')}",
+        llvm.get_host_cpu_name(),
+        llvm.get_host_cpu_features().flatten(),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def model_key(booster_text: str) -> str:
+    return hashlib.sha256(booster_text.encode()).hexdigest()[:24]
+
+
+class CompiledTrees:
+    """A booster compiled by lleaves; `predict` returns class probabilities like
+    `modelling.booster_proba`."""
+
+    def __init__(self, model, n_classes: int, binary: Path):
+        self.model = model
+        self.n_classes = n_classes
+        self.binary = binary
+
+    def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        p = self.model.predict(X, n_jobs=max(1, int(threads)))
+        if self.n_classes == 2:
+            p = np.column_stack([1 - p, p])
+        return np.asarray(p, dtype=float)
+
+
+def compile_trees(
+    booster_text: str, n_classes: int, cache_dir: Path | None = None
+) -> CompiledTrees:
+    """The booster compiled, from the cache when this model was compiled on this platform before;
+    raises (ImportError, OSError, or lleaves' own errors) when it cannot be compiled.
+
+    Two processes compiling the same model at once each write a private file and rename it into
+    place, so a reader never sees half a binary.
+    """
+    import lleaves
+
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = model_key(booster_text)
+    model_file = folder / f"{key}.txt"
+    if not model_file.exists():
+        _write_atomically(model_file, booster_text.encode())
+    binary = folder / f"{key}-{platform_key()}.o"
+    model = lleaves.Model(model_file=str(model_file))
+    if binary.exists():
+        model.compile(cache=str(binary))
+    else:
+        private = folder / f".{binary.name}.{os.getpid()}.tmp"
+        try:
+            model.compile(cache=str(private))
+            os.replace(private, binary)
+        finally:
+            private.unlink(missing_ok=True)
+    return CompiledTrees(model, n_classes, binary)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    private = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        private.write_bytes(data)
+        os.replace(private, path)
+    finally:
+        private.unlink(missing_ok=True)
+
+
+def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest absolute difference of two probability matrices (0 for empty ones)."""
+    return float(np.abs(a - b).max()) if a.size else 0.0
