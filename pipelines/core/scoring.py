@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 ROW = "__row"  # each row's number in the whole input, carried through chunking
 
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How an engine scores an input: LightGBM threads, rows per bucket (the local engine's
+    memory bound), reasons per row (`explain`, 0: none) and whether to compile the trees."""
+
+    threads: int = 1
+    chunk_rows: int = 250_000
+    explain: int = 0
+    compiled: bool = False
+
+
 @dataclass
 class ScoredChunk:
     """What one chunk of an input became."""

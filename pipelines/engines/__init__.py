@@ -13,6 +13,7 @@ from typing import Protocol
 
 import pandas as pd
 
+from pipelines.core.scoring import ScoreOptions
 from pipelines.core.training import TrainResult
 from pipelines.engines.dask import DaskEngine
 from pipelines.engines.local import LocalEngine
@@ -32,19 +33,9 @@ class Engine(Protocol):
         """Train and evaluate the intent model of a train config (`sessions`: raw rows instead
         of `data.path`; `callbacks`: extra LightGBM callbacks)."""
 
-    def score(
-        self,
-        model_uri: str,
-        input_path: str,
-        out_dir: str,
-        threads: int,
-        chunk_rows: int,
-        explain: int = 0,
-        compiled: bool = False,
-    ) -> dict:
-        """Score every session of an input into an output folder; the summary. `explain` = k
-        adds each session's top-k reasons to its predictions; `compiled` predicts with compiled
-        trees where they can be built (the summary's `predictor` says what predicted)."""
+    def score(self, model_uri: str, input_path: str, out_dir: str, options: ScoreOptions) -> dict:
+        """Score every session of an input into an output folder; the summary (its `predictor`
+        says whether compiled trees or LightGBM predicted)."""
 
 
 ENGINES: dict[str, type] = {"local": LocalEngine, "dask": DaskEngine}

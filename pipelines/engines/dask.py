@@ -37,6 +37,7 @@ import pandas as pd
 from pipelines.core.scorer import check_explain
 from pipelines.core.scoring import (
     ROW,
+    ScoreOptions,
     journey_summary,
     report_absent_columns,
     score_chunk,
@@ -258,18 +259,9 @@ class DaskEngine:
             )
         return train_dask(cfg, sessions=sessions)
 
-    def score(
-        self,
-        model_uri: str,
-        input_path: str,
-        out_dir: str,
-        threads: int,
-        chunk_rows: int,
-        explain: int = 0,
-        compiled: bool = False,
-    ) -> dict:
-        """Score on the cluster (`chunk_rows` is the local engine's: partitions come from
-        `engine.partitions`). Workers reach the tracking server this process uses."""
+    def score(self, model_uri: str, input_path: str, out_dir: str, options: ScoreOptions) -> dict:
+        """Score on the cluster (`options.chunk_rows` is the local engine's: partitions come
+        from `engine.partitions`). Workers reach the tracking server this process uses."""
 
         tracking_uri = mlflow.get_tracking_uri() if needs_tracking(model_uri) else None
         with cluster(self.cfg) as client:
@@ -279,8 +271,8 @@ class DaskEngine:
                 input_path,
                 out_dir,
                 partitions=self.cfg["partitions"],
-                threads=threads,
+                threads=options.threads,
                 tracking_uri=tracking_uri,
-                explain=explain,
-                compiled=compiled,
+                explain=options.explain,
+                compiled=options.compiled,
             )

@@ -34,6 +34,7 @@ from pipelines.core.keys import bucket_of
 from pipelines.core.scorer import IntentModel, check_explain
 from pipelines.core.scoring import (
     ROW,
+    ScoreOptions,
     journey_summary,
     report_absent_columns,
     score_chunk,
@@ -77,19 +78,15 @@ class LocalEngine:
     ) -> TrainResult:
         return train(cfg, sessions, callbacks)
 
-    def score(
-        self,
-        model_uri: str,
-        input_path: str,
-        out_dir: str,
-        threads: int,
-        chunk_rows: int,
-        explain: int = 0,
-        compiled: bool = False,
-    ) -> dict:
-        model, info = load_scorer(model_uri, threads, compiled=compiled)
+    def score(self, model_uri: str, input_path: str, out_dir: str, options: ScoreOptions) -> dict:
+        model, info = load_scorer(model_uri, options.threads, compiled=options.compiled)
         return score_file(
-            model, input_path, out_dir, chunk_rows=chunk_rows, model_info=info, explain=explain
+            model,
+            input_path,
+            out_dir,
+            chunk_rows=options.chunk_rows,
+            model_info=info,
+            explain=options.explain,
         )
 
 

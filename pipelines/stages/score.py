@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.core.scoring import ScoreOptions
 from pipelines.engines import engine_for
 from pipelines.io.outputs import claim_output
 from pipelines.stages import runner
@@ -32,15 +33,13 @@ def run_score(cfg: DictConfig) -> dict:
         runs.setup(c["tracking"])
     elif "://" not in uri and not Path(uri).is_dir():
         raise FileNotFoundError(f"{uri}: no such model folder (score.model_uri)")
-    summary = engine_for(c["engine"]).score(
-        uri,
-        s["input"],
-        s["output"],
-        int(c["runtime"]["threads"]),
-        int(s["chunk_rows"]),
+    options = ScoreOptions(
+        threads=int(c["runtime"]["threads"]),
+        chunk_rows=int(s["chunk_rows"]),
         explain=explain,
         compiled=bool(c["runtime"]["compiled_trees"]),
     )
+    summary = engine_for(c["engine"]).score(uri, s["input"], s["output"], options)
     missing = summary["missing_columns"]
     print(
         f"scored {summary['rows_scored']} of {summary['rows_in']} sessions "
