@@ -103,17 +103,29 @@ def compile_trees(
     if not model_file.exists():
         _write_atomically(model_file, booster_text.encode())
     binary = folder / f"{key}-{platform_key()}.o"
+    digest = binary.with_name(binary.name + ".sha256")
     model = lleaves.Model(model_file=str(model_file))
-    if binary.exists():
+    if _intact(binary, digest):
         model.compile(cache=str(binary))
     else:
+        # LLVM aborts the process on a damaged object file: only a binary whose checksum was
+        # written after it compiled is ever loaded; anything else is compiled again
         private = folder / f".{binary.name}.{os.getpid()}.tmp"
         try:
             model.compile(cache=str(private))
+            checksum = hashlib.sha256(private.read_bytes()).hexdigest()
             os.replace(private, binary)
+            _write_atomically(digest, checksum.encode())
         finally:
             private.unlink(missing_ok=True)
     return CompiledTrees(model, n_classes, binary)
+
+
+def _intact(binary: Path, digest: Path) -> bool:
+    """Whether a cached binary is whole: present, with the checksum written when it compiled."""
+    if not (binary.exists() and digest.exists()):
+        return False
+    return hashlib.sha256(binary.read_bytes()).hexdigest() == digest.read_text().strip()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

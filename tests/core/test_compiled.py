@@ -152,3 +152,37 @@ def test_the_default_cache_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(compiled.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compiled.default_cache_dir() == tmp_path / "xdg" / "micromoment" / "compiled"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no checksum"])
+def test_a_damaged_cached_binary_is_compiled_again_not_loaded(model, tmp_path, damage):
+    """LLVM aborts the whole process on a damaged object file; a cached binary is loaded only
+    when its checksum matches. Run in a child process, so a regression cannot take the tests
+    down with it."""
+    text = model.booster.model_to_string()
+    first = compiled.compile_trees(text, 4, tmp_path)
+    data = first.binary.read_bytes()
+    checksum = first.binary.with_name(first.binary.name + ".sha256")
+    if damage == "truncate":
+        first.binary.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        first.binary.write_bytes(b"\0" * 100)
+    else:
+        checksum.unlink()
+    (tmp_path / "booster.txt").write_text(text)
+    code = (
+        "import sys; from pathlib import Path; import numpy as np; "
+        "from pipelines.core import compiled; "
+        "t = compiled.compile_trees(Path(sys.argv[1]).read_text(), 4, Path(sys.argv[2])); "
+        "print(t.predict(np.full((1, t.model.num_feature()), np.nan), 1).sum())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "booster.txt"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) == pytest.approx(1.0)
+    assert first.binary.read_bytes() != b"\0" * 100 and checksum.exists()
