@@ -148,6 +148,7 @@ class RuntimeSchema:
     log_level: LogLevel = LogLevel.INFO
     seed: int = 42
     compiled_trees: bool = True  # batch scoring predicts with compiled trees when it can
+    compile_min_rows: int = 1_000_000  # smaller inputs: LightGBM, unless compiled already
 
 
 @dataclass

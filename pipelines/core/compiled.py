@@ -121,6 +121,16 @@ def compile_trees(
     return CompiledTrees(model, n_classes, binary)
 
 
+def is_cached(booster_text: str, cache_dir: Path | None = None) -> bool:
+    """Whether this model is compiled on this platform already (loading it costs milliseconds)."""
+    try:
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        binary = folder / f"{model_key(booster_text)}-{platform_key()}.o"
+    except Exception:  # no llvmlite: nothing can be cached
+        return False
+    return _intact(binary, binary.with_name(binary.name + ".sha256"))
+
+
 def _intact(binary: Path, digest: Path) -> bool:
     """Whether a cached binary is whole: present, with the checksum written when it compiled."""
     if not (binary.exists() and digest.exists()):

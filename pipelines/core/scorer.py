@@ -101,6 +101,27 @@ class IntentModel:
             self._fall_back(f"compiling failed ({type(err).__name__}: {err})")
         return self.predictor
 
+    def compile_if_worth_it(self, rows: int, min_rows: int, cache_dir=None) -> str:
+        """Compiled trees for an input of `rows` rows when it has at least `min_rows` (compiling
+        takes about a minute for a large model, and pays off over about a million rows) or when
+        this model is compiled on this machine already; else LightGBM, saying why. Returns
+        `predictor`."""
+        if self.worth_compiling(rows, min_rows, cache_dir):
+            return self.use_compiled_trees(cache_dir)
+        self.use_lightgbm()
+        self.predictor_note = (
+            f"{rows} rows, fewer than runtime.compile_min_rows={min_rows} and the model is not "
+            "compiled on this machine yet: LightGBM predicts"
+        )
+        log.info("%s", self.predictor_note)
+        return self.predictor
+
+    def worth_compiling(self, rows: int, min_rows: int, cache_dir=None) -> bool:
+        """Whether `compile_if_worth_it` would compile (it checks the cache, compiles nothing)."""
+        if rows >= min_rows:
+            return True
+        return compiled_trees.is_cached(self.booster.model_to_string(), cache_dir)
+
     def use_lightgbm(self) -> None:
         self.compiled, self.predictor_note = None, None
 

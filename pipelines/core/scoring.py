@@ -28,12 +28,14 @@ ROW = "__row"  # each row's number in the whole input, carried through chunking
 @dataclass(frozen=True)
 class ScoreOptions:
     """How an engine scores an input: LightGBM threads, rows per bucket (the local engine's
-    memory bound), reasons per row (`explain`, 0: none) and whether to compile the trees."""
+    memory bound), reasons per row (`explain`, 0: none) and whether to compile the trees (for
+    inputs of at least `compile_min_rows` rows, or a model compiled on this machine already)."""
 
     threads: int = 1
     chunk_rows: int = 250_000
     explain: int = 0
     compiled: bool = False
+    compile_min_rows: int = 0  # smaller inputs use LightGBM unless the model is compiled already
 
 
 @dataclass

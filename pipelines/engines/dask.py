@@ -120,6 +120,7 @@ def score_dask(
     tracking_uri: str | None = None,
     explain: int = 0,
     compiled: bool = False,
+    compile_min_rows: int = 0,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary.
     `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions; with
@@ -130,6 +131,8 @@ def score_dask(
     # the model's column mapping decides the journey column; load it here once for that
     model, info = load_scorer(model_uri, threads)
     ddf, rows_in = read_numbered(input_path)
+    # the workers compile when this input is worth it (or the model is compiled already)
+    compiled = compiled and model.worth_compiling(rows_in, compile_min_rows)
     absent = report_absent_columns(
         model.spec, [c for c in ddf.columns if c != ROW], str(input_path)
     )
@@ -275,4 +278,5 @@ class DaskEngine:
                 tracking_uri=tracking_uri,
                 explain=options.explain,
                 compiled=options.compiled,
+                compile_min_rows=options.compile_min_rows,
             )

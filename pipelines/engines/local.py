@@ -79,7 +79,14 @@ class LocalEngine:
         return train(cfg, sessions, callbacks)
 
     def score(self, model_uri: str, input_path: str, out_dir: str, options: ScoreOptions) -> dict:
-        model, info = load_scorer(model_uri, options.threads, compiled=options.compiled)
+        rows = count_rows(input_path) if options.compiled and options.compile_min_rows else 0
+        model, info = load_scorer(
+            model_uri,
+            options.threads,
+            compiled=options.compiled,
+            rows=rows,
+            min_rows=options.compile_min_rows,
+        )
         return score_file(
             model,
             input_path,

@@ -38,6 +38,7 @@ def run_score(cfg: DictConfig) -> dict:
         chunk_rows=int(s["chunk_rows"]),
         explain=explain,
         compiled=bool(c["runtime"]["compiled_trees"]),
+        compile_min_rows=int(c["runtime"]["compile_min_rows"]),
     )
     summary = engine_for(c["engine"]).score(uri, s["input"], s["output"], options)
     missing = summary["missing_columns"]

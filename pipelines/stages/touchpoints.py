@@ -30,7 +30,7 @@ from pipelines.core.contract import DatasetSpec
 from pipelines.core.feed import build
 from pipelines.engines.local import score_file
 from pipelines.io.outputs import atomic_path, claim_output
-from pipelines.io.readers import load_stores
+from pipelines.io.readers import count_rows, load_stores
 from pipelines.io.scores import check_scores_match, scored_sessions
 from pipelines.reports import touchpoint_report as report
 from pipelines.stages import runner
@@ -111,6 +111,37 @@ def log_to_mlflow(cfg: dict, result: dict, out_dir: Path, experiment_id: str) ->
         return run.info.run_id
 
 
+def read_or_score(c: dict, work: Path, explain: int) -> pd.DataFrame:
+    """The feed's predictions: a `micromoment score` output of its input (`feed.scores`), checked
+    to belong to it, or the input scored now into `work/scores`."""
+    f = c["feed"]
+    if f["scores"]:
+        pred_dir = Path(f["scores"]) / "predictions"
+        if not pred_dir.is_dir():
+            raise FileNotFoundError(
+                f"{pred_dir}: not a `micromoment score` output (feed.scores); "
+                "set feed.scores=null to score the input now"
+            )
+        check_scores_match(f["scores"], f["input"])
+        return pd.read_parquet(pred_dir)
+    model, info = load_scorer(
+        f["model_uri"],
+        int(c["runtime"]["threads"]),
+        compiled=bool(c["runtime"]["compiled_trees"]),
+        rows=count_rows(f["input"]),
+        min_rows=int(c["runtime"]["compile_min_rows"]),
+    )
+    score_file(
+        model,
+        f["input"],
+        work / "scores",
+        chunk_rows=int(f["chunk_rows"]),
+        model_info=info,
+        explain=explain,
+    )
+    return pd.read_parquet(work / "scores" / "predictions")
+
+
 def run_touchpoints(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
@@ -123,30 +154,7 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     stores = np.asarray(load_stores(stores_path)) if stores_path else None
     with atomic_path(out, owner="touchpoints") as work:
         work.mkdir(parents=True)
-        if f["scores"]:
-            pred_dir = Path(f["scores"]) / "predictions"
-            if not pred_dir.is_dir():
-                raise FileNotFoundError(
-                    f"{pred_dir}: not a `micromoment score` output (feed.scores); "
-                    "set feed.scores=null to score the input now"
-                )
-            check_scores_match(f["scores"], f["input"])
-        else:
-            model, info = load_scorer(
-                f["model_uri"],
-                int(c["runtime"]["threads"]),
-                compiled=bool(c["runtime"]["compiled_trees"]),
-            )
-            score_file(
-                model,
-                f["input"],
-                work / "scores",
-                chunk_rows=int(f["chunk_rows"]),
-                model_info=info,
-                explain=explain,
-            )
-            pred_dir = work / "scores" / "predictions"
-        predictions = pd.read_parquet(pred_dir)
+        predictions = read_or_score(c, work, explain)
         spec = DatasetSpec.from_config(c["data"])
         sessions, counts = scored_sessions(f["input"], predictions, spec)
         uris = predictions["model_uri"] if "model_uri" in predictions else pd.Series([None])

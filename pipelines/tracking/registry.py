@@ -32,12 +32,17 @@ def resolve_version(client: MlflowClient, name: str, ref: str | int) -> str | No
 
 
 def load_scorer(
-    uri: str, threads: int, compiled: bool = False, cache_dir: str | None = None
+    uri: str,
+    threads: int,
+    compiled: bool = False,
+    rows: int | None = None,
+    min_rows: int = 0,
 ) -> tuple[IntentModel, dict]:
     """The `IntentModel` behind a registered model URI (`models:/name@alias`, `models:/name/3`) or a
     model folder, with its name and version. With `compiled`, it predicts with compiled trees
-    (`core.compiled`, cached in `cache_dir` or the default cache) when they can be built;
-    `info["predictor"]` says which predicts."""
+    (`core.compiled`) when they can be built and, for an input of `rows` rows, when it has at
+    least `min_rows` or the model is compiled on this machine already
+    (`IntentModel.compile_if_worth_it`); `info["predictor"]` says which predicts."""
     previous = os.environ.get(COMPILED_TREES_ENV)
     os.environ[COMPILED_TREES_ENV] = "0"  # the caller decides, after loading
     try:
@@ -51,7 +56,7 @@ def load_scorer(
     model: IntentModel = wrapper.model
     model.threads = threads
     if compiled:
-        model.use_compiled_trees(cache_dir)
+        model.compile_if_worth_it(rows if rows is not None else min_rows, min_rows)
     else:
         model.use_lightgbm()
     return model, {

@@ -186,3 +186,17 @@ def test_a_damaged_cached_binary_is_compiled_again_not_loaded(model, tmp_path, d
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) == pytest.approx(1.0)
     assert first.binary.read_bytes() != b"\0" * 100 and checksum.exists()
+
+
+def test_a_small_input_compiles_only_a_model_compiled_already(tmp_path):
+    scorer = hand_built_model()
+    text = scorer.booster.model_to_string()
+    assert not compiled.is_cached(text, tmp_path)
+    assert not scorer.worth_compiling(10, 1000, tmp_path)
+    assert scorer.compile_if_worth_it(10, 1000, tmp_path) == compiled.LIGHTGBM
+    assert "fewer than runtime.compile_min_rows=1000" in scorer.predictor_note
+    assert not list(tmp_path.glob("*.o"))
+    assert scorer.compile_if_worth_it(1000, 1000, tmp_path) == compiled.LLEAVES
+    assert compiled.is_cached(text, tmp_path)
+    again = hand_built_model()
+    assert again.compile_if_worth_it(10, 1000, tmp_path) == compiled.LLEAVES

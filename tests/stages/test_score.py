@@ -96,7 +96,29 @@ def test_the_output_says_which_predictor_scored(
     raw.to_parquet(tmp_path / "in.parquet")
     cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
     cfg.runtime.compiled_trees = compiled_trees
+    cfg.runtime.compile_min_rows = 0
     summary = run_score(cfg)
     assert summary["predictor"] == predictor
     predictions = pd.read_parquet(tmp_path / "scores" / "predictions")
     assert set(predictions["predictor"]) == {predictor}
+
+
+def test_a_small_input_is_not_worth_compiling_for_unless_the_model_is_compiled_already(
+    registry_store, small_sessions, tmp_path, monkeypatch
+):
+    from pipelines.core.compiled import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "empty-cache"))
+    raw = small_sessions.head(30).drop(columns="intent").reset_index(drop=True)
+    raw.to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    assert cfg.runtime.compiled_trees and cfg.runtime.compile_min_rows == 1_000_000
+    assert run_score(cfg)["predictor"] == "lightgbm"
+    assert not list((tmp_path / "empty-cache").glob("*.o"))
+    # compiled once (a large input, or here: no minimum), later small inputs use it
+    cfg.runtime.compile_min_rows = 0
+    cfg.score.output = str(tmp_path / "scores-2")
+    assert run_score(cfg)["predictor"] == "lleaves"
+    cfg.runtime.compile_min_rows = 1_000_000
+    cfg.score.output = str(tmp_path / "scores-3")
+    assert run_score(cfg)["predictor"] == "lleaves"
