@@ -164,9 +164,10 @@ class IntentFromFiles(IntentPyfunc):
     text) and the featurizer's state (JSON) from the model's `model` artifact, so loading a
     version runs no pickle. `pipelines/tracking/model_code.py` is the file MLflow loads it from.
 
-    Loading also compiles the booster (`core.compiled`, cached per model and machine: the first
-    load on a machine takes seconds to a minute, later ones milliseconds) unless the environment
-    sets `MICROMOMENT_COMPILED_TREES=0`; without lleaves it predicts with LightGBM."""
+    Loading also compiles the booster (`core.compiled`), unless the environment sets
+    `MICROMOMENT_COMPILED_TREES=0`: at once when this model is compiled on this machine already
+    (cached per model and machine), else in a background thread while LightGBM predicts (the
+    first compile of a large model takes minutes); without lleaves LightGBM predicts."""
 
     def __init__(self) -> None:
         super().__init__(model=None)
@@ -175,7 +176,7 @@ class IntentFromFiles(IntentPyfunc):
 
         self.model = load_model(context.artifacts["model"])
         if os.environ.get(COMPILED_TREES_ENV, "1") != "0":
-            self.model.use_compiled_trees()
+            self.model.compile_in_background()
         super().load_context(context)
 
 

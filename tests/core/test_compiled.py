@@ -200,3 +200,18 @@ def test_a_small_input_compiles_only_a_model_compiled_already(tmp_path):
     assert compiled.is_cached(text, tmp_path)
     again = hand_built_model()
     assert again.compile_if_worth_it(10, 1000, tmp_path) == compiled.LLEAVES
+
+
+def test_loading_compiles_in_the_background_while_lightgbm_predicts(model, matrix, tmp_path):
+    scorer = hand_built_model()
+    thread = scorer.compile_in_background(tmp_path)
+    assert thread is not None
+    exact = booster_proba(model.booster, matrix, 4, threads=1)
+    # whichever predicts at this moment, the probabilities are LightGBM's
+    assert np.abs(scorer.predict_features(matrix) - exact).max() <= compiled.TOLERANCE
+    thread.join(timeout=120)
+    assert scorer.predictor == compiled.LLEAVES
+    assert np.abs(scorer.predict_features(matrix) - exact).max() <= compiled.TOLERANCE
+    # compiled on this machine now: the next load uses it at once, no thread
+    again = hand_built_model()
+    assert again.compile_in_background(tmp_path) is None and again.predictor == compiled.LLEAVES
