@@ -228,6 +228,9 @@ display(per_class.round(3))
 # - **reliability**: predicted probability against observed frequency per intent; dots on the
 #   diagonal mean a predicted 70% happens 70% of the time.
 # - **feature importance**: total gain per feature; expect pages, dwell and history on top.
+# - **drivers by intent**: for the sessions predicted as each intent, the reasons pushing them
+#   toward it on average (exact contributions grouped by input: a page type's count and share
+#   are one reason); the same reasons `score.explain` gives per session.
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:

@@ -134,11 +134,11 @@ def test_report_notebook_trains_its_own_champion_when_given_no_store(notebook_en
     assert 0.5 < accuracy <= 1.0
     assert number_after("test/logloss:", text) > 0.0
     assert "model at" in text and "of Bayes-optimal accuracy" in text
-    assert "3 logged plots" in text
+    assert "4 logged plots" in text
     assert 0.5 < number_after("fresh accuracy: model", text) <= 1.0
     assert 0.0 <= number_after("mean total variation to the Bayes posterior:", text) < 0.5
-    # 3 logged plots, segment accuracy, 2 confusions, distance histograms, TV by position
-    assert n_images(nb) >= 8
+    # 4 logged plots, segment accuracy, 2 confusions, distance histograms, TV by position
+    assert n_images(nb) >= 9
     assert not list(notebook_env.iterdir()), "the notebook wrote into its working directory"
 
 
@@ -184,5 +184,5 @@ def test_report_notebook_reads_a_run_by_id(notebook_env, monkeypatch, synthetic_
     assert number_after("test/macro_f1:", text) == pytest.approx(
         round(logged["test/macro_f1"], 4), abs=1e-9
     )
-    assert "3 logged plots" in text
-    assert n_images(nb) >= 8
+    assert "4 logged plots" in text
+    assert n_images(nb) >= 9
