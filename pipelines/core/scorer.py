@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -123,20 +122,6 @@ class IntentModel:
             return True
         return compiled_trees.is_cached(self.booster.model_to_string(), cache_dir)
 
-    def compile_in_background(self, cache_dir=None) -> threading.Thread | None:
-        """Compiled trees now when this model is compiled on this machine already; otherwise
-        LightGBM predicts while a background thread compiles (a large model takes minutes), and
-        the compiled trees take over once they are ready. Returns the thread, if one started."""
-        if compiled_trees.is_cached(self.booster.model_to_string(), cache_dir):
-            self.use_compiled_trees(cache_dir)
-            return None
-        self.predictor_note = "compiling in the background; LightGBM predicts until it is done"
-        thread = threading.Thread(
-            target=self.use_compiled_trees, args=(cache_dir,), name="compile-trees", daemon=True
-        )
-        thread.start()
-        return thread
-
     def use_lightgbm(self) -> None:
         self.compiled, self.predictor_note = None, None
 
@@ -147,7 +132,7 @@ class IntentModel:
 
     def predict_features(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Class probabilities from a feature frame or from `featurizer.transform_matrix`."""
-        trees = self.compiled  # read once: a background compile may set it at any time
+        trees = self.compiled
         if trees is None:
             return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
         X = feature_matrix(features) if isinstance(features, pd.DataFrame) else features

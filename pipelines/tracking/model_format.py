@@ -156,7 +156,9 @@ def _registered_version(name: str, run_id: str) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
-COMPILED_TREES_ENV = "MICROMOMENT_COMPILED_TREES"  # "0": a loaded model predicts with LightGBM
+# "auto" (default): compiled trees when the model is compiled on this machine already;
+# "1": compile on load (a large model takes minutes the first time); "0": LightGBM
+COMPILED_TREES_ENV = "MICROMOMENT_COMPILED_TREES"
 
 
 class IntentFromFiles(IntentPyfunc):
@@ -164,10 +166,11 @@ class IntentFromFiles(IntentPyfunc):
     text) and the featurizer's state (JSON) from the model's `model` artifact, so loading a
     version runs no pickle. `pipelines/tracking/model_code.py` is the file MLflow loads it from.
 
-    Loading also compiles the booster (`core.compiled`), unless the environment sets
-    `MICROMOMENT_COMPILED_TREES=0`: at once when this model is compiled on this machine already
-    (cached per model and machine), else in a background thread while LightGBM predicts (the
-    first compile of a large model takes minutes); without lleaves LightGBM predicts."""
+    Loading uses the booster compiled (`core.compiled`) when this model is compiled on this
+    machine already (batch scoring of a large input compiles and caches it), and LightGBM
+    otherwise: a load never waits minutes for a first compile, nor leaves a compiler running
+    when the process exits. `MICROMOMENT_COMPILED_TREES=1` compiles on load (a server that
+    will answer many calls), `0` keeps LightGBM."""
 
     def __init__(self) -> None:
         super().__init__(model=None)
@@ -175,8 +178,10 @@ class IntentFromFiles(IntentPyfunc):
     def load_context(self, context) -> None:
 
         self.model = load_model(context.artifacts["model"])
-        if os.environ.get(COMPILED_TREES_ENV, "1") != "0":
-            self.model.compile_in_background()
+        mode = os.environ.get(COMPILED_TREES_ENV, "auto")
+        # "1": compile now; "auto": only a model compiled on this machine already
+        if mode == "1" or (mode != "0" and self.model.worth_compiling(rows=0, min_rows=1)):
+            self.model.use_compiled_trees()
         super().load_context(context)
 
 

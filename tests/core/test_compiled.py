@@ -202,16 +202,30 @@ def test_a_small_input_compiles_only_a_model_compiled_already(tmp_path):
     assert again.compile_if_worth_it(10, 1000, tmp_path) == compiled.LLEAVES
 
 
-def test_loading_compiles_in_the_background_while_lightgbm_predicts(model, matrix, tmp_path):
+def test_a_loaded_pyfunc_uses_compiled_trees_only_when_compiled_here_already(tmp_path, monkeypatch):
+    """Loading never waits for a first compile (minutes for a large model), nor leaves a
+    compiler thread running at exit (LLVM then crashes the process)."""
+    from types import SimpleNamespace
+
+    from pipelines.core.scorer import save_model
+    from pipelines.tracking.model_format import COMPILED_TREES_ENV, IntentFromFiles
+
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "cache"))
     scorer = hand_built_model()
-    thread = scorer.compile_in_background(tmp_path)
-    assert thread is not None
-    exact = booster_proba(model.booster, matrix, 4, threads=1)
-    # whichever predicts at this moment, the probabilities are LightGBM's
-    assert np.abs(scorer.predict_features(matrix) - exact).max() <= compiled.TOLERANCE
-    thread.join(timeout=120)
-    assert scorer.predictor == compiled.LLEAVES
-    assert np.abs(scorer.predict_features(matrix) - exact).max() <= compiled.TOLERANCE
-    # compiled on this machine now: the next load uses it at once, no thread
-    again = hand_built_model()
-    assert again.compile_in_background(tmp_path) is None and again.predictor == compiled.LLEAVES
+    folder = save_model(scorer, tmp_path / "model")
+    context = SimpleNamespace(artifacts={"model": str(folder)}, model_config={})
+
+    def loaded(mode: str | None):
+        if mode is None:
+            monkeypatch.delenv(COMPILED_TREES_ENV, raising=False)
+        else:
+            monkeypatch.setenv(COMPILED_TREES_ENV, mode)
+        pyfunc = IntentFromFiles()
+        pyfunc.load_context(context)
+        return pyfunc.model.predictor
+
+    assert loaded(None) == compiled.LIGHTGBM  # not compiled here yet: no compile on load
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.o"))
+    assert loaded("1") == compiled.LLEAVES  # asked for: compiled (and cached)
+    assert loaded(None) == compiled.LLEAVES  # compiled here already: used at once
+    assert loaded("0") == compiled.LIGHTGBM
