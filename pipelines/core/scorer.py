@@ -202,16 +202,21 @@ class IntentModel:
         reasons = np.full(n, None, dtype=object)
         for row, reason in result.reasons.items():
             reasons[row] = reason
-        if explain:
-            extra = {**reasons_of.reason_columns(explained, explain), **(extra or {})}
-        return self._frame(ids, proba, reasons, extra or {}, nullable)
+        per_row = reasons_of.reason_columns(explained, explain) if explain else {}
+        return self._frame(ids, proba, reasons, per_row, extra or {}, nullable)
 
     def _frame(
-        self, ids: np.ndarray, proba: np.ndarray, rejected: np.ndarray, extra: dict, nullable: bool
+        self,
+        ids: np.ndarray,
+        proba: np.ndarray,
+        rejected: np.ndarray,
+        per_row: dict[str, list],
+        extra: dict,
+        nullable: bool,
     ) -> pd.DataFrame:
-        """The output frame: ids, probabilities, intent, confidence and margin, then `extra`
-        columns (lists: one value per row; anything else: one value for every row) before and
-        after `reject_reason` (reason codes before it, the model's name and version after)."""
+        """The output frame: ids, probabilities, intent, confidence and margin, the `per_row`
+        columns (reason codes), `reject_reason`, then the constant `extra` columns (the model's
+        name and version)."""
         n = len(ids)
         top = np.argsort(-np.nan_to_num(proba, nan=-1.0), axis=1)
         best = np.take_along_axis(proba, top[:, :1], axis=1)[:, 0]
@@ -233,13 +238,11 @@ class IntentModel:
                 "margin": as_float(best - second),
             }
         )
-        per_row = {k: v for k, v in extra.items() if isinstance(v, list)}
         for name, values in per_row.items():
             columns[name] = as_text(np.asarray(values, dtype=object))
         columns[REJECT_REASON] = as_text(rejected)
         for name, value in extra.items():
-            if name not in per_row:
-                columns[name] = as_text(np.full(n, value, dtype=object))
+            columns[name] = as_text(np.full(n, value, dtype=object))
         return pd.DataFrame(columns)
 
     def describe(self) -> dict:
