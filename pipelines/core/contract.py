@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandas.api.extensions import ExtensionArray
+
+ArrayLike = np.ndarray | ExtensionArray  # a column's values, as `Series.array` holds them
 
 # role -> kind; the kinds decide type checks and features
 ROLES: dict[str, str] = {
@@ -158,80 +161,121 @@ def _kind_of(role: str) -> str:
 
 
 def _type_error(
-    source: str, col: str, role: str, expected: str, series: pd.Series
+    source: str, col: str, role: str, expected: str, values: ArrayLike
 ) -> ContractError:
-    values = series.dropna()
+    series = pd.Series(values)
+    present = series.dropna()
     if expected == "numeric":  # show the values that are not numbers, not the ones that are
-        values = values[pd.to_numeric(values, errors="coerce").isna()]
-    sample = values.astype(str).unique()[:3].tolist()
+        present = present[pd.to_numeric(present, errors="coerce").isna()]
+    sample = present.astype(str).unique()[:3].tolist()
     return ContractError(
         f"{source}: column '{col}' (role {role}) must be {expected}, found {series.dtype} (e.g. {sample})"
     )
 
 
-def _as_numeric(series: pd.Series, source: str, col: str, role: str) -> np.ndarray:
-    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
-    if series.isna().all():
-        return np.full(len(series), np.nan)
-    raise _type_error(source, col, role, "numeric", series)
+# Conversions work on a column's array (`Series.array`), not on the Series: the same operations
+# cost a few microseconds instead of tens, which is most of the time of scoring one session.
+def _as_numeric(values: ArrayLike, source: str, col: str, role: str) -> np.ndarray:
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "biuf":
+        return np.array(values, dtype=np.float64)  # NumPy numbers: NaN is their only missing value
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if pd.isna(values).all():
+        return np.full(len(values), np.nan)
+    raise _type_error(source, col, role, "numeric", values)
 
 
-def _as_bool(
-    series: pd.Series, source: str, col: str, role: str
-) -> pd.api.extensions.ExtensionArray:
-    if pd.api.types.is_bool_dtype(series):
-        return series.astype("boolean").array
-    if pd.api.types.is_numeric_dtype(series):
-        values = set(series.dropna().unique().tolist())
-        if values <= {0, 1}:
-            return series.astype("Float64").astype("boolean").array
+def _as_bool(values: ArrayLike, source: str, col: str, role: str) -> pd.arrays.BooleanArray:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("boolean")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        if set(pd.unique(values[~pd.isna(values)]).tolist()) <= {0, 1}:
+            return values.astype("Float64").astype("boolean")
     else:
-        text = series.astype("string").str.strip().str.lower()
+        text = pd.Series(values).astype("string").str.strip().str.lower()
         mapped = text.map(
             {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
         )
         if (mapped.notna() | text.isna()).all():
             return mapped.astype("boolean").array
-    raise _type_error(source, col, role, "boolean (true/false or 0/1)", series)
+    raise _type_error(source, col, role, "boolean (true/false or 0/1)", values)
 
 
-def _as_timestamp(series: pd.Series, source: str, col: str, role: str) -> pd.Series:
-    if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return series.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-    if pd.api.types.is_datetime64_dtype(series):
+def _as_timestamp(values: ArrayLike, source: str, col: str, role: str) -> pd.arrays.DatetimeArray:
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
         # naive timestamps are read as UTC, which the contract asks them to be
-        return series.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
-    if pd.api.types.is_numeric_dtype(series) and not series.isna().all():
-        raise _type_error(source, col, role, "a timestamp (ISO 8601 text or datetime)", series)
-    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601").astype(
-        "datetime64[ns, UTC]"
-    )
+        return pd.array(values).tz_localize("UTC").astype("datetime64[ns, UTC]")
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.isna(values).all():
+        raise _type_error(source, col, role, "a timestamp (ISO 8601 text or datetime)", values)
+    parsed = pd.to_datetime(pd.Series(values), utc=True, errors="coerce", format="ISO8601")
+    return parsed.array.astype("datetime64[ns, UTC]")
 
 
-def as_text(series: pd.Series) -> pd.Series:
-    """Category values as text in an object column, None when missing; numbers such as browser
-    codes become their digits (a float column of whole numbers too: 3.0 -> '3').
-
-    Works on the values as an array: per-call overhead matters when one session is scored."""
-    values = series.to_numpy(dtype=object)
-    missing = pd.isna(values)
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        out = values.copy()
-    elif pd.api.types.is_integer_dtype(series.dtype) and not missing.any():
-        out = series.to_numpy().astype(str).astype(object)
-    elif pd.api.types.is_float_dtype(series.dtype):
-        floats = series.to_numpy(dtype=np.float64, na_value=np.nan)
+def text_values(values: ExtensionArray) -> np.ndarray:
+    """Category values as text in an object array, None when missing; numbers such as browser
+    codes become their digits (a float column of whole numbers too: 3.0 -> '3')."""
+    objects = values.to_numpy(dtype=object)
+    missing = pd.isna(objects)
+    if pd.api.types.infer_dtype(objects, skipna=True) in ("string", "empty"):
+        out = objects.copy()
+    elif pd.api.types.is_integer_dtype(values.dtype) and not missing.any():
+        out = values.to_numpy().astype(str).astype(object)
+    elif pd.api.types.is_float_dtype(values.dtype):
+        floats = values.to_numpy(dtype=np.float64, na_value=np.nan)
         present = floats[~missing]
         if (present == np.floor(present)).all():
             out = np.where(missing, 0, floats).astype(np.int64).astype(str).astype(object)
         else:
             out = np.array([str(v) for v in floats], dtype=object)
     else:
-        out = np.array([str(v) for v in values], dtype=object)
+        out = np.array([str(v) for v in objects], dtype=object)
     out[missing] = None
+    return out
+
+
+def as_text(series: pd.Series) -> pd.Series:
+    """`text_values` of a column as an object Series on a fresh row index."""
     # an explicit object Series: pandas 3 would otherwise infer its `str` dtype
-    return pd.Series(out, dtype=object, copy=False)
+    return pd.Series(text_values(series.array), dtype=object, copy=False)
+
+
+class Columns:
+    """Canonical session columns as arrays of one length: text as object arrays (None when
+    missing), numbers as floats (NaN), flags as nullable booleans, times as UTC datetimes.
+
+    What the featurizer reads. `frame()` is the same table as a DataFrame, which costs more to
+    build than scoring a session, so a real-time call never builds it."""
+
+    def __init__(self, data: dict[str, ArrayLike], rows: int):
+        self.data = data
+        self.rows = rows
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.data)
+
+    def __getitem__(self, name: str) -> ArrayLike:
+        return self.data[name]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def take(self, rows: np.ndarray) -> Columns:
+        """The given rows (positions), in that order."""
+        return Columns({name: values[rows] for name, values in self.data.items()}, len(rows))
+
+    def frame(self) -> pd.DataFrame:
+        # text stays object: pandas 3 would infer its `str` dtype from an object array
+        return pd.DataFrame(
+            {
+                name: pd.Series(values, dtype=object, copy=False)
+                if values.dtype == object
+                else values
+                for name, values in self.data.items()
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -354,9 +398,11 @@ def array_failures(columns: Mapping[str, object], spec: DatasetSpec, with_label:
     id_missing = pd.isna(ids)
     for i in np.flatnonzero(id_missing):
         failures.append((int(i), "session_id missing value (got None)"))
-    present = np.flatnonzero(~id_missing)
-    for i in present[pd.Series(ids[present], dtype=object).duplicated().to_numpy()]:
-        failures.append((int(i), f"session_id duplicate value (got {ids[i]!r})"))
+    seen = set()
+    for i in np.flatnonzero(~id_missing):
+        if ids[i] in seen:
+            failures.append((int(i), f"session_id duplicate value (got {ids[i]!r})"))
+        seen.add(ids[i])
     for role, rule in _rules(spec.page_roles, spec.extra_numeric).items():
         if role in columns:
             values = np.asarray(columns[role], dtype=np.float64)
@@ -387,9 +433,14 @@ def _check_names(failure_cases: pd.DataFrame) -> pd.Series:
 
 @dataclass
 class ContractResult:
-    sessions: pd.DataFrame  # canonical, kept rows
+    columns: Columns  # canonical, kept rows
     source: pd.DataFrame = field(repr=False)  # the input as given
     reasons: dict[int, str] = field(default_factory=dict)  # input row -> why it was rejected
+
+    @functools.cached_property
+    def sessions(self) -> pd.DataFrame:
+        """The kept rows as a DataFrame (built when asked for: scoring reads `columns`)."""
+        return self.columns.frame()
 
     @functools.cached_property
     def rejects(self) -> pd.DataFrame:
@@ -413,7 +464,7 @@ class ContractResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        kept, rejected = len(self.sessions), len(self.reasons)
+        kept, rejected = len(self.columns), len(self.reasons)
         return {"rows_in": kept + rejected, "rows_kept": kept, "rows_rejected": rejected}
 
 
@@ -443,12 +494,12 @@ def to_contract(
     # columns are converted to arrays or to Series on a fresh row index, so the input's own
     # index never matters; rows are addressed by position
     out, bad_rows = _canonical_columns(raw, spec, source, with_label, row_numbers)
-    df = pd.DataFrame(out)
+    columns = Columns(out, len(raw))
 
     failures = (
         array_failures(out, spec, with_label)
-        if len(df) <= ARRAY_CHECK_MAX_ROWS
-        else schema_failures(df, spec, with_label, source)
+        if len(raw) <= ARRAY_CHECK_MAX_ROWS
+        else schema_failures(columns.frame(), spec, with_label, source)
     )
     if repeated_elsewhere is not None:
         # session id reasons come first, as pandera's do
@@ -456,17 +507,17 @@ def to_contract(
     for i, reason in failures:
         bad_rows.setdefault(i, []).append(reason)
     if with_label:
-        for i in np.flatnonzero(df[LABEL].isna().to_numpy()):
+        for i in np.flatnonzero(pd.isna(out[LABEL])):
             reasons = bad_rows.setdefault(int(i), [])
             if not any(r.startswith(f"{LABEL} missing") for r in reasons):
                 reasons.append(f"{LABEL} missing value (column {spec.label_column})")
 
     reasons = {i: "; ".join(dict.fromkeys(bad_rows[i])) for i in sorted(bad_rows)}
     if reasons:
-        keep = np.ones(len(df), dtype=bool)
+        keep = np.ones(len(raw), dtype=bool)
         keep[list(reasons)] = False
-        df = df[keep].reset_index(drop=True)
-    return ContractResult(df, raw, reasons)
+        columns = columns.take(np.flatnonzero(keep))
+    return ContractResult(columns, raw, reasons)
 
 
 def _present_only(spec: DatasetSpec, raw: pd.DataFrame, source: str) -> DatasetSpec:
@@ -527,57 +578,57 @@ def _canonical_columns(
     out: dict[str, object] = {}
     bad_rows: dict[int, list[str]] = {}
     if "session_id" in roles:
-        out["session_id"] = as_text(raw[roles["session_id"]])
+        out["session_id"] = text_values(raw[roles["session_id"]].array)
     else:
         # no id column: the row number in the source is the id
-        out["session_id"] = pd.Series(row_ids(len(raw), row_numbers), dtype=object)
+        out["session_id"] = np.array(row_ids(len(raw), row_numbers), dtype=object)
     for role, col in list(roles.items()) + list(spec.page_roles.items()):
         if role == "session_id":
             continue
         if _kind_of(role) == "timestamp":
-            out[role] = _timestamps(raw[col], source, col, role, bad_rows)
+            out[role] = _timestamps(raw[col].array, source, col, role, bad_rows)
         else:
-            out[role] = _convert(raw[col], source, col, role)
+            out[role] = _convert(raw[col].array, source, col, role)
     for col in spec.extra_numeric:
-        out[col] = _as_numeric(raw[col], source, col, "extra numeric")
+        out[col] = _as_numeric(raw[col].array, source, col, "extra numeric")
     for col in spec.extra_categorical:
-        out[col] = as_text(raw[col])
+        out[col] = text_values(raw[col].array)
     if with_label:
-        label = as_text(raw[spec.label_column])
+        label = text_values(raw[spec.label_column].array)
         if spec.label_mapping:
-            label = label.map(lambda v: spec.label_mapping.get(v, v) if v is not None else None)
-        out[LABEL] = label.astype(object)
+            label = np.array(
+                [spec.label_mapping.get(v, v) if v is not None else None for v in label],
+                dtype=object,
+            )
+        out[LABEL] = label
     return out, bad_rows
 
 
-def _convert(series: pd.Series, source: str, col: str, role: str):
+def _convert(values: ExtensionArray, source: str, col: str, role: str) -> ArrayLike:
     """A role's column in its canonical type: text for ids and categories, floats for numbers,
     nullable booleans for flags."""
     kind = _kind_of(role)
     if kind in ("id", "categorical"):
-        return as_text(series)
+        return text_values(values)
     if kind == "numeric":
-        return _as_numeric(series, source, col, role)
-    return _as_bool(series, source, col, role)
+        return _as_numeric(values, source, col, role)
+    return _as_bool(values, source, col, role)
 
 
 def _timestamps(
-    series: pd.Series, source: str, col: str, role: str, bad_rows: dict[int, list[str]]
-) -> pd.api.extensions.ExtensionArray:
+    values: ExtensionArray, source: str, col: str, role: str, bad_rows: dict[int, list[str]]
+) -> pd.arrays.DatetimeArray:
     """A timestamp column in UTC; each value that cannot be read is missing, and its row is
     recorded in `bad_rows`."""
-    parsed = _as_timestamp(series, source, col, role)
-    unreadable = parsed.isna().to_numpy() & series.notna().to_numpy()
+    parsed = _as_timestamp(values, source, col, role)
+    unreadable = parsed.isna() & ~pd.isna(values)
     for i in np.flatnonzero(unreadable):
-        bad_rows.setdefault(int(i), []).append(
-            f"{role} unreadable timestamp (got {series.iloc[i]!r})"
-        )
-    return parsed.array
+        bad_rows.setdefault(int(i), []).append(f"{role} unreadable timestamp (got {values[i]!r})")
+    return parsed
 
 
-def _repeats(session_ids: pd.Series, repeated_elsewhere: np.ndarray) -> list[tuple[int, str]]:
+def _repeats(ids: np.ndarray, repeated_elsewhere: np.ndarray) -> list[tuple[int, str]]:
     """(row, reason) for each session id that first appeared elsewhere in the larger input."""
-    ids = session_ids.to_numpy(dtype=object)
     return [
         (int(i), f"session_id duplicate value (got {ids[i]!r})")
         for i in np.flatnonzero(repeated_elsewhere)

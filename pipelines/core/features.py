@@ -19,6 +19,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from pipelines.core import geo
+from pipelines.core.contract import ArrayLike, Columns
+
+# the canonical sessions: the contract's DataFrame, or its `Columns` for a few rows
+Sessions = pd.DataFrame | Columns
+Column = pd.Series | ArrayLike
 
 CONTEXT_CATEGORICALS = ("device", "channel", "region")
 
@@ -103,7 +108,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
                 columns[name] = values
         return pd.DataFrame(columns, index=X.index)
 
-    def transform_matrix(self, X: pd.DataFrame) -> np.ndarray:
+    def transform_matrix(self, X: Sessions) -> np.ndarray:
         """The features as the float matrix LightGBM predicts from: each categorical feature as
         its level's code (NaN when missing or unseen), in `feature_names_` order. The same
         numbers as `modelling.feature_matrix(self.transform(X))`, without building a frame."""
@@ -116,7 +121,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
                 out[:, j] = values
         return out
 
-    def _features(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _features(self, X: Sessions) -> dict[str, np.ndarray]:
         """Feature name -> array in `feature_names_` order: category codes (-1 for missing or
         unseen: LightGBM sends them down the "other" branch) or floats."""
         check_is_fitted(self, "feature_names_")
@@ -193,7 +198,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
     # Features are computed on NumPy arrays rather than pandas Series: the arithmetic is the
     # same, and a real-time call on one session pays microseconds per feature instead of the
     # tens of microseconds each pandas operation costs.
-    def _build(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _build(self, X: Sessions) -> dict[str, np.ndarray]:
         """Feature name -> raw values (object arrays for categories, floats otherwise), in the
         order the features are named."""
         if "session_id" not in X.columns:
@@ -212,7 +217,7 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
             f.update(_history_features(X, f))
         return f
 
-    def _location_features(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _location_features(self, X: Sessions) -> dict[str, np.ndarray]:
         """Whether the session has coordinates and, with stores, how far the nearest one is."""
         lat, lon = _numbers(X, "latitude"), _numbers(X, "longitude")
         if lat is None or lon is None:
@@ -227,14 +232,14 @@ class SessionFeaturizer(TransformerMixin, BaseEstimator):
         return f
 
 
-def _numbers(X: pd.DataFrame, name: str) -> np.ndarray | None:
+def _numbers(X: Sessions, name: str) -> np.ndarray | None:
     """A column as floats (NaN where missing); None when the column is absent."""
     if name not in X.columns:
         return None
-    return X[name].to_numpy(dtype=np.float64, na_value=np.nan)
+    return _array(X[name], np.float64, np.nan)
 
 
-def _time_features(X: pd.DataFrame) -> dict[str, np.ndarray]:
+def _time_features(X: Sessions) -> dict[str, np.ndarray]:
     """Local hour, weekday and weekend, from the UTC start plus the session's offset if given."""
     if "started_at" not in X.columns:
         return {}
@@ -248,7 +253,7 @@ def _time_features(X: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def _activity_features(X: pd.DataFrame, page_types: Sequence[str]) -> dict[str, np.ndarray]:
+def _activity_features(X: Sessions, page_types: Sequence[str]) -> dict[str, np.ndarray]:
     """Dwell time, page views (summed from the page-type counts when not given) and each page
     type's count and share."""
     f: dict[str, np.ndarray] = {}
@@ -297,22 +302,25 @@ class _JourneyOrder:
     inverse: np.ndarray  # sorted row of each input row
 
     @classmethod
-    def of(cls, X: pd.DataFrame) -> _JourneyOrder:
+    def of(cls, X: Sessions) -> _JourneyOrder:
         n = len(X)
-        session = X["session_id"].to_numpy(dtype=object)
+        session = _array(X["session_id"], object)
         journey = _text_or_none(X["journey_id"]) if "journey_id" in X.columns else session
         journey = np.where(pd.isna(journey), session, journey)
         if "started_at" in X.columns:
             started, timed = geo.utc_nanoseconds(X["started_at"])
         else:
             started, timed = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        pos = np.lexsort(
-            (
-                pd.factorize(session, sort=True)[0],
-                np.where(timed, started, np.iinfo(np.int64).max),
-                pd.factorize(journey, sort=True)[0],
+        if n == 1:  # the real-time call: one session is its own order
+            pos = np.zeros(1, dtype=np.int64)
+        else:
+            pos = np.lexsort(
+                (
+                    pd.factorize(session, sort=True)[0],
+                    np.where(timed, started, np.iinfo(np.int64).max),
+                    pd.factorize(journey, sort=True)[0],
+                )
             )
-        )
         j = journey[pos]
         first = np.ones(n, dtype=bool)
         first[1:] = j[1:] != j[:-1]
@@ -323,7 +331,7 @@ class _JourneyOrder:
         return cls(pos, first, head, np.arange(n) - head, started[pos], timed[pos], inverse)
 
 
-def _history_features(X: pd.DataFrame, ctx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _history_features(X: Sessions, ctx: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Features from earlier sessions of the same journey (strictly earlier start times), from
     the session's own context features `ctx`."""
     order = _JourneyOrder.of(X)
@@ -356,8 +364,10 @@ def _previous_session(
     """`prev_<feature>`: the feature's value in the journey's previous session (missing for a
     journey's first session)."""
 
+    before = np.arange(len(first)) - 1  # the row before each (the last row for the first)
+
     def previous(values: np.ndarray) -> np.ndarray:
-        prev = np.roll(values, 1).astype(object if values.dtype == object else float)
+        prev = values[before].astype(object if values.dtype == object else float)
         prev[first] = None if values.dtype == object else np.nan
         return prev
 
@@ -413,7 +423,8 @@ def _past_summer(index_in_journey: np.ndarray) -> Callable[[np.ndarray], np.ndar
     kth = [by_index[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def past_sum(values: np.ndarray) -> np.ndarray:
-        v = np.nan_to_num(values.astype(float))
+        v = values.astype(float)
+        v[np.isnan(v)] = 0.0
         out = np.zeros(n)
         for rows in kth:
             out[rows] = out[rows - 1] + v[rows - 1]
@@ -432,7 +443,14 @@ def _level_codes(
     return index.get_indexer(values)
 
 
-def _text_or_none(series: pd.Series) -> np.ndarray:
+def _text_or_none(values: Column) -> np.ndarray:
     """Category values as an object array with None for missing values."""
-    values = series.to_numpy(dtype=object)
+    values = _array(values, object)
     return np.where(pd.isna(values), None, values)
+
+
+def _array(values: Column, dtype, na_value=None) -> np.ndarray:
+    """A column's values (a Series, an array, or `Columns`' NumPy array) as a NumPy array."""
+    if isinstance(values, np.ndarray):
+        return values.astype(dtype, copy=False)
+    return values.to_numpy(dtype=dtype, na_value=na_value)

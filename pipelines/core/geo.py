@@ -76,10 +76,10 @@ def nearest_store_km(lat: np.ndarray, lon: np.ndarray, index: BallTree | None) -
 # local time
 
 
-def utc_nanoseconds(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def utc_nanoseconds(times: pd.Series | pd.arrays.DatetimeArray) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps as int64 nanoseconds since the epoch in UTC (0 where missing), and which are
     present; naive timestamps are taken as UTC."""
-    values = series.to_numpy(dtype="datetime64[ns]")
+    values = times.to_numpy(dtype="datetime64[ns]")
     valid = ~np.isnat(values)
     return np.where(valid, values.astype(np.int64), 0), valid
 

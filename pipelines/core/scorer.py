@@ -185,7 +185,7 @@ class IntentModel:
             all_columns=False,
             row_numbers=row_numbers,
         )
-        kept = result.sessions
+        kept = result.columns
         n = len(raw)
         id_col = self.spec.columns.get("session_id")
         ids = raw[id_col].to_numpy(dtype=object) if id_col else row_ids(n, row_numbers)
@@ -224,12 +224,8 @@ class IntentModel:
         intent = np.asarray(self.classes, dtype=object)[top[:, 0]]
         intent[np.isnan(best)] = None
         # one frame built at once: adding columns one by one costs more than scoring a session
-        as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _same)
-        columns = {
-            "session_id": as_text(pd.Series(ids, dtype=object).astype(str).to_numpy(dtype=object))
-            if nullable
-            else pd.Series(ids, dtype=object).astype(str)
-        }
+        as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _plain_text)
+        columns = {"session_id": as_text(_id_text(ids))}
         columns.update({f"p_{c}": as_float(proba[:, j]) for j, c in enumerate(self.classes)})
         columns.update(
             {
@@ -261,6 +257,7 @@ class IntentModel:
 
 
 _TEXT = pd.StringDtype("python", na_value=pd.NA)
+_PLAIN_TEXT = pd.StringDtype(na_value=np.nan)  # pandas 3's `str`
 MAX_EXPLAIN = 20  # reasons per row a caller may ask for
 
 
@@ -282,6 +279,22 @@ def check_explain(explain) -> int:
 
 def _same(values: np.ndarray) -> np.ndarray:
     return values
+
+
+def _plain_text(values: np.ndarray) -> pd.arrays.ArrowStringArray:
+    # pandas' `str` (NaN when missing) even when every value is missing, which would otherwise
+    # make an object column: one session's answer has the types of a batch's
+    return pd.array(values, dtype=_PLAIN_TEXT)
+
+
+def _id_text(ids: np.ndarray) -> np.ndarray:
+    """Session ids as text, None when missing: what `Series.astype(str)` gives, without building a
+    Series for the few ids of a real-time call."""
+    if len(ids) > 64:
+        return pd.Series(ids, dtype=object).astype(str).to_numpy(dtype=object, na_value=None)
+    return np.array(
+        [v if isinstance(v, str) else None if pd.isna(v) else str(v) for v in ids], dtype=object
+    )
 
 
 def _nullable_float(values: np.ndarray) -> pd.arrays.FloatingArray:

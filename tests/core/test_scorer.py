@@ -156,3 +156,33 @@ def test_a_model_describes_its_classes_columns_and_features(tiny_model):
     assert described["columns"]["session_id"] == "id"
     assert described["features"] == list(tiny_model.featurizer.feature_names_)
     json.dumps(described)  # plain JSON, for the model README
+
+
+def test_a_session_scored_alone_gets_what_a_large_batch_gives_it(tiny_model):
+    """One session at a time takes the few-row path (arrays, no DataFrame); a batch of more
+    than ARRAY_CHECK_MAX_ROWS rows takes the batch path (pandera). First sessions of their
+    journeys have no history either way, so every output column must be equal, reasons too."""
+    from pipelines.core.contract import ARRAY_CHECK_MAX_ROWS
+
+    raw = hand_built_sessions(400).drop(columns=["intent"])
+    raw = raw.drop_duplicates("journey").reset_index(drop=True)  # one session per journey
+    raw.loc[3, "dwell"] = -5.0
+    raw.loc[5, "start"] = "not a time"
+    assert len(raw) > ARRAY_CHECK_MAX_ROWS
+    for nullable in (False, True):
+        batch = tiny_model.predict(raw, nullable=nullable, explain=2, extra={"model_version": "3"})
+        alone = pd.concat(
+            [
+                tiny_model.predict(
+                    raw.iloc[[i]].reset_index(drop=True),
+                    nullable=nullable,
+                    explain=2,
+                    extra={"model_version": "3"},
+                )
+                for i in range(40)
+            ],
+            ignore_index=True,
+        )
+        pd.testing.assert_frame_equal(alone, batch.head(40), check_exact=True)
+    assert "dwell" in batch.loc[3, "reject_reason"] and "start" in batch.loc[5, "reject_reason"]
+    assert batch["reject_reason"].notna().sum() == 2
