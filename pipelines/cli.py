@@ -63,7 +63,10 @@ examples:
   micromoment touchpoints feed.input=data/new_sessions.parquet touchpoints.budget=5000
   micromoment rollback                       (or rollback.to_version=3)
   micromoment export
-  micromoment train --help        (the command's config and its groups)
+
+micromoment <command> --help shows what a command does, examples, its config groups and config,
+and where it writes. Each run's log and composed config go to outputs/<command>/<date>/<time>/
+(a sweep's to multirun/<command>/<date>/<time>/<job number>/).
 """
 
 

@@ -33,6 +33,8 @@ Objective = choices("Objective", "conversions", "value")
 IntentSource = choices("IntentSource", "auto", "label", "predicted")
 Direction = choices("Direction", "minimize", "maximize")
 ParamType = choices("ParamType", "float", "int", "categorical")
+CVKind = choices("CVKind", "journey", "time")
+CalibrationKind = choices("CalibrationKind", "temperature", "vector", "isotonic")
 
 
 @dataclass
@@ -95,6 +97,7 @@ class ModelSchema:
 
     num_boost_round: int = 2000
     early_stopping_rounds: int = 50
+    log_every: int = 100
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,6 +108,35 @@ class SplitSchema:
     by: SplitKind = SplitKind.journey
     val_size: float = 0.15
     test_size: float = 0.15
+
+
+@dataclass
+class CVSchema:
+    """Cross-validation (`eval.cv`): folds of whole journeys, repeated; 0 folds is off."""
+
+    folds: int = 0
+    repeats: int = 1
+    by: CVKind = CVKind.journey
+
+
+@dataclass
+class CalibrationSchema:
+    """Post-hoc calibration (`eval.calibration`): the kinds to try on the validation split (none:
+    off); the best is kept only when it lowers the out-of-fold validation log-loss."""
+
+    methods: list[CalibrationKind] = field(default_factory=list)
+    folds: int = 5
+    min_gain: float = 0.001
+
+
+@dataclass
+class EvalSchema:
+    """How a trained model is judged beyond its test split: cross-validation, calibration, and
+    the metric a sweep or search minimises."""
+
+    cv: CVSchema = field(default_factory=CVSchema)
+    calibration: CalibrationSchema = field(default_factory=CalibrationSchema)
+    objective: str = "val/logloss"
 
 
 @dataclass
@@ -431,6 +463,7 @@ SCHEMAS = {
     "features": FeaturesSchema,
     "model": ModelSchema,
     "split": SplitSchema,
+    "eval": EvalSchema,
     "tracking": TrackingSchema,
     "registry": RegistrySchema,
     "runtime": RuntimeSchema,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import lightgbm as lgb
@@ -21,6 +22,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipelines.core import keys
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SINGLE_THREAD_MAX_ROWS = 256
@@ -81,23 +84,53 @@ def fit_lightgbm(
     num_boost_round: int,
     early_stopping_rounds: int,
     callbacks: Sequence | None = None,
+    curves: dict | None = None,
+    log_every: int = 0,
 ) -> lgb.Booster:
-    """Train with early stopping on the validation split; the booster keeps its best iteration."""
+    """Train with early stopping on the validation split; the booster keeps its best iteration.
+
+    `curves`, when given, receives the training and validation loss of every round
+    (`{"train": {"multi_logloss": [...]}, "val": {...}}`, LightGBM's `record_evaluation`);
+    `log_every` > 0 logs a progress line every that many rounds."""
     train_set = lgb.Dataset(
         X_train, label=y_train, categorical_feature=list(categorical), free_raw_data=False
     )
     val_set = lgb.Dataset(
         X_val, label=y_val, reference=train_set, categorical_feature=list(categorical)
     )
+    extra = list(callbacks or [])
+    # the training set's loss comes from scores LightGBM keeps anyway: recording it costs little
+    valid_sets, valid_names = [val_set], ["val"]
+    if curves is not None:
+        valid_sets, valid_names = [val_set, train_set], ["val", "train"]
+        extra.append(lgb.record_evaluation(curves))
+    if log_every > 0:
+        extra.append(progress_callback(log_every, num_boost_round))
     booster = lgb.train(
         dict(params),
         train_set,
         num_boost_round=num_boost_round,
-        valid_sets=[val_set],
-        valid_names=["val"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False), *(callbacks or [])],
+        valid_sets=valid_sets,
+        valid_names=valid_names,
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False), *extra],
     )
     return booster
+
+
+def progress_callback(every: int, rounds: int):
+    """A LightGBM callback logging the round and the losses every `every` rounds."""
+
+    def _callback(env) -> None:
+        done = env.iteration + 1
+        if done % every:
+            return
+        losses = ", ".join(
+            f"{name} {metric} {value:.5f}" for name, metric, value, _ in env.evaluation_result_list
+        )
+        log.info("boosting round %d of at most %d: %s", done, rounds, losses)
+
+    _callback.order = 50
+    return _callback
 
 
 def feature_matrix(X: pd.DataFrame) -> np.ndarray:

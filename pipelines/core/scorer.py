@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.core import compiled as compiled_trees
 from pipelines.core import explain as reasons_of
+from pipelines.core.calibration import Calibrator, calibrator_from_state
 from pipelines.core.contract import REJECT_REASON, DatasetSpec, row_ids, to_contract
 from pipelines.core.features import SessionFeaturizer
 from pipelines.core.modelling import SINGLE_THREAD_MAX_ROWS, booster_proba, feature_matrix
@@ -34,6 +35,8 @@ class IntentModel:
 
     # class defaults: models unpickled from before compiled trees existed have neither
     compiled: compiled_trees.CompiledTrees | None = None
+    # post-hoc calibration of the booster's probabilities (`core.calibration`); None: none
+    calibrator: Calibrator | None = None
     predictor_note: str | None = None
     _checked = False
 
@@ -131,7 +134,14 @@ class IntentModel:
         log.warning("%s", self.predictor_note)
 
     def predict_features(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Class probabilities from a feature frame or from `featurizer.transform_matrix`."""
+        """Class probabilities from a feature frame or from `featurizer.transform_matrix`,
+        calibrated when the model carries a calibrator."""
+        proba = self.uncalibrated_proba(features)
+        return proba if self.calibrator is None else self.calibrator.apply(proba)
+
+    def uncalibrated_proba(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The booster's own probabilities (before any calibration), from the compiled trees
+        when they are in use."""
         trees = self.compiled
         if trees is None:
             return booster_proba(self.booster, features, len(self.classes), threads=self.threads)
@@ -146,7 +156,7 @@ class IntentModel:
             self._checked = True
             if diff > compiled_trees.TOLERANCE:
                 self._fall_back(f"compiled trees differ from LightGBM by {diff:.3g}")
-                return self.predict_features(X)
+                return self.uncalibrated_proba(X)
         return proba
 
     def __getstate__(self) -> dict:
@@ -250,6 +260,7 @@ class IntentModel:
             "extra_numeric": list(self.spec.extra_numeric),
             "extra_categorical": list(self.spec.extra_categorical),
             "features": list(self.featurizer.feature_names_),
+            "calibration": None if self.calibrator is None else self.calibrator.kind,
             "spec": {
                 k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.spec).items()
             },
@@ -326,6 +337,7 @@ def save_model(model: IntentModel, folder: str | Path) -> Path:
         "format_version": FORMAT_VERSION,
         "spec": model.spec.to_dict(),
         "featurizer": model.featurizer.to_state(),
+        "calibration": None if model.calibrator is None else model.calibrator.to_state(),
     }
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     return folder
@@ -340,9 +352,12 @@ def load_model(folder: str | Path, threads: int = 1) -> IntentModel:
             f"{folder}: model format {state.get('format_version')!r}, expected {FORMAT_VERSION}"
         )
     booster = lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text())
-    return IntentModel(
+    model = IntentModel(
         DatasetSpec.from_dict(state["spec"]),
         SessionFeaturizer.from_state(state["featurizer"]),
         booster,
         threads=threads,
     )
+    if state.get("calibration"):  # models saved before calibration existed have none
+        model.calibrator = calibrator_from_state(state["calibration"])
+    return model

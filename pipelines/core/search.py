@@ -177,9 +177,9 @@ def pruning_callback(trial: optuna.Trial, every: int = 10):
     """A LightGBM callback that reports validation loss to Optuna and stops a hopeless trial."""
 
     def _callback(env) -> None:
-        if env.iteration % every or not env.evaluation_result_list:
+        if env.iteration % every or not any(e[0] == "val" for e in env.evaluation_result_list):
             return
-        value = env.evaluation_result_list[0][2]
+        value = next(v for name, _, v, _ in env.evaluation_result_list if name == "val")
         trial.report(value, step=env.iteration)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at round {env.iteration} with val loss {value:.5f}")

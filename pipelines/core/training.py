@@ -8,14 +8,15 @@ judged the same way wherever it was trained.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from pipelines.core import drift, explain, keys, modelling
+from pipelines.core import cv, drift, explain, keys, metrics, modelling
+from pipelines.core.calibration import choose_calibration
 from pipelines.core.contract import LABEL, DatasetSpec
 from pipelines.core.features import SessionFeaturizer
 from pipelines.core.gate import TrainingSpan
@@ -42,6 +43,11 @@ class TrainResult:
         default_factory=dict
     )  # feature profile and intent mix (see drift)
     span: TrainingSpan | None = None  # the journeys it trained and early-stopped on (see gate)
+    cv_folds: list[dict] = field(default_factory=list)  # each fold's rows and metrics (see cv)
+    # per boosting round: {"train": {metric: [...]}, "val": {metric: [...]}}
+    learning_curves: dict = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)  # the splits as datasets (see split_inputs)
+    calibration: dict = field(default_factory=dict)  # what calibration was tried and kept
 
 
 @contextmanager
@@ -92,9 +98,11 @@ def fit_early_stopped(
     X: Mapping[str, pd.DataFrame],
     y: Mapping[str, np.ndarray],
     callbacks: list | None = None,
+    curves: dict | None = None,
 ):
     """LightGBM on the "train" features, stopped early on the "val" ones (`model` config: round
-    cap and patience): the model of local training, the round search of Dask training."""
+    cap, patience, progress lines): the model of local training, the round search of Dask
+    training. `curves` receives each round's training and validation loss."""
     return modelling.fit_lightgbm(
         X["train"],
         y["train"],
@@ -105,6 +113,8 @@ def fit_early_stopped(
         num_boost_round=int(model_cfg["num_boost_round"]),
         early_stopping_rounds=int(model_cfg["early_stopping_rounds"]),
         callbacks=callbacks,
+        curves=curves,
+        log_every=int(model_cfg.get("log_every", 0)),
     )
 
 
@@ -117,7 +127,8 @@ def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
     also measured against it.
     """
     classes = list(model.classes)
-    proba = {side: model.predict_features(X[side]) for side in ("val", "test")}
+    # the booster's own validation loss: a calibrator fitted on those rows would flatter it
+    proba = {"val": model.uncalibrated_proba(X["val"]), "test": model.predict_features(X["test"])}
     metrics = _model_metrics(model, y, proba)
     test_frame = pd.DataFrame({"session_id": test_ids, "label": y["test"]})
     for j, c in enumerate(classes):
@@ -132,6 +143,11 @@ def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
             test_frame[f"bayes_p_{c}"] = reference[:, j]
     predicted = pd.Series(np.asarray(classes, dtype=object)[proba["test"].argmax(axis=1)])
     figures = _figures(model, y["test"], proba["test"])
+    if model.calibrator is not None:  # the same test rows before calibration, to compare
+        raw = model.uncalibrated_proba(X["test"])
+        before = modelling.classification_metrics(y["test"], raw, classes)
+        metrics.update({f"test/uncalibrated/{k}": before[k] for k in SUMMARY_METRICS})
+        figures["reliability_uncalibrated"] = (y["test"], raw, classes)
     if int(cfg["drivers_rows"]) > 0:
         with timed(timings, "drivers"):
             figures["drivers"] = drivers_by_intent(
@@ -152,14 +168,162 @@ def _evaluate(cfg, model, X, y, test_ids, test_raw, timings) -> dict:
 SUMMARY_METRICS = ("accuracy", "macro_f1", "logloss", "ece")
 
 
+def evaluation_metrics(y: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """Every metric a model is judged on for one set of rows: classification (accuracy, F1,
+    log-loss, ECE, per class), ranking (ROC-AUC, average precision, lift, gain) and Brier."""
+    return {
+        **modelling.classification_metrics(y, proba, classes),
+        **metrics.ranking_metrics(y, proba, classes),
+    }
+
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def split_inputs(parts: Mapping[str, pd.DataFrame], dataset: str, source: str) -> list[dict]:
+    """Each split of the canonical rows as a dataset record for lineage: name, context, digest
+    (the rows' content hash), row count, source and columns."""
+    return [
+        {
+            "name": f"{dataset}-{side}",
+            "context": SPLIT_CONTEXTS[side],
+            "split": side,
+            "digest": keys.data_fingerprint(frame),
+            "rows": len(frame),
+            "source": source,
+            "columns": {c: str(t) for c, t in frame.dtypes.items()},
+        }
+        for side, frame in parts.items()
+    ]
+
+
+def calibrate(cfg: Mapping, model: IntentModel, X_val, y_val: np.ndarray) -> dict:
+    """Fit the `eval.calibration` kinds on the validation rows and give `model` the one that
+    lowers the out-of-fold validation log-loss (`calibration.choose_calibration`), or none.
+    Returns what was tried and decided: kind, reason, out-of-fold log-loss per kind."""
+    settings = cfg.get("eval", {}).get("calibration") or {}
+    if not settings.get("methods"):  # off (or a config from before calibration existed)
+        return {}
+    model.calibrator = None
+    choice = choose_calibration(
+        [str(m) for m in settings["methods"]],
+        model.predict_features(X_val),
+        y_val,
+        int(cfg["runtime"]["seed"]),
+        folds=int(settings["folds"]),
+        min_gain=float(settings["min_gain"]),
+    )
+    model.calibrator = choice.calibrator
+    return {
+        "kind": choice.kind,
+        "reason": choice.reason,
+        "folds": choice.folds,
+        "logloss": dict(choice.logloss),
+    }
+
+
+def check_objective(metric: str, cfg: Mapping, key: str) -> None:
+    """Refuse a cross-validation metric (`cv/...`) as what `key` optimises when cross-validation
+    is off: the run would train and then find nothing to report."""
+    if metric.startswith("cv/") and not int(cfg["eval"]["cv"]["folds"]):
+        raise ValueError(
+            f"{key}={metric} is a cross-validation metric, but eval.cv.folds is 0: "
+            "set eval.cv.folds (e.g. eval.cv.folds=3), or optimise val/logloss"
+        )
+
+
+def objective_value(metrics: Mapping[str, float], metric: str, key: str) -> float:
+    """The value of `metric` among a run's `metrics`, or a ValueError naming `key` and close
+    names."""
+    if metric not in metrics:
+        close = sorted(k for k in metrics if k.split("/")[-1] in metric or metric in k)[:6]
+        raise ValueError(
+            f"{key}={metric} is not a metric of this run (e.g. {close or sorted(metrics)[:6]})"
+        )
+    return float(metrics[metric])
+
+
+def _fold_sides(
+    sessions: pd.DataFrame, codes: np.ndarray, fold: cv.Fold, val_size: float, seed: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
+    """A fold's rows and class codes as train, val (a seeded `val_size` share of its training
+    journeys, for early stopping) and test (the held-out fold)."""
+    part = sessions.iloc[fold.train].reset_index(drop=True)
+    journey = keys.journey_key(part)
+    is_val = keys.unit_hash(journey, f"#cv{seed}-{fold.repeat}-{fold.fold}") < val_size
+    if is_val.all() or not is_val.any():  # a tiny fold: early-stop on one journey's rows
+        is_val = journey.to_numpy() == journey.iloc[0]
+    rows = {
+        "train": part[~is_val],
+        "val": part[is_val],
+        "test": sessions.iloc[fold.test].reset_index(drop=True),
+    }
+    y = {
+        "train": codes[fold.train][~is_val],
+        "val": codes[fold.train][is_val],
+        "test": codes[fold.test],
+    }
+    return rows, y
+
+
+def cross_validate(
+    cfg: Mapping,
+    sessions: pd.DataFrame,
+    codes: np.ndarray,
+    make: Callable[[], SessionFeaturizer],
+    spec: DatasetSpec,
+    callbacks: list | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Repeated cross-validation (`eval.cv`) of the training recipe on `sessions` (canonical
+    development rows) with class codes `codes`; returns the `cv/<metric>/<mean|std|ci_low|
+    ci_high>` summary and each fold's rows and metrics.
+
+    Each fold refits everything the final model fits: the featurizer (`make()` gives a fresh one)
+    on the fold's training journeys, and LightGBM early-stopped on a seeded `split.val_size` share
+    of them; the held-out fold is scored once."""
+    cv_cfg, seed = cfg["eval"]["cv"], int(cfg["runtime"]["seed"])
+    folds = cv.make_folds(
+        sessions, codes, int(cv_cfg["folds"]), int(cv_cfg["repeats"]), cv_cfg["by"], seed
+    )
+    classes = list(spec.classes)
+    threads = int(cfg["runtime"]["threads"])
+    params = modelling.lgb_params(cfg["model"], len(classes), threads, seed)
+    val_size = float(cfg["split"]["val_size"])
+    done = []
+    for fold in folds:
+        rows, y = _fold_sides(sessions, codes, fold, val_size, seed)
+        featurizer = make()
+        featurizer.fit(rows["train"])
+        X = {side: featurizer.transform(frame) for side, frame in rows.items()}
+        booster = fit_early_stopped(cfg["model"], params, featurizer, X, y, callbacks)
+        model = IntentModel(spec, featurizer, booster, threads=threads)
+        calibrate(cfg, model, X["val"], y["val"])
+        scores = evaluation_metrics(y["test"], model.predict_features(X["test"]), classes)
+        scores["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
+        done.append(
+            {
+                "name": fold.name,
+                "repeat": fold.repeat,
+                "fold": fold.fold,
+                "train_rows": len(fold.train),
+                "test_rows": len(fold.test),
+                "metrics": scores,
+            }
+        )
+    summary = cv.summarise(
+        [f["metrics"] for f in done],
+        float(np.mean([f["train_rows"] for f in done])),
+        float(np.mean([f["test_rows"] for f in done])),
+    )
+    return {f"cv/{key}": value for key, value in summary.items()}, done
+
+
 def _model_metrics(model: IntentModel, y: Mapping, proba: Mapping) -> dict[str, float]:
     """The model's test metrics, its validation log-loss and its boosting rounds."""
     classes = list(model.classes)
     metrics = {
         f"test/{key}": value
-        for key, value in modelling.classification_metrics(
-            y["test"], proba["test"], classes
-        ).items()
+        for key, value in evaluation_metrics(y["test"], proba["test"], classes).items()
     }
     val = modelling.classification_metrics(y["val"], proba["val"], classes)
     metrics["val/logloss"] = val["logloss"]
@@ -174,6 +338,7 @@ def _figures(model: IntentModel, y_test: np.ndarray, proba_test: np.ndarray) -> 
     return {
         "confusion": (modelling.normalised_confusion(y_test, proba_test, len(classes)), classes),
         "reliability": (y_test, proba_test, classes),
+        "ranking": (y_test, proba_test, classes),
         "importance": (
             model.featurizer.feature_names_,
             model.booster.feature_importance(importance_type="gain"),
@@ -251,9 +416,14 @@ def result_of(
     came in. `fields` are the remaining `TrainResult` fields the engine knows (rejects,
     fingerprint, input example, span, timings).
     """
+    with timed(timings, "calibrate"):
+        calibration = calibrate(cfg, model, X["val"], y["val"])
     with timed(timings, "evaluate"):
         evaluation = _evaluate(cfg, model, X, y, test["session_id"].to_numpy(), test_raw, timings)
     metrics = {**evaluation.pop("metrics"), **extra_metrics}
+    metrics.update(
+        {f"calibration/oof_logloss/{k}": v for k, v in calibration.get("logloss", {}).items()}
+    )
     return TrainResult(
         **evaluation,
         metrics=metrics,
@@ -262,5 +432,6 @@ def result_of(
         test_labels=test[LABEL].reset_index(drop=True),
         test_fingerprint=keys.data_fingerprint(test),
         timings=timings,
+        calibration=calibration,
         **fields,
     )

@@ -76,6 +76,11 @@ def train_dask(
     """Train and evaluate the intent model of `cfg` on the cluster behind `client`, or on the one
     `cfg["engine"]` describes (started and stopped here). Reads `cfg["data"]["path"]` unless
     `sessions` (raw, the user's columns) is given."""
+    if int(cfg.get("eval", {}).get("cv", {}).get("folds", 0)):
+        raise ValueError(
+            "eval.cv.folds: cross-validation runs on the local engine only; use engine=local, "
+            "or eval.cv.folds=0 with engine=dask"
+        )
     if client is not None:
         return _train_on(client, cfg, sessions)
     with cluster(cfg["engine"]) as started:

@@ -44,9 +44,11 @@ from pipelines.core.synthetic import GeneratorParams, generate_chunks, n_chunks
 from pipelines.core.training import (
     TrainResult,
     check_splits,
+    cross_validate,
     fit_early_stopped,
     make_featurizer,
     result_of,
+    split_inputs,
     timed,
 )
 from pipelines.io.outputs import ParquetAppender, atomic_path, part_name, write_stores
@@ -145,8 +147,9 @@ def train(
     with timed(timings, "validate"):
         contract, split = _contract_and_split(raw, spec, cfg, source, seed)
         canon = contract.sessions
+    stores = load_stores(data_cfg["stores_path"])
     with timed(timings, "features"):
-        featurizer = make_featurizer(spec, cfg["features"], load_stores(data_cfg["stores_path"]))
+        featurizer = make_featurizer(spec, cfg["features"], stores)
         sides = split.to_numpy()
         parts = {side: canon[sides == side] for side in modelling.SPLITS}
         featurizer.fit(parts["train"])
@@ -155,8 +158,11 @@ def train(
         y = {side: codes[sides == side] for side in modelling.SPLITS}
     with timed(timings, "train"):
         params = modelling.lgb_params(cfg["model"], len(spec.classes), threads, seed)
-        booster = fit_early_stopped(cfg["model"], params, featurizer, X, y, callbacks)
+        curves: dict = {}
+        booster = fit_early_stopped(cfg["model"], params, featurizer, X, y, callbacks, curves)
     model = IntentModel(spec, featurizer, booster, threads=threads)
+    with timed(timings, "cv"):
+        cv_metrics, cv_folds = _cross_validated(cfg, canon, codes, sides, spec, stores)
     is_test = sides == "test"
     return result_of(
         cfg,
@@ -169,11 +175,30 @@ def train(
         extra_metrics={
             **{f"data/{key}": float(value) for key, value in contract.counts.items()},
             **{f"data/{side}_rows": float(len(y[side])) for side in modelling.SPLITS},
+            **cv_metrics,
         },
+        cv_folds=cv_folds,
+        learning_curves=curves,
+        inputs=split_inputs(parts, str(data_cfg["name"]), source),
         rejects=contract.rejects,
         fingerprint=keys.data_fingerprint(canon),
         input_example=raw.iloc[contract.kept_rows[:5]],
         span=TrainingSpan.of(canon, sides, cfg["split"], seed),
+    )
+
+
+def _cross_validated(cfg, canon, codes, sides, spec, stores) -> tuple[dict, list[dict]]:
+    """`eval.cv` on the development rows (train and validation: the test split stays unseen);
+    nothing when cross-validation is off."""
+    if not int(cfg.get("eval", {}).get("cv", {}).get("folds", 0)):
+        return {}, []
+    dev = sides != "test"
+    return cross_validate(
+        cfg,
+        canon[dev].reset_index(drop=True),
+        codes[dev],
+        lambda: make_featurizer(spec, cfg["features"], stores),
+        spec,
     )
 
 

@@ -172,6 +172,7 @@ def challenger_version(c: Mapping, client, window: pd.DataFrame, key: str, summa
         list(c["retrain"]["overrides"]),
         c["output_dir"],
         tags={"retrain.job_key": key, "retrain.window_end": summary["window"]["end"]},
+        command="retrain",
     )
     summary["run_id"] = run["run_id"]
     summary["metrics"] = {

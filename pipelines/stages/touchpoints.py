@@ -88,17 +88,18 @@ def write_outputs(result: dict, work: Path) -> dict[str, bytes]:
 def log_to_mlflow(cfg: dict, result: dict, out_dir: Path, experiment_id: str) -> str:
 
     h = result["headline"]
-    run_name = cfg["tracking"]["run_name"] or "touchpoints"
+    run_name = cfg["tracking"]["run_name"] or runs.run_name(
+        "touchpoints", f"{h['model_name']} v{h['model_version']}"
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags(
             {
                 "stage": "touchpoints",
-                "model_name": str(h["model_name"]),
-                "model_version": str(h["model_version"]),
                 "predictor": str(h.get("predictor")),
                 "git_commit": runs.git_commit(),
             }
         )
+        runs.link_model_version(str(h["model_name"]), str(h["model_version"]))
         safe = json.loads(runs.redact(json.dumps(cfg["touchpoints"], default=str)))
         mlflow.log_params(runs.flatten({"touchpoints": safe}))
         mlflow.log_metrics(

@@ -13,7 +13,7 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.core.training import TrainResult
+from pipelines.core.training import TrainResult, check_objective, objective_value
 from pipelines.engines import engine_for
 from pipelines.stages.runner import command, in_sweep
 from pipelines.tracking.train_run import log_and_register
@@ -43,6 +43,16 @@ def print_summary(result: TrainResult, summary: Mapping) -> None:
         lines.append(
             f"Bayes-optimal:  accuracy {m['test/bayes/accuracy']:.4f} (model at {m['test/ratio_to_bayes/accuracy']:.1%}), log-loss {m['test/bayes/logloss']:.4f}"
         )
+    if "cv/accuracy/mean" in m:
+        lines.append(
+            f"cross-val:      accuracy {m['cv/accuracy/mean']:.4f} "
+            f"(95% interval {m['cv/accuracy/ci_low']:.4f} to {m['cv/accuracy/ci_high']:.4f}), "
+            f"log-loss {m['cv/logloss/mean']:.4f} "
+            f"({m['cv/logloss/ci_low']:.4f} to {m['cv/logloss/ci_high']:.4f}) "
+            f"over {int(m['cv/folds'])} folds"
+        )
+    if result.calibration:
+        lines.append(f"calibration:    {result.calibration['reason']}")
     if "test/logreg/accuracy" in m:
         lines.append(
             f"baselines:      logistic regression {m['test/logreg/accuracy']:.4f}, majority class {m['test/majority/accuracy']:.4f}"
@@ -63,8 +73,11 @@ def print_summary(result: TrainResult, summary: Mapping) -> None:
 def run_train(
     cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | None = None
 ) -> float:
-    """Train, log and register; returns the validation log-loss (what sweepers minimise)."""
+    """Train, log and register; returns `eval.objective` (what sweepers minimise: the validation
+    log-loss unless set)."""
     container = OmegaConf.to_container(cfg, resolve=True)
+    objective = container["eval"]["objective"]
+    check_objective(objective, container, "eval.objective")
     result = train(container)
     summary = log_and_register(
         container,
@@ -74,7 +87,7 @@ def run_train(
         sweep_job=in_sweep(),
     )
     print_summary(result, summary)
-    return float(result.metrics["val/logloss"])
+    return objective_value(result.metrics, objective, "eval.objective")
 
 
 def task_overrides() -> list[str]:

@@ -35,6 +35,7 @@ from pipelines.core.search import (
     sampler_seed,
     suggest,
 )
+from pipelines.core.training import check_objective, objective_value
 from pipelines.engines import engine_for
 from pipelines.tracking import runs
 from pipelines.tracking.train_run import log_and_register
@@ -108,7 +109,7 @@ class Trial:
         self.client.set_tag(summary["run_id"], "tune.trial", str(trial.number))
         self.client.set_tag(summary["run_id"], "tune.state", "COMPLETE")
         metric = self.search.metric
-        value = float(result.metrics[metric])
+        value = objective_value(result.metrics, metric, "search.metric")
         trial.set_user_attr("run_id", summary["run_id"])
         print(f"trial {trial.number}: {metric}={value:.5f} {' '.join(overrides)}", flush=True)
         return value
@@ -171,10 +172,22 @@ def log_best(study: optuna.Study, best: optuna.trial.FrozenTrial, metric: str) -
     mlflow.log_metric("tune/pruned_trials", pruned)
 
 
+def interval_of(client: MlflowClient, run_id: str | None, metric: str) -> str:
+    """`, 95% interval a to b` for a cross-validation mean (`cv/<m>/mean`) logged on `run_id`;
+    empty for any other metric."""
+    if not run_id or not metric.startswith("cv/") or not metric.endswith("/mean"):
+        return ""
+    logged = client.get_run(run_id).data.metrics
+    base = metric.removesuffix("/mean")
+    low, high = logged.get(f"{base}/ci_low"), logged.get(f"{base}/ci_high")
+    return "" if low is None or high is None else f", 95% interval {low:.5f} to {high:.5f}"
+
+
 def run_tune(cfg: DictConfig) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     c = OmegaConf.to_container(cfg, resolve=True)
     tune_cfg, metric = c["tune"], c["search"]["metric"]
+    check_objective(metric, c, "search.metric")
     study = open_study(tune_cfg, c["search"], int(c["runtime"]["seed"]))
     experiment_id = runs.setup(c["tracking"])
     client = MlflowClient()
@@ -189,7 +202,9 @@ def run_tune(cfg: DictConfig) -> dict:
     print(
         f"\nstudy {tune_cfg['study_name']}: {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed"
-        f"\nbest trial {best.number}: {metric}={best.value:.5f} (run {best.user_attrs.get('run_id')})"
+        f"\nbest trial {best.number}: {metric}={best.value:.5f}"
+        f"{interval_of(client, best.user_attrs.get('run_id'), metric)}"
+        f" (run {best.user_attrs.get('run_id')})"
         f"\ntrain and register it with:\n  {command}",
         flush=True,
     )

@@ -7,13 +7,21 @@ import logging
 import os
 import subprocess
 import tempfile
+import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
 import yaml
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import LoggedModelInput
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 
+from pipelines.config import command_keys
 from pipelines.config.schema import TrackingSchema
 from pipelines.core.secrets import redact
 
@@ -90,16 +98,80 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def log_run_config(cfg: Mapping, overrides: list[str]) -> None:
-    """The resolved config as an artifact and flattened params, and the overrides as a tag."""
+def run_name(command: str, dataset: str | None = None) -> str:
+    """A readable, unique run name: the command, the dataset and a short random id
+    (`train synthetic 3f9a1c`)."""
+    return " ".join(p for p in (command, dataset, uuid.uuid4().hex[:6]) if p)
 
+
+def log_run_config(cfg: Mapping, overrides: list[str], command: str | None = None) -> None:
+    """The resolved config as an artifact and flattened params, and the overrides as a tag.
+    With `command`, only the keys that command's config composes (`config.command_keys`): the
+    train run of `micromoment run` records no generator or feed settings."""
+    if command is not None:
+        wanted = command_keys(command)
+        cfg = {k: v for k, v in cfg.items() if k in wanted}
     safe = json.loads(redact(json.dumps(cfg, default=str)))
     mlflow.log_text(yaml.safe_dump(safe, sort_keys=False), "config/resolved.yaml")
     mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
     mlflow.log_params(flatten(safe))
-    mlflow.set_tags(
-        {"overrides": redact(" ".join(overrides))[:5000] or "(none)", "git_commit": git_commit()}
-    )
+    commit = git_commit()
+    tags = {"overrides": redact(" ".join(overrides))[:5000] or "(none)", "git_commit": commit}
+    if commit != "unknown":
+        # MLflow's own tag: the UI links the run to its source version
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    mlflow.set_tags(tags)
+
+
+def log_datasets(inputs: list[Mapping]) -> None:
+    """Each input of the active run as an MLflow dataset (name, digest, source, schema) with its
+    row count and split as tags: `{"name", "context", "digest", "rows", "source", "columns"}`,
+    columns as {name: dtype}."""
+    for item in inputs:
+        origin = _dataset_source(str(item["source"]))
+        schema = Schema([ColSpec(_mlflow_type(t), n) for n, t in item["columns"].items()])
+        mlflow.log_input(
+            MetaDataset(origin, name=item["name"], digest=item["digest"], schema=schema),
+            context=item["context"],
+            tags={"rows": str(int(item["rows"])), "split": str(item.get("split", ""))},
+        )
+
+
+def _dataset_source(source: str):
+    """Where a dataset came from, as MLflow records it (a password in a URI is redacted)."""
+    if source.startswith("<"):  # a frame passed in memory
+        return CodeDatasetSource(tags={"source": source})
+    if "://" not in source:
+        source = str(Path(source).resolve())
+    with warnings.catch_warnings():  # several registered source kinds claim the same paths
+        warnings.simplefilter("ignore")
+        return resolve_dataset_source(redact(source))
+
+
+def _mlflow_type(dtype: str) -> str:
+    kind = str(dtype)
+    if kind.startswith(("float", "Float")):
+        return "double"
+    if kind.startswith(("int", "Int", "uint")):
+        return "long"
+    if kind in ("bool", "boolean"):
+        return "boolean"
+    if kind.startswith("datetime"):
+        return "datetime"
+    return "string"
+
+
+def link_model_version(name: str, version: str) -> None:
+    """Record on the active run which registered model version it used: as tags, and as an
+    MLflow model input (the run appears in the logged model's lineage)."""
+    mlflow.set_tags({"model_name": str(name), "model_version": str(version)})
+    try:
+        model_id = MlflowClient().get_model_version(name, str(version)).model_id
+    except Exception as err:  # a store without the version (an exported folder): tags only
+        log.info("no registry link for %s version %s: %s", name, version, err)
+        return
+    if model_id:
+        mlflow.log_input(model=LoggedModelInput(model_id=model_id))
 
 
 def log_figure(fig, path: str) -> None:

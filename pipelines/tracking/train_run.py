@@ -10,13 +10,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipelines.core.gate import Decision, TrainingSpan
 from pipelines.core.training import TrainResult
 from pipelines.io.outputs import write_rejects
-from pipelines.reports import plots
+from pipelines.reports import plots, ranking_plots
 from pipelines.tracking import runs
+from pipelines.tracking.descriptions import describe_in_registry
 from pipelines.tracking.model_format import log_intent_model
 from pipelines.tracking.promotion import gate, policy_from
 from pipelines.tracking.registry import set_alias
@@ -36,6 +38,18 @@ def render_figures(result: TrainResult) -> dict:
             list(names), np.asarray(gain, dtype=float)
         ),
     }
+    y, proba, classes = result.figures["ranking"]
+    figures.update(
+        {
+            "plots/roc.png": ranking_plots.roc_figure(y, proba, classes),
+            "plots/precision_recall.png": ranking_plots.pr_figure(y, proba, classes),
+            "plots/cumulative_gain.png": ranking_plots.gain_figure(y, proba, classes),
+            "plots/lift.png": ranking_plots.lift_figure(y, proba, classes),
+        }
+    )
+    if "reliability_uncalibrated" in result.figures:
+        y, proba, classes = result.figures["reliability_uncalibrated"]
+        figures["plots/reliability_uncalibrated.png"] = plots.reliability_figure(y, proba, classes)
     if "drivers" in result.figures:
         figures["plots/drivers_by_intent.png"] = plots.drivers_figure(result.figures["drivers"])
     return figures
@@ -48,20 +62,22 @@ def log_and_register(
     output_dir: str | None,
     tags: Mapping[str, str] | None = None,
     sweep_job: bool = False,
+    command: str = "train",
 ) -> dict:
     """Log a finished training run to MLflow and register its model; returns a summary.
 
     `tags` go on the run and on the registered version. A sweep's job (`sweep_job`) is logged
-    unregistered and marked registrable: the sweep registers its best job when it ends.
+    unregistered and marked registrable: the sweep registers its best job when it ends. The run
+    records as params the config keys of `command` (`retrain` adds its window settings).
     """
     start = time.perf_counter()
     experiment_id = runs.setup(cfg["tracking"])
+    name = cfg["tracking"]["run_name"] or runs.run_name(command, cfg["data"]["name"])
     with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=cfg["tracking"]["run_name"],
-        nested=mlflow.active_run() is not None,
+        experiment_id=experiment_id, run_name=name, nested=mlflow.active_run() is not None
     ) as run:
-        log_result(cfg, result, overrides, output_dir)
+        log_result(cfg, result, overrides, output_dir, command)
+        log_cv_folds(result.cv_folds, name)
         tags = {**(tags or {})}
         if result.span is not None:
             tags[TrainingSpan.TAG] = result.span.to_json()
@@ -70,6 +86,10 @@ def log_and_register(
         info, version = register(cfg["registry"], result, tags, sweep_job)
         mlflow.log_metric("time/log_s", time.perf_counter() - start)
         decision = judge_new_version(cfg, result, version, sweep_job)
+        if version is not None:
+            describe_in_registry(
+                cfg["registry"]["model_name"], version, result, cfg["data"]["name"], decision
+            )
         uri = runs.resolve_tracking_uri(cfg["tracking"]["uri"])
         return {
             "gate": decision,
@@ -81,10 +101,18 @@ def log_and_register(
         }
 
 
-def log_result(cfg: Mapping, result: TrainResult, overrides: list[str], output_dir: str | None):
+def log_result(
+    cfg: Mapping,
+    result: TrainResult,
+    overrides: list[str],
+    output_dir: str | None,
+    command: str = "train",
+):
     """The active run's config, data fingerprint, metrics, timings, figures, model contract,
     drift reference and rejected rows."""
-    runs.log_run_config(cfg, overrides)
+    runs.log_run_config(cfg, overrides, command=command)
+    runs.log_datasets(result.inputs)
+    log_learning_curves(result.learning_curves)
     mlflow.set_tags(
         {"data_fingerprint": result.fingerprint, "dataset": cfg["data"]["name"], "stage": "train"}
     )
@@ -102,6 +130,37 @@ def log_result(cfg: Mapping, result: TrainResult, overrides: list[str], output_d
         write_rejects(result.rejects, target)
         mlflow.log_artifact(str(target), "rejects")
         log.warning("%d rows rejected; reasons in %s", len(result.rejects), target)
+
+
+def log_learning_curves(curves: Mapping[str, Mapping[str, list[float]]]) -> None:
+    """Each boosting round's training and validation loss as MLflow metrics with steps
+    (`curve/train/multi_logloss` at step 0, 1, ...): the UI draws them as learning curves."""
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    points = [
+        Metric(f"curve/{side}/{metric}", float(value), now, step)
+        for side, by_metric in curves.items()
+        for metric, values in by_metric.items()
+        for step, value in enumerate(values)
+        if np.isfinite(value)
+    ]
+    client = MlflowClient()
+    for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[start : start + 1000], synchronous=True)
+
+
+def log_cv_folds(folds: list[dict], parent_name: str) -> None:
+    """Each cross-validation fold as a child run of the active run: its rows and metrics."""
+    experiment_id = mlflow.active_run().info.experiment_id
+    for fold in folds:
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{parent_name} cv {fold['name']}", nested=True
+        ):
+            mlflow.set_tags({"stage": "cv", "cv.repeat": fold["repeat"], "cv.fold": fold["fold"]})
+            mlflow.log_params(
+                {"cv.train_rows": fold["train_rows"], "cv.test_rows": fold["test_rows"]}
+            )
+            mlflow.log_metrics({f"cv/{k}": v for k, v in fold["metrics"].items() if np.isfinite(v)})
 
 
 def register(reg: Mapping, result: TrainResult, tags: Mapping[str, str], sweep_job: bool):

@@ -186,3 +186,26 @@ def test_a_session_scored_alone_gets_what_a_large_batch_gives_it(tiny_model):
         pd.testing.assert_frame_equal(alone, batch.head(40), check_exact=True)
     assert "dwell" in batch.loc[3, "reject_reason"] and "start" in batch.loc[5, "reject_reason"]
     assert batch["reject_reason"].notna().sum() == 2
+
+
+def test_a_calibrated_model_saves_and_loads_its_calibrator_as_json(tiny_model, tmp_path):
+    import copy
+
+    from pipelines.core.calibration import TemperatureCalibrator
+
+    model = copy.copy(tiny_model)
+    model.calibrator = TemperatureCalibrator(temperature=1.7, n_classes=len(model.classes))
+    raw = hand_built_sessions(10).drop(columns=["intent"])
+    plain, calibrated = tiny_model.predict(raw), model.predict(raw)
+    assert not np.allclose(plain[probs_of(model)], calibrated[probs_of(model)])
+    state = json.loads((save_model(model, tmp_path / "m") / STATE_FILE).read_text())
+    assert state["calibration"] == {"kind": "temperature", **state["calibration"]}
+    loaded = load_model(tmp_path / "m")
+    pd.testing.assert_frame_equal(loaded.predict(raw), calibrated, check_exact=True)
+    # the booster's own probabilities stay available, e.g. to compare before and after
+    X = model.featurizer.transform_matrix(to_contract(raw, model.spec, with_label=False).columns)
+    np.testing.assert_array_equal(loaded.uncalibrated_proba(X), tiny_model.predict_features(X))
+
+
+def probs_of(model) -> list[str]:
+    return [f"p_{c}" for c in model.classes]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core import keys, modelling, training
+from pipelines.core import keys, metrics, modelling, training
 from pipelines.core.contract import LABEL, to_contract
 from pipelines.core.scorer import IntentModel
 from pipelines.core.training import (
@@ -225,7 +225,11 @@ def test_the_result_holds_the_models_metrics_and_the_engines_extras(trained):
     assert not any(k.startswith(("test/majority", "test/bayes")) for k in res.metrics)
     np.testing.assert_allclose(res.test_frame[[f"p_{c}" for c in CLASSES]].to_numpy(), proba)
     assert res.fingerprint == "abc" and res.model is trained.model
-    assert set(res.figures) == {"confusion", "reliability", "importance"}
+    assert set(res.figures) == {"confusion", "reliability", "importance", "ranking"}
+    assert (
+        res.metrics["test/roc_auc_macro"]
+        == metrics.ranking_metrics(trained.y["test"], proba, CLASSES)["roc_auc_macro"]
+    )
     assert res.drift_reference["classes"] == list(CLASSES)
 
 

@@ -140,3 +140,67 @@ def test_killed_search_resumes_to_the_requested_trial_count_repeating_no_trial(t
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len([c for c in children if c.data.tags.get("tune.state") == "COMPLETE"]) == 3
     assert parents[0].data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+
+
+def test_a_cross_validation_metric_without_folds_is_refused_before_any_trial(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pipelines.stages.tune import run_tune
+
+    cfg = OmegaConf.create(
+        compose_config(
+            "tune",
+            [
+                "output_dir=/tmp",
+                "search.metric=cv/logloss/mean",
+                f"tune.storage={tmp_path}/s.journal",
+                f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            ],
+        )
+    )
+    with pytest.raises(ValueError, match=r"search.metric=cv/logloss/mean .* eval.cv.folds is 0"):
+        run_tune(cfg)
+    assert not (tmp_path / "s.journal").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_search_over_a_cross_validated_metric_finishes_and_picks_the_best_interval(
+    tmp_path, synthetic_dir, capsys
+):
+    from omegaconf import OmegaConf
+
+    from pipelines.stages.tune import run_tune
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = OmegaConf.create(
+        compose_config(
+            "tune",
+            [
+                f"output_dir={tmp_path}",
+                f"data.path={synthetic_dir}/sessions",
+                f"data.stores_path={synthetic_dir}/stores.csv",
+                f"tracking.uri={uri}",
+                f"tune.storage={tmp_path}/s.journal",
+                "tune.n_trials=2",
+                "runtime.threads=1",
+                "model.num_boost_round=40",
+                "search.pruning=false",
+                "search.metric=cv/logloss/mean",
+                "eval.cv.folds=2",
+                "drivers_rows=0",
+            ],
+        )
+    )
+    out = run_tune(cfg)
+    client = MlflowClient(uri, registry_uri=uri)
+    trials = client.search_runs(
+        [client.get_experiment_by_name("micromoment").experiment_id],
+        "tags.`tune.state` = 'COMPLETE'",
+    )
+    assert len(trials) == 2
+    best = min(t.data.metrics["cv/logloss/mean"] for t in trials)
+    assert out["best_value"] == pytest.approx(best)
+    assert all("cv/logloss/ci_high" in t.data.metrics for t in trials)
+    best_run = next(t for t in trials if t.data.metrics["cv/logloss/mean"] == best)
+    low = best_run.data.metrics["cv/logloss/ci_low"]
+    assert f"cv/logloss/mean={best:.5f}, 95% interval {low:.5f} to" in capsys.readouterr().out
