@@ -38,9 +38,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 bench: $(STAMP) ## run the training benchmark (200k sessions, with and without history) and rewrite bench/RESULTS.md
 	$(BIN)/python bench/bench_training.py --no-history
 
-notebooks: $(STAMP) ## run both notebooks top to bottom into notebooks/*.ipynb (outputs kept out of git)
-	$(BIN)/jupytext --to notebook notebooks/01_sessions_and_journeys.py notebooks/02_model_report.py
-	$(BIN)/jupyter-execute --inplace notebooks/01_sessions_and_journeys.ipynb notebooks/02_model_report.ipynb
+notebooks: $(STAMP) ## run the notebooks top to bottom into notebooks/*.ipynb (outputs kept out of git)
+	$(BIN)/jupytext --to notebook notebooks/01_sessions_and_journeys.py notebooks/02_model_report.py notebooks/03_compare_configs.py
+	$(BIN)/jupyter-execute --inplace notebooks/01_sessions_and_journeys.ipynb notebooks/02_model_report.ipynb notebooks/03_compare_configs.ipynb
 
 ui: $(STAMP) ## open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

@@ -231,6 +231,11 @@ display(per_class.round(3))
 # - **drivers by intent**: for the sessions predicted as each intent, the reasons pushing them
 #   toward it on average (exact contributions grouped by input: a page type's count and share
 #   are one reason); the same reasons `score.explain` gives per session.
+# - **ROC and precision-recall**: how well each intent's sessions rank above the others (AUC and
+#   average precision in the legend; the dotted line is the intent's share, what chance gives).
+# - **cumulative gain and lift**: if a marketer targets the top 5%, 10% or 20% of sessions by an
+#   intent's probability, the share of that intent's sessions reached, and how many times better
+#   than targeting at random.
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:

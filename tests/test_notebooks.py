@@ -19,7 +19,9 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SESSIONS_NB = NOTEBOOKS / "01_sessions_and_journeys.py"
 REPORT_NB = NOTEBOOKS / "02_model_report.py"
+COMPARE_NB = NOTEBOOKS / "03_compare_configs.py"
 TINY_JOURNEYS = "300"
+TINY_SESSIONS = "1500"  # the comparison's web-analytics export: one session per journey
 
 
 @pytest.fixture
@@ -30,6 +32,12 @@ def notebook_env(tmp_path, monkeypatch):
         "MICROMOMENT_TRACKING_URI",
         "MICROMOMENT_RUN_ID",
         "MICROMOMENT_DATA_DIR",
+        "MICROMOMENT_DATA_PATH",
+        "MICROMOMENT_NB_N_SESSIONS",
+        "MICROMOMENT_NB_CONFIG_A",
+        "MICROMOMENT_NB_CONFIG_B",
+        "MICROMOMENT_NB_CV_FOLDS",
+        "MICROMOMENT_NB_CV_REPEATS",
         "MLFLOW_TRACKING_URI",
         "MLFLOW_REGISTRY_URI",
     ):
@@ -84,7 +92,7 @@ def number_after(label: str, text: str) -> float:
     return float(found.group(1))
 
 
-@pytest.mark.parametrize("path", [SESSIONS_NB, REPORT_NB], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [SESSIONS_NB, REPORT_NB, COMPARE_NB], ids=lambda p: p.stem)
 def test_first_code_cell_holds_the_parameters(path):
     nb = jupytext.read(path)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
@@ -134,11 +142,11 @@ def test_report_notebook_trains_its_own_champion_when_given_no_store(notebook_en
     assert 0.5 < accuracy <= 1.0
     assert number_after("test/logloss:", text) > 0.0
     assert "model at" in text and "of Bayes-optimal accuracy" in text
-    assert "4 logged plots" in text
+    assert "8 logged plots" in text
     assert 0.5 < number_after("fresh accuracy: model", text) <= 1.0
     assert 0.0 <= number_after("mean total variation to the Bayes posterior:", text) < 0.5
-    # 4 logged plots, segment accuracy, 2 confusions, distance histograms, TV by position
-    assert n_images(nb) >= 9
+    # 8 logged plots, segment accuracy, 2 confusions, distance histograms, TV by position
+    assert n_images(nb) >= 13
     assert not list(notebook_env.iterdir()), "the notebook wrote into its working directory"
 
 
@@ -184,5 +192,92 @@ def test_report_notebook_reads_a_run_by_id(notebook_env, monkeypatch, synthetic_
     assert number_after("test/macro_f1:", text) == pytest.approx(
         round(logged["test/macro_f1"], 4), abs=1e-9
     )
-    assert "4 logged plots" in text
-    assert n_images(nb) >= 9
+    assert "8 logged plots" in text
+    assert n_images(nb) >= 13
+
+
+NUMBER = r"(-?[0-9]+\.[0-9]+)"
+VERDICT = re.compile(
+    rf"Verdict: B's ROC-AUC (?:is (higher|lower) by {NUMBER}|equals A's) "
+    rf"\(95% interval of B - A: {NUMBER} to {NUMBER}\): "
+    r"(B is better|A is better|no evidence either is better)\."
+)
+
+
+def cv_interval(config: str, metric: str, text: str) -> tuple[float, float, float]:
+    """The mean and 95% interval the comparison printed for one config's metric."""
+    found = re.search(
+        rf"config {config} {re.escape(metric)}: {NUMBER} \(95% interval {NUMBER} to {NUMBER}\)",
+        text,
+    )
+    assert found, f"no interval of {metric} for config {config} in the output:\n{text}"
+    return tuple(float(v) for v in found.groups())
+
+
+@pytest.fixture
+def compare_env(notebook_env, monkeypatch):
+    """The comparison on a tiny export: 2 folds x 2 repeats."""
+    monkeypatch.setenv("MICROMOMENT_NB_N_SESSIONS", TINY_SESSIONS)
+    monkeypatch.setenv("MICROMOMENT_NB_CV_FOLDS", "2")
+    monkeypatch.setenv("MICROMOMENT_NB_CV_REPEATS", "2")
+    return notebook_env
+
+
+@pytest.mark.slow
+def test_compare_notebook_shows_both_intervals_and_a_verdict(compare_env):
+    nb = execute(COMPARE_NB, compare_env)
+    text = stdout(nb)
+    assert f"{TINY_SESSIONS} sessions generated here" in text
+    for config in ("A", "B"):
+        for metric in ("ROC-AUC", "average precision", "log-loss", "accuracy"):
+            mean, low, high = cv_interval(config, metric, text)
+            assert low < mean < high
+    assert "4 folds per config" in text
+    assert "the 4 folds of A and B match" in text
+
+    verdict = VERDICT.search(text)
+    assert verdict, text
+    side, by, low, high, decision = verdict.groups()
+    # the paired difference is B's mean minus A's, over the same folds
+    mean_a, mean_b = cv_interval("A", "ROC-AUC", text)[0], cv_interval("B", "ROC-AUC", text)[0]
+    assert float(by) == pytest.approx(abs(mean_b - mean_a), abs=2e-4)
+    if abs(mean_b - mean_a) > 2e-4:  # the printed means are rounded to 4 decimals
+        assert side == ("higher" if mean_b > mean_a else "lower")
+    low, high = float(low), float(high)
+    assert low <= (mean_b - mean_a) <= high
+    expected = "B is better" if low > 0 else "A is better" if high < 0 else "no evidence"
+    assert decision.startswith(expected)
+    assert n_images(nb) >= 1  # the interval plot
+    assert not list(compare_env.iterdir()), "the notebook wrote into its working directory"
+
+
+@pytest.mark.slow
+def test_compare_notebook_finds_no_difference_between_equal_configs(
+    compare_env, monkeypatch, tmp_path
+):
+    """A given export and store; B the same config as A: the same folds give the same scores."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.fixtures import web_analytics_export
+
+    export = tmp_path / "export.csv"
+    web_analytics_export(int(TINY_SESSIONS), seed=3).to_csv(export, index=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store}/mlflow.db"
+    monkeypatch.setenv("MICROMOMENT_DATA_PATH", str(export))
+    monkeypatch.setenv("MICROMOMENT_TRACKING_URI", uri)
+    monkeypatch.setenv("MICROMOMENT_NB_CONFIG_B", "")
+    nb = execute(COMPARE_NB, compare_env)
+    text = stdout(nb)
+    assert f"source: {export}" in text
+    assert cv_interval("A", "ROC-AUC", text) == cv_interval("B", "ROC-AUC", text)
+    assert (
+        "Verdict: B's ROC-AUC equals A's (95% interval of B - A: 0.0000 to 0.0000): "
+        "no evidence either is better." in text
+    )
+    runs = MlflowClient(uri).search_runs(
+        [e.experiment_id for e in MlflowClient(uri).search_experiments()]
+    )
+    stages = sorted(r.data.tags.get("stage") for r in runs)
+    assert stages == ["cv"] * 8 + ["train"] * 2  # both runs and their folds, in the given store

@@ -34,6 +34,7 @@ IntentSource = choices("IntentSource", "auto", "label", "predicted")
 Direction = choices("Direction", "minimize", "maximize")
 ParamType = choices("ParamType", "float", "int", "categorical")
 CVKind = choices("CVKind", "journey", "time")
+ObjectiveDirection = choices("ObjectiveDirection", "auto", "minimize", "maximize")
 CalibrationKind = choices("CalibrationKind", "temperature", "vector", "isotonic")
 
 
@@ -137,6 +138,7 @@ class EvalSchema:
     cv: CVSchema = field(default_factory=CVSchema)
     calibration: CalibrationSchema = field(default_factory=CalibrationSchema)
     objective: str = "val/logloss"
+    direction: ObjectiveDirection = ObjectiveDirection.auto
 
 
 @dataclass

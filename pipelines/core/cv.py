@@ -28,8 +28,13 @@ from scipy import stats
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipelines.core import keys
+from pipelines.core.contract import ContractError
 
 CV_KINDS = ("journey", "time")
+
+
+class EvalConfigError(ValueError):
+    """An `eval` (or search) setting that cannot work, naming its key: a usage error."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Fold:
 
     @property
     def name(self) -> str:
+        """`repeat 1 fold 2`: counted from 1, as the run names and tags count them."""
         return f"repeat {self.repeat + 1} fold {self.fold + 1}"
 
 
@@ -51,13 +57,13 @@ def check_cv(folds: int, repeats: int, by: str) -> None:
     if folds == 0:
         return
     if folds < 2:
-        raise ValueError(f"eval.cv.folds must be 0 (off) or at least 2, got {folds}")
+        raise EvalConfigError(f"eval.cv.folds must be 0 (off) or at least 2, got {folds}")
     if repeats < 1:
-        raise ValueError(f"eval.cv.repeats must be at least 1, got {repeats}")
+        raise EvalConfigError(f"eval.cv.repeats must be at least 1, got {repeats}")
     if by not in CV_KINDS:
-        raise ValueError(f"eval.cv.by must be one of {list(CV_KINDS)}, got {by!r}")
+        raise EvalConfigError(f"eval.cv.by must be one of {list(CV_KINDS)}, got {by!r}")
     if by == "time" and repeats != 1:
-        raise ValueError(
+        raise EvalConfigError(
             f"eval.cv.by=time has one order, so eval.cv.repeats must be 1, got {repeats}"
         )
 
@@ -74,7 +80,7 @@ def make_folds(
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     needed = folds + 1 if by == "time" else folds
     if n_groups < needed:
-        raise ValueError(
+        raise EvalConfigError(
             f"eval.cv.folds={folds} needs at least {needed} journeys, the data has {n_groups}"
         )
     if by == "time":
@@ -93,7 +99,7 @@ def _time_folds(
     """Journeys in order of their first start (ties by first appearance); fold k trains on the
     first k blocks and scores block k + 1 (of folds + 1 equal blocks)."""
     if "started_at" not in sessions or sessions["started_at"].isna().all():
-        raise ValueError("eval.cv.by=time needs a started_at column with values")
+        raise ContractError("eval.cv.by=time needs a started_at column with values")
     start_ns = sessions["started_at"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     missing = sessions["started_at"].isna().to_numpy()
     start_ns = np.where(missing, np.iinfo(np.int64).max, start_ns)

@@ -222,27 +222,6 @@ def calibrate(cfg: Mapping, model: IntentModel, X_val, y_val: np.ndarray) -> dic
     }
 
 
-def check_objective(metric: str, cfg: Mapping, key: str) -> None:
-    """Refuse a cross-validation metric (`cv/...`) as what `key` optimises when cross-validation
-    is off: the run would train and then find nothing to report."""
-    if metric.startswith("cv/") and not int(cfg["eval"]["cv"]["folds"]):
-        raise ValueError(
-            f"{key}={metric} is a cross-validation metric, but eval.cv.folds is 0: "
-            "set eval.cv.folds (e.g. eval.cv.folds=3), or optimise val/logloss"
-        )
-
-
-def objective_value(metrics: Mapping[str, float], metric: str, key: str) -> float:
-    """The value of `metric` among a run's `metrics`, or a ValueError naming `key` and close
-    names."""
-    if metric not in metrics:
-        close = sorted(k for k in metrics if k.split("/")[-1] in metric or metric in k)[:6]
-        raise ValueError(
-            f"{key}={metric} is not a metric of this run (e.g. {close or sorted(metrics)[:6]})"
-        )
-    return float(metrics[metric])
-
-
 def _fold_sides(
     sessions: pd.DataFrame, codes: np.ndarray, fold: cv.Fold, val_size: float, seed: int
 ) -> tuple[dict[str, pd.DataFrame], dict[str, np.ndarray]]:
@@ -270,21 +249,19 @@ def cross_validate(
     cfg: Mapping,
     sessions: pd.DataFrame,
     codes: np.ndarray,
+    folds: list[cv.Fold],
     make: Callable[[], SessionFeaturizer],
     spec: DatasetSpec,
     callbacks: list | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Repeated cross-validation (`eval.cv`) of the training recipe on `sessions` (canonical
-    development rows) with class codes `codes`; returns the `cv/<metric>/<mean|std|ci_low|
-    ci_high>` summary and each fold's rows and metrics.
+    """Cross-validation of the training recipe over `folds` (`cv.make_folds` of `sessions`,
+    canonical development rows with class codes `codes`); returns the `cv/<metric>/<mean|std|
+    ci_low|ci_high>` summary and each fold's rows and metrics.
 
     Each fold refits everything the final model fits: the featurizer (`make()` gives a fresh one)
     on the fold's training journeys, and LightGBM early-stopped on a seeded `split.val_size` share
     of them; the held-out fold is scored once."""
-    cv_cfg, seed = cfg["eval"]["cv"], int(cfg["runtime"]["seed"])
-    folds = cv.make_folds(
-        sessions, codes, int(cv_cfg["folds"]), int(cv_cfg["repeats"]), cv_cfg["by"], seed
-    )
+    seed = int(cfg["runtime"]["seed"])
     classes = list(spec.classes)
     threads = int(cfg["runtime"]["threads"])
     params = modelling.lgb_params(cfg["model"], len(classes), threads, seed)

@@ -53,6 +53,7 @@ import pandas as pd
 from pipelines.config.schema import EngineSchema
 from pipelines.core import keys, modelling, training
 from pipelines.core.contract import LABEL, SOURCE_ROW, DatasetSpec, as_text, to_contract
+from pipelines.core.cv import EvalConfigError
 from pipelines.core.gate import TrainingSpan, iso_time
 from pipelines.core.scorer import IntentModel
 from pipelines.core.scoring import ROW
@@ -77,7 +78,7 @@ def train_dask(
     `cfg["engine"]` describes (started and stopped here). Reads `cfg["data"]["path"]` unless
     `sessions` (raw, the user's columns) is given."""
     if int(cfg.get("eval", {}).get("cv", {}).get("folds", 0)):
-        raise ValueError(
+        raise EvalConfigError(
             "eval.cv.folds: cross-validation runs on the local engine only; use engine=local, "
             "or eval.cv.folds=0 with engine=dask"
         )

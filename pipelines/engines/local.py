@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipelines.core import keys, modelling
+from pipelines.core import cv, keys, modelling
 from pipelines.core.contract import LABEL, ContractError, DatasetSpec, to_contract
 from pipelines.core.gate import TrainingSpan
 from pipelines.core.keys import bucket_of
@@ -156,13 +156,16 @@ def train(
         X = {side: featurizer.transform(part) for side, part in parts.items()}
         codes = pd.Categorical(canon[LABEL], categories=list(spec.classes)).codes.astype(int)
         y = {side: codes[sides == side] for side in modelling.SPLITS}
+    # the folds are drawn before anything trains: settings the data cannot meet fail at once
+    dev = (canon[sides != "test"].reset_index(drop=True), codes[sides != "test"])
+    folds = _cv_folds(cfg, *dev)
     with timed(timings, "train"):
         params = modelling.lgb_params(cfg["model"], len(spec.classes), threads, seed)
         curves: dict = {}
         booster = fit_early_stopped(cfg["model"], params, featurizer, X, y, callbacks, curves)
     model = IntentModel(spec, featurizer, booster, threads=threads)
     with timed(timings, "cv"):
-        cv_metrics, cv_folds = _cross_validated(cfg, canon, codes, sides, spec, stores)
+        cv_metrics, cv_folds = _cross_validated(cfg, dev, folds, spec, stores)
     is_test = sides == "test"
     return result_of(
         cfg,
@@ -187,19 +190,24 @@ def train(
     )
 
 
-def _cross_validated(cfg, canon, codes, sides, spec, stores) -> tuple[dict, list[dict]]:
-    """`eval.cv` on the development rows (train and validation: the test split stays unseen);
-    nothing when cross-validation is off."""
-    if not int(cfg.get("eval", {}).get("cv", {}).get("folds", 0)):
-        return {}, []
-    dev = sides != "test"
-    return cross_validate(
-        cfg,
-        canon[dev].reset_index(drop=True),
-        codes[dev],
-        lambda: make_featurizer(spec, cfg["features"], stores),
-        spec,
+def _cv_folds(cfg: Mapping, sessions: pd.DataFrame, codes: np.ndarray) -> list:
+    """The `eval.cv` folds of the development rows (train and validation: the test split stays
+    unseen); none when cross-validation is off."""
+    settings = cfg.get("eval", {}).get("cv", {})
+    if not int(settings.get("folds", 0)):
+        return []
+    seed = int(cfg["runtime"]["seed"])
+    return cv.make_folds(
+        sessions, codes, int(settings["folds"]), int(settings["repeats"]), settings["by"], seed
     )
+
+
+def _cross_validated(cfg, dev, folds, spec, stores) -> tuple[dict, list[dict]]:
+    """The recipe cross-validated over `folds` of the development rows `dev` (sessions, codes)."""
+    if not folds:
+        return {}, []
+    make = lambda: make_featurizer(spec, cfg["features"], stores)  # noqa: E731
+    return cross_validate(cfg, *dev, folds, make, spec)
 
 
 def _contract_and_split(raw: pd.DataFrame, spec: DatasetSpec, cfg: Mapping, source: str, seed: int):

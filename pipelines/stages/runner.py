@@ -38,6 +38,7 @@ from omegaconf.errors import MissingMandatoryValue
 from pipelines.config import hydra_main
 from pipelines.config.schema import validate_generator
 from pipelines.core.contract import ContractError
+from pipelines.core.cv import EvalConfigError
 from pipelines.core.scorer import check_explain
 from pipelines.core.secrets import CREDENTIALS_HINT, has_secret, redact
 from pipelines.core.synthetic import GeneratorConfigError
@@ -208,7 +209,7 @@ def exit_code_for(err: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, _first_line(err)
     if isinstance(err, LockHeld):
         return EXIT_LOCKED, _first_line(err)
-    if isinstance(err, GeneratorConfigError):
+    if isinstance(err, GeneratorConfigError | EvalConfigError):
         return EXIT_USAGE, _first_line(err)
     if is_tracking_outage(err):
         return EXIT_TRACKING, f"the tracking server stopped answering: {_first_line(err)}"

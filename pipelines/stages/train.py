@@ -13,7 +13,9 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pipelines.core.training import TrainResult, check_objective, objective_value
+from pipelines.core.cv import check_cv
+from pipelines.core.objectives import check_objective, objective_value, resolve_direction
+from pipelines.core.training import TrainResult
 from pipelines.engines import engine_for
 from pipelines.stages.runner import command, in_sweep
 from pipelines.tracking.train_run import log_and_register
@@ -77,7 +79,10 @@ def run_train(
     log-loss unless set)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     objective = container["eval"]["objective"]
+    # settings that cannot work are refused before anything trains
     check_objective(objective, container, "eval.objective")
+    resolve_direction(objective, container["eval"]["direction"], "eval.direction")
+    check_cv(**container["eval"]["cv"])
     result = train(container)
     summary = log_and_register(
         container,

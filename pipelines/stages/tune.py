@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from pipelines.config import hydra_main
+from pipelines.core.cv import check_cv
+from pipelines.core.objectives import check_objective, objective_value, resolve_direction
 from pipelines.core.search import (
     FINISHED,
     NoRepeatSampler,
@@ -35,8 +36,8 @@ from pipelines.core.search import (
     sampler_seed,
     suggest,
 )
-from pipelines.core.training import check_objective, objective_value
 from pipelines.engines import engine_for
+from pipelines.stages.runner import command
 from pipelines.tracking import runs
 from pipelines.tracking.train_run import log_and_register
 
@@ -188,6 +189,8 @@ def run_tune(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     tune_cfg, metric = c["tune"], c["search"]["metric"]
     check_objective(metric, c, "search.metric")
+    resolve_direction(metric, c["search"]["direction"], "search.direction")
+    check_cv(**c["eval"]["cv"])
     study = open_study(tune_cfg, c["search"], int(c["runtime"]["seed"]))
     experiment_id = runs.setup(c["tracking"])
     client = MlflowClient()
@@ -216,7 +219,7 @@ def run_tune(cfg: DictConfig) -> dict:
     }
 
 
-@hydra_main("tune")
+@command("tune")
 def main(cfg: DictConfig) -> float:
     out = run_tune(cfg)
     return float(out["best_value"]) if math.isfinite(out["best_value"]) else math.inf

@@ -24,8 +24,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.schema import RegistrySchema
+from pipelines.core.cv import EvalConfigError
 from pipelines.core.gate import TrainingSpan
+from pipelines.core.objectives import MINIMIZE, metric_direction, resolve_direction
 from pipelines.tracking import runs
+from pipelines.tracking.descriptions import describe_from_run
 
 log = logging.getLogger(__name__)
 SUMMARY_METRICS = (
@@ -57,9 +60,15 @@ def summary_table(
 class MlflowSweepCallback(Callback):
     """Parent run per sweep, child run per job, best child tagged on the parent."""
 
-    def __init__(self, metric: str = "val/logloss", lower_is_better: bool = True) -> None:
+    def __init__(self, metric: str = "val/logloss", direction: str = "auto") -> None:
         self.metric = metric
-        self.lower_is_better = lower_is_better
+        # the metric's own direction: a sweep ranked by ROC-AUC registers its highest job (a
+        # direction against the metric is refused by each job, naming eval.direction)
+        try:
+            chosen = resolve_direction(metric, direction, "eval.direction")
+        except EvalConfigError:
+            chosen = metric_direction(metric)
+        self.lower_is_better = chosen == MINIMIZE
         self.parent = None
         self.jobs: list[dict[str, Any]] = []
         self.registered: tuple[str, str, str | None] | None = None
@@ -170,13 +179,16 @@ def register_best(config: DictConfig, run_id: str) -> tuple[str, str, str | None
     if run.data.tags.get("sweep.registrable") != "true":
         return None
     name = reg.model_name
-    version = str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
+    model_id = run.data.tags.get("model_id")
+    source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/model"
+    version = str(mlflow.register_model(source, name).version)
     for key in (TrainingSpan.TAG, "data_fingerprint"):
         if key in run.data.tags:
             client.set_model_version_tag(name, version, key, run.data.tags[key])
     client.set_model_version_tag(
         name, version, "sweep.parent_run_id", run.data.tags.get("mlflow.parentRunId", "")
     )
+    describe_from_run(name, version, run_id)
     alias = reg.alias
     if alias:
         client.set_registered_model_alias(name, alias, version)

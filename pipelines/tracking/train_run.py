@@ -18,7 +18,12 @@ from pipelines.core.training import TrainResult
 from pipelines.io.outputs import write_rejects
 from pipelines.reports import plots, ranking_plots
 from pipelines.tracking import runs
-from pipelines.tracking.descriptions import describe_in_registry
+from pipelines.tracking.descriptions import (
+    CALIBRATION_TAG,
+    CONTRACT_ARTIFACT,
+    describe_in_registry,
+    version_description,
+)
 from pipelines.tracking.model_format import log_intent_model
 from pipelines.tracking.promotion import gate, policy_from
 from pipelines.tracking.registry import set_alias
@@ -87,8 +92,16 @@ def log_and_register(
         mlflow.log_metric("time/log_s", time.perf_counter() - start)
         decision = judge_new_version(cfg, result, version, sweep_job)
         if version is not None:
+            text = version_description(
+                result.metrics,
+                cfg["data"]["name"],
+                result.fingerprint,
+                result.span,
+                result.calibration.get("reason"),
+                decision,
+            )
             describe_in_registry(
-                cfg["registry"]["model_name"], version, result, cfg["data"]["name"], decision
+                cfg["registry"]["model_name"], version, result.model.describe(), text
             )
         uri = runs.resolve_tracking_uri(cfg["tracking"]["uri"])
         return {
@@ -121,7 +134,9 @@ def log_result(
     mlflow.log_metrics({f"time/{k}_s": v for k, v in result.timings.items()})
     for path, fig in render_figures(result).items():
         runs.log_figure(fig, path)
-    runs.write_json_artifact(result.model.describe(), "model_contract.json")
+    runs.write_json_artifact(result.model.describe(), CONTRACT_ARTIFACT)
+    if result.calibration:
+        mlflow.set_tag(CALIBRATION_TAG, result.calibration["reason"][:5000])
     if "drivers" in result.figures:
         runs.write_json_artifact(result.figures["drivers"], "plots/drivers_by_intent.json")
     runs.write_json_artifact(result.drift_reference, "drift_reference.json")
@@ -156,7 +171,10 @@ def log_cv_folds(folds: list[dict], parent_name: str) -> None:
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=f"{parent_name} cv {fold['name']}", nested=True
         ):
-            mlflow.set_tags({"stage": "cv", "cv.repeat": fold["repeat"], "cv.fold": fold["fold"]})
+            # counted from 1, as the run names count them
+            mlflow.set_tags(
+                {"stage": "cv", "cv.repeat": fold["repeat"] + 1, "cv.fold": fold["fold"] + 1}
+            )
             mlflow.log_params(
                 {"cv.train_rows": fold["train_rows"], "cv.test_rows": fold["test_rows"]}
             )
@@ -167,14 +185,15 @@ def register(reg: Mapping, result: TrainResult, tags: Mapping[str, str], sweep_j
     """Log the model, register it (unless `registry.register` is off or this is a sweep's job),
     tag the version and set its alias; returns MLflow's model info and the version (or None)."""
     registering = bool(reg["register"])
-    if sweep_job and registering:
-        mlflow.set_tag("sweep.registrable", "true")
     info = log_intent_model(
         result.model,
         result.input_example,
         reg["model_name"] if registering and not sweep_job else None,
         model_name=reg["model_name"],
     )
+    if sweep_job and registering:
+        # the sweep registers its best job's logged model by its id when the sweep ends
+        mlflow.set_tags({"sweep.registrable": "true", "model_id": str(info.model_id)})
     version = getattr(info, "registered_model_version", None)
     if version is not None:
         client = MlflowClient()

@@ -54,6 +54,10 @@ def test_sweep_is_one_parent_run_with_a_child_per_job(tmp_path):
     challenger = client.get_model_version_by_alias("micro_moment_intent", "challenger")
     assert challenger.run_id == best.info.run_id
     assert "registered the best job as micro_moment_intent version 1" in proc.stdout
+    # described from the job's run, as a version registered by `train` is
+    assert challenger.description.startswith("Trained on synthetic: ")
+    assert "Input columns" in client.get_registered_model("micro_moment_intent").description
+    assert "no artifacts at artifact path" not in proc.stderr
     code = (
         "import mlflow, pandas as pd\n"
         "m = mlflow.pyfunc.load_model('models:/micro_moment_intent@challenger')\n"
@@ -85,3 +89,13 @@ def test_the_summary_table_puts_the_best_job_first_and_failed_jobs_last():
     higher = summary_table(jobs, "val/logloss", lower_is_better=False)
     assert higher["job"].tolist() == [0, 3, 2, 1]
     assert summary_table([], "val/logloss").empty
+
+
+@pytest.mark.parametrize(
+    "metric,lower", [("val/logloss", True), ("cv/accuracy/mean", False), ("cv/brier/mean", True)]
+)
+def test_a_sweep_ranks_by_its_metrics_own_direction(metric, lower):
+    from pipelines.tracking.sweep import MlflowSweepCallback
+
+    assert MlflowSweepCallback(metric).lower_is_better is lower
+    assert MlflowSweepCallback(metric, "auto").lower_is_better is lower

@@ -84,7 +84,8 @@ def test_a_cross_validated_calibrated_run_logs_folds_intervals_datasets_and_curv
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
     )
     assert len(children) == 6
-    assert {c.data.tags["cv.fold"] for c in children} == {"0", "1", "2"}
+    assert {c.data.tags["cv.fold"] for c in children} == {"1", "2", "3"}
+    assert {c.data.tags["cv.repeat"] for c in children} == {"1", "2"}
     fold_acc = sorted(c.data.metrics["cv/accuracy"] for c in children)
     assert m["cv/accuracy/mean"] == pytest.approx(sum(fold_acc) / 6)
     assert m["cv/accuracy/ci_low"] < m["cv/accuracy/mean"] < m["cv/accuracy/ci_high"]
