@@ -66,6 +66,7 @@ from omegaconf import OmegaConf
 import pipelines.config
 from pipelines.config.schema import register_configs
 from pipelines.core.cv import interval_half_width
+from pipelines.core.web_analytics import web_analytics_export
 from pipelines.stages.train import train
 from pipelines.tracking.runs import redact
 from pipelines.tracking.train_run import log_and_register
@@ -85,40 +86,6 @@ plt.rcParams["figure.dpi"] = 90
 # %%
 workdir = tempfile.TemporaryDirectory(prefix="micromoment-compare-")
 work = Path(workdir.name)
-
-
-def web_analytics_export(n: int, seed: int) -> pd.DataFrame:
-    """`n` sessions in the layout of `conf/data/web_analytics.yaml`; a purchase is more likely
-    with page value, more product pages and for new visitors."""
-    rng = np.random.default_rng(seed)
-    admin, info, product = rng.poisson(2, n), rng.poisson(0.5, n), rng.poisson(20, n)
-    page_values = np.where(rng.random(n) < 0.25, rng.gamma(2, 15, n), 0.0)
-    visitor = rng.choice(["Returning_Visitor", "New_Visitor", "Other"], n, p=[0.8, 0.18, 0.02])
-    logit = -2.5 + 0.12 * page_values + 0.02 * product + 0.6 * (visitor == "New_Visitor")
-    revenue = rng.random(n) < 1 / (1 + np.exp(-logit))
-    months = ["Feb", "Mar", "May", "June", "Jul", "Aug", "Oct", "Nov", "Dec"]
-    return pd.DataFrame(
-        {
-            "Administrative": admin,
-            "Administrative_Duration": admin * rng.gamma(2, 30, n),
-            "Informational": info,
-            "Informational_Duration": info * rng.gamma(2, 20, n),
-            "ProductRelated": product,
-            "ProductRelated_Duration": product * rng.gamma(2, 25, n),
-            "BounceRates": rng.beta(1, 30, n),
-            "ExitRates": rng.beta(2, 30, n),
-            "PageValues": page_values,
-            "SpecialDay": rng.choice([0.0, 0.2, 0.6, 1.0], n, p=[0.9, 0.04, 0.03, 0.03]),
-            "Month": rng.choice(months, n),
-            "OperatingSystems": rng.integers(1, 5, n),
-            "Browser": rng.integers(1, 8, n),
-            "Region": rng.integers(1, 10, n),
-            "TrafficType": rng.integers(1, 15, n),
-            "VisitorType": visitor,
-            "Weekend": rng.random(n) < 0.23,
-            "Revenue": revenue,
-        }
-    )
 
 
 if DATA_PATH:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -27,43 +26,6 @@ def generator_params() -> GeneratorParams:
 def synthetic_sessions(n_journeys: int = 300, seed: int = 3) -> pd.DataFrame:
     """Generated sessions in the synthetic layout, with the Bayes posterior columns."""
     return next(generate_chunks(generator_params(), n_journeys, n_journeys, seed))
-
-
-def web_analytics_export(n: int = 1500, seed: int = 0) -> pd.DataFrame:
-    """A session export shaped like the public online-shoppers data: purchase depends on page values,
-    product pages and visitor type, so a model can learn it."""
-    rng = np.random.default_rng(seed)
-    admin = rng.poisson(2, n)
-    info = rng.poisson(0.5, n)
-    product = rng.poisson(20, n)
-    page_values = np.where(rng.random(n) < 0.25, rng.gamma(2, 15, n), 0.0)
-    visitor = rng.choice(["Returning_Visitor", "New_Visitor", "Other"], n, p=[0.8, 0.18, 0.02])
-    logit = -2.5 + 0.12 * page_values + 0.02 * product + 0.6 * (visitor == "New_Visitor")
-    revenue = rng.random(n) < 1 / (1 + np.exp(-logit))
-    return pd.DataFrame(
-        {
-            "Administrative": admin,
-            "Administrative_Duration": admin * rng.gamma(2, 30, n),
-            "Informational": info,
-            "Informational_Duration": info * rng.gamma(2, 20, n),
-            "ProductRelated": product,
-            "ProductRelated_Duration": product * rng.gamma(2, 25, n),
-            "BounceRates": rng.beta(1, 30, n),
-            "ExitRates": rng.beta(2, 30, n),
-            "PageValues": page_values,
-            "SpecialDay": rng.choice([0.0, 0.2, 0.6, 1.0], n, p=[0.9, 0.04, 0.03, 0.03]),
-            "Month": rng.choice(
-                ["Feb", "Mar", "May", "June", "Jul", "Aug", "Oct", "Nov", "Dec"], n
-            ),
-            "OperatingSystems": rng.integers(1, 5, n),
-            "Browser": rng.integers(1, 8, n),
-            "Region": rng.integers(1, 10, n),
-            "TrafficType": rng.integers(1, 15, n),
-            "VisitorType": visitor,
-            "Weekend": rng.random(n) < 0.23,
-            "Revenue": revenue,
-        }
-    )
 
 
 def run_cli(

@@ -258,7 +258,7 @@ def test_compare_notebook_finds_no_difference_between_equal_configs(
     """A given export and store; B the same config as A: the same folds give the same scores."""
     from mlflow.tracking import MlflowClient
 
-    from tests.fixtures import web_analytics_export
+    from pipelines.core.web_analytics import web_analytics_export
 
     export = tmp_path / "export.csv"
     web_analytics_export(int(TINY_SESSIONS), seed=3).to_csv(export, index=False)

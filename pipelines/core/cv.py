@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipelines.core import keys
 from pipelines.core.contract import ContractError
@@ -87,8 +87,15 @@ def make_folds(
         return _time_folds(sessions, groups, n_groups, folds)
     out = []
     for r in range(repeats):
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
-        for f, (train, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        # one session per journey (a web-analytics export): plain stratified folds keep every
+        # journey whole too, and draw in milliseconds where grouping takes seconds
+        if n_groups == len(labels):
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+            pieces = splitter.split(np.zeros(len(labels)), labels)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+            pieces = splitter.split(np.zeros(len(labels)), labels, groups)
+        for f, (train, test) in enumerate(pieces):
             out.append(Fold(r, f, np.sort(train), np.sort(test)))
     return out
 
@@ -121,7 +128,12 @@ def summarise(
     (1/n + test_rows/train_rows) * s^2, with the mean training and test rows of a fold."""
     if not fold_metrics:
         return {}
-    names = [k for k in fold_metrics[0] if all(k in m for m in fold_metrics)]
+    # class counts (`support_<class>`) are sizes, not scores: no interval
+    names = [
+        k
+        for k in fold_metrics[0]
+        if all(k in m for m in fold_metrics) and not k.startswith("support_")
+    ]
     n = len(fold_metrics)
     out: dict[str, float] = {}
     for name in names:

@@ -173,14 +173,18 @@ def sampler_seed(seed: int, trials_so_far: int) -> int:
     return int(np.random.SeedSequence([int(seed), trials_so_far]).generate_state(1)[0])
 
 
-def pruning_callback(trial: optuna.Trial, every: int = 10):
-    """A LightGBM callback that reports validation loss to Optuna and stops a hopeless trial."""
+def pruning_callback(trial: optuna.Trial, every: int = 10, direction: str = "minimize"):
+    """A LightGBM callback that reports validation loss to Optuna and stops a hopeless trial.
+
+    The pruner compares reports in the study's `direction`: a study that maximises (a ROC-AUC)
+    gets the loss negated, so that it still stops the trials whose loss is high, not the best."""
+    sign = 1.0 if direction == "minimize" else -1.0
 
     def _callback(env) -> None:
         if env.iteration % every or not any(e[0] == "val" for e in env.evaluation_result_list):
             return
         value = next(v for name, _, v, _ in env.evaluation_result_list if name == "val")
-        trial.report(value, step=env.iteration)
+        trial.report(sign * value, step=env.iteration)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at round {env.iteration} with val loss {value:.5f}")
 

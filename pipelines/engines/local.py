@@ -158,7 +158,8 @@ def train(
         y = {side: codes[sides == side] for side in modelling.SPLITS}
     # the folds are drawn before anything trains: settings the data cannot meet fail at once
     dev = (canon[sides != "test"].reset_index(drop=True), codes[sides != "test"])
-    folds = _cv_folds(cfg, *dev)
+    with timed(timings, "cv"):
+        folds = _cv_folds(cfg, *dev)
     with timed(timings, "train"):
         params = modelling.lgb_params(cfg["model"], len(spec.classes), threads, seed)
         curves: dict = {}

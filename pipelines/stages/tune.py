@@ -97,7 +97,11 @@ class Trial:
         container = OmegaConf.to_container(trial_cfg, resolve=True)
         overrides = [f"{k}={v}" for k, v in values.items()]
         every = int(self.tune.report_every)
-        callbacks = [pruning_callback(trial, every)] if self.search.pruning else []
+        callbacks = (
+            [pruning_callback(trial, every, str(self.search.direction))]
+            if self.search.pruning
+            else []
+        )
         try:
             result = engine_for(container["engine"]).train(container, callbacks=callbacks)
         except optuna.TrialPruned:

@@ -113,3 +113,20 @@ def test_the_interval_covers_the_true_mean_about_95_percent_of_the_time():
         half = cv.interval_half_width(values.std(ddof=1), 5, 0.0)
         covered += abs(values.mean() - 0.7) <= half
     assert 0.93 <= covered / trials <= 0.97
+
+
+def test_one_session_journeys_get_stratified_folds_scoring_each_row_once_per_repeat():
+    """A web-analytics export: every row its own journey (plain stratified folds, drawn fast)."""
+    n = 600
+    labels = (np.random.default_rng(0).random(n) < 0.2).astype(int)
+    rows = pd.DataFrame({"session_id": [f"r{i}" for i in range(n)]})
+    folds = cv.make_folds(rows, labels, folds=3, repeats=2, by="journey", seed=5)
+    for r in (0, 1):
+        tested = np.concatenate([f.test for f in folds if f.repeat == r])
+        assert sorted(tested) == list(range(n))
+    for fold in folds:
+        assert abs(labels[fold.test].mean() - labels.mean()) < 0.01
+    summary = cv.summarise(
+        [{"accuracy": 0.8, "support_buy": 10.0}, {"accuracy": 0.9, "support_buy": 12.0}], 2, 1
+    )
+    assert "accuracy/ci_low" in summary and not any(k.startswith("support_") for k in summary)

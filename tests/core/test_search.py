@@ -81,6 +81,37 @@ def test_pruning_callback_stops_a_trial_worse_than_the_median():
         cb(Env())
 
 
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_pruning_stops_the_high_loss_trial_whichever_way_the_study_optimises(direction):
+    """A study that maximises (a ROC-AUC) must still prune the trial whose validation loss is
+    high, never the one whose loss is low."""
+    study = optuna.create_study(
+        direction=direction,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
+
+    class Env:
+        iteration = 10
+
+    def report(loss: float) -> bool:
+        trial = study.ask()
+        Env.evaluation_result_list = [
+            ("train", "multi_logloss", 0.01, False),  # the training loss is never reported
+            ("val", "multi_logloss", loss, False),
+        ]
+        try:
+            pruning_callback(trial, every=10, direction=direction)(Env())
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return True
+        study.tell(trial, (1 - loss) if direction == "maximize" else loss)
+        return False
+
+    assert not report(0.5) and not report(0.4)  # the startup trials
+    assert not report(0.3)  # better than the median: goes on
+    assert report(0.6)  # worse than the median: pruned
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from pipelines.core import modelling
 from pipelines.core.contract import LABEL, DatasetSpec, to_contract
+from pipelines.core.web_analytics import web_analytics_export
 from pipelines.engines.dask_cluster import ClusterError
 from pipelines.engines.dask_train import train_dask
 from pipelines.stages.train import run_train, train
 from tests.conftest import compose_config
-from tests.fixtures import web_analytics_export
 
 PROBS = ["p_know", "p_go", "p_do", "p_buy"]
 

@@ -178,9 +178,9 @@ def test_chunk_rows_must_be_positive(champion, tmp_path):
 def test_a_table_without_session_ids_is_scored_in_buckets_with_ids_from_its_row_numbers(tmp_path):
     """Rows of an export with no id column are named by their row in the whole input, however the
     scorer buckets them: ids stay unique and mean the same as a single call's."""
+    from pipelines.core.web_analytics import web_analytics_export
     from pipelines.stages.train import train
     from tests.conftest import compose_config
-    from tests.fixtures import web_analytics_export
 
     export = web_analytics_export(900, seed=4)
     export.to_csv(tmp_path / "shop.csv", index=False)

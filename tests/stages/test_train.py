@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipelines.core.web_analytics import web_analytics_export
 from pipelines.stages.train import train
 from tests.conftest import compose_config
-from tests.fixtures import web_analytics_export
 
 
 def test_training_on_small_synthetic_data_learns_intent(train_config):
