@@ -113,23 +113,34 @@ def journey_summary(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     order = pred.sort_values(
         ["journey_id", "started_at", "session_id"], kind="mergesort", na_position="last"
     )
-    grouped = order.groupby("journey_id", sort=False)
-    latest = grouped.tail(1).set_index("journey_id")
+    # sorted by journey, each journey's sessions are one run of rows: its last row is the latest
+    journey = order["journey_id"].to_numpy(dtype=object)
+    first = np.ones(len(journey), dtype=bool)
+    first[1:] = journey[1:] != journey[:-1]
+    starts = np.flatnonzero(first)
+    last = np.append(starts[1:], len(journey)) - 1
     out = pd.DataFrame(
         {
-            "journey_id": latest.index,
-            "sessions": grouped.size().reindex(latest.index).to_numpy(),
-            "latest_session_id": latest["session_id"].to_numpy(),
-            "latest_started_at": latest["started_at"].array,
-            "intent": latest["intent"].to_numpy(),
+            "journey_id": journey[last],
+            "sessions": np.diff(np.append(starts, len(journey))),
+            "latest_session_id": order["session_id"].to_numpy()[last],
+            "latest_started_at": order["started_at"].array[last],
+            "intent": order["intent"].to_numpy()[last],
         }
     )
     for p in probs:
-        out[p] = latest[p].to_numpy()
-    out["intent_sequence"] = (
-        grouped["intent"].agg(lambda s: ">".join(map(str, s))).reindex(latest.index).to_numpy()
-    )
+        out[p] = order[p].to_numpy()[last]
+    out["intent_sequence"] = _sequences(order["intent"].to_numpy(dtype=object), first, starts)
     return out
+
+
+def _sequences(intents: np.ndarray, first: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each journey's intents joined with '>' (`know>do>buy`), from the intents in journey then
+    time order, where `first` marks each journey's first row and `starts` lists those rows:
+    string concatenation per run of rows in one NumPy call, not a Python function per journey."""
+    tokens = np.array([str(v) for v in intents], dtype=object)
+    tokens[~first] = ">" + tokens[~first]
+    return np.add.reduceat(tokens, starts)
 
 
 def check_accounting(rows_in: int, scored: int, rejected: int) -> None:

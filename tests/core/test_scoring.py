@@ -271,3 +271,31 @@ def test_an_input_with_every_mapped_column_warns_nothing(caplog):
 def test_an_input_with_no_mapped_column_but_the_id_is_refused():
     with pytest.raises(ContractError, match="today.csv: none of the mapped columns is present"):
         report_absent_columns(SPEC, ["id", "Whatever"], "today.csv")
+
+
+def test_journey_summary_equals_the_per_journey_definition_on_many_shuffled_journeys():
+    """Against the definition written out per journey (sort by start then id, missing starts
+    last; the latest row; intents joined by '>'), with ties, missing starts and one-session
+    journeys."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    starts = pd.to_datetime(rng.integers(0, 50, n), unit="D", utc=True).to_series().to_numpy()
+    pred = pd.DataFrame(
+        {
+            "session_id": [f"s{i:05d}" for i in rng.permutation(n)],
+            "journey_id": [f"j{k}" for k in rng.integers(0, 900, n)],
+            "started_at": pd.array(starts, dtype="datetime64[ns, UTC]"),
+            "intent": rng.choice(["know", "go", "do", "buy"], n),
+            "p_buy": rng.random(n),
+        }
+    )
+    pred.loc[rng.choice(n, 200, replace=False), "started_at"] = pd.NaT
+    out = journey_summary(pred, ["buy"]).set_index("journey_id")
+    assert len(out) == pred["journey_id"].nunique()
+    for journey, rows in pred.groupby("journey_id"):
+        rows = rows.sort_values(["started_at", "session_id"], na_position="last")
+        got = out.loc[journey]
+        assert got["sessions"] == len(rows)
+        assert got["latest_session_id"] == rows["session_id"].iloc[-1]
+        assert got["p_buy"] == rows["p_buy"].iloc[-1]
+        assert got["intent_sequence"] == ">".join(rows["intent"])
