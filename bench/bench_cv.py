@@ -18,10 +18,8 @@ the `train` config as the CLI composes it (`data=web_analytics`), measured in on
    both CV intervals, whether they overlap, the paired per-fold difference (both runs share
    their folds) and both models on the held-out test split.
 
-The search optimises `cv/logloss/mean` (minimize) rather than `cv/roc_auc/mean`: the pruner
-judges each trial by the validation log-loss it reports while boosting, in the study's
-direction, so a maximised metric would make it stop the trials with the *lowest* loss. Log-loss
-is also what early stopping watches, and it moves with every probability, not only the ranking.
+The search optimises `cv/logloss/mean` (minimize): it is what early stopping and the pruner
+watch while boosting, and it moves with every probability, not only the ranking.
 Each trial cross-validates 3 x 1 by default (`--tune-repeats 3` for 3 x 3): the comparison's
 3 x 3 runs share their first repeat with the search, and their other two repeats are folds the
 search never chose on.
@@ -69,7 +67,7 @@ STAGES = (
     ("calibrate", "calibrate"),
     ("evaluate", "evaluate (metrics, baselines, drivers)"),
 )
-SEARCH_METRIC = "cv/logloss/mean"  # minimised; see the module docstring for why not ROC-AUC
+SEARCH_METRIC = "cv/logloss/mean"  # minimised; see the module docstring
 
 
 def timed_train(cfg: dict):
