@@ -180,20 +180,24 @@ def evaluation_metrics(y: np.ndarray, proba: np.ndarray, classes: Sequence[str])
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
-def split_inputs(parts: Mapping[str, pd.DataFrame], dataset: str, source: str) -> list[dict]:
-    """Each split of the canonical rows as a dataset record for lineage: name, context, digest
-    (the rows' content hash), row count, source and columns."""
+def split_inputs(
+    canon: pd.DataFrame, sides: np.ndarray, hashes: np.ndarray, dataset: str, source: str
+) -> list[dict]:
+    """Each split of the canonical rows (`sides`: each row's split) as a dataset record for
+    lineage: name, context, digest (`keys.data_fingerprint` of its rows, from the rows'
+    `hashes`), row count, source and columns."""
+    columns = {c: str(t) for c, t in canon.dtypes.items()}
     return [
         {
             "name": f"{dataset}-{side}",
             "context": SPLIT_CONTEXTS[side],
             "split": side,
-            "digest": keys.data_fingerprint(frame),
-            "rows": len(frame),
+            "digest": keys.fingerprint_of_rows(canon.columns, hashes[sides == side]),
+            "rows": int((sides == side).sum()),
             "source": source,
-            "columns": {c: str(t) for c, t in frame.dtypes.items()},
+            "columns": columns,
         }
-        for side, frame in parts.items()
+        for side in modelling.SPLITS
     ]
 
 

@@ -168,6 +168,7 @@ def train(
     with timed(timings, "cv"):
         cv_metrics, cv_folds = _cross_validated(cfg, dev, folds, spec, stores)
     is_test = sides == "test"
+    hashes = keys.row_hashes(canon)  # once: the data's fingerprint and each split's digest
     return result_of(
         cfg,
         model,
@@ -183,9 +184,9 @@ def train(
         },
         cv_folds=cv_folds,
         learning_curves=curves,
-        inputs=split_inputs(parts, str(data_cfg["name"]), source),
+        inputs=split_inputs(canon, sides, hashes, str(data_cfg["name"]), source),
         rejects=contract.rejects,
-        fingerprint=keys.data_fingerprint(canon),
+        fingerprint=keys.fingerprint_of_rows(canon.columns, hashes),
         input_example=raw.iloc[contract.kept_rows[:5]],
         span=TrainingSpan.of(canon, sides, cfg["split"], seed),
     )
