@@ -59,6 +59,15 @@ def check_objective(metric: str, cfg: Mapping, key: str) -> None:
         )
 
 
+def check_calibration(settings: Mapping) -> None:
+    """Refuse `eval.calibration` settings that cannot work, before anything trains."""
+    folds, gain = settings.get("folds", 5), settings.get("min_gain", 0.0)
+    if int(folds) != folds or folds < 2:
+        raise EvalConfigError(f"eval.calibration.folds must be a whole number >= 2, got {folds}")
+    if not 0 <= gain < 1:
+        raise EvalConfigError(f"eval.calibration.min_gain must be in [0, 1), got {gain}")
+
+
 def metric_direction(metric: str) -> str:
     """`minimize` or `maximize`: which way `metric` is better (a spread, `.../std`, is always
     better smaller)."""

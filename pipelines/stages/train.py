@@ -14,7 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.cv import check_cv
-from pipelines.core.objectives import check_objective, objective_value, resolve_direction
+from pipelines.core.objectives import (
+    check_calibration,
+    check_objective,
+    objective_value,
+    resolve_direction,
+)
 from pipelines.core.training import TrainResult
 from pipelines.engines import engine_for
 from pipelines.stages.runner import command, in_sweep
@@ -83,6 +88,7 @@ def run_train(
     check_objective(objective, container, "eval.objective")
     resolve_direction(objective, container["eval"]["direction"], "eval.direction")
     check_cv(**container["eval"]["cv"])
+    check_calibration(container["eval"]["calibration"])
     result = train(container)
     summary = log_and_register(
         container,

@@ -26,7 +26,12 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from pipelines.core.cv import check_cv
-from pipelines.core.objectives import check_objective, objective_value, resolve_direction
+from pipelines.core.objectives import (
+    check_calibration,
+    check_objective,
+    objective_value,
+    resolve_direction,
+)
 from pipelines.core.search import (
     FINISHED,
     NoRepeatSampler,
@@ -195,6 +200,7 @@ def run_tune(cfg: DictConfig) -> dict:
     check_objective(metric, c, "search.metric")
     resolve_direction(metric, c["search"]["direction"], "search.direction")
     check_cv(**c["eval"]["cv"])
+    check_calibration(c["eval"]["calibration"])
     study = open_study(tune_cfg, c["search"], int(c["runtime"]["seed"]))
     experiment_id = runs.setup(c["tracking"])
     client = MlflowClient()

@@ -8,6 +8,7 @@ from pipelines.core.cv import EvalConfigError
 from pipelines.core.objectives import (
     MAXIMIZE,
     MINIMIZE,
+    check_calibration,
     check_objective,
     known_objectives,
     metric_direction,
@@ -80,3 +81,13 @@ def test_an_objective_missing_from_a_run_is_a_usage_error_naming_the_key():
     assert objective_value({"val/logloss": 0.5}, "val/logloss", "eval.objective") == 0.5
     with pytest.raises(EvalConfigError, match="eval.objective=cv/logloss/mean is not a metric"):
         objective_value({"val/logloss": 0.5}, "cv/logloss/mean", "eval.objective")
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [({"folds": 1}, "eval.calibration.folds must be"), ({"min_gain": 2.0}, "min_gain must be")],
+)
+def test_calibration_settings_that_cannot_work_are_refused(settings, message):
+    check_calibration({"folds": 5, "min_gain": 0.001})
+    with pytest.raises(EvalConfigError, match=message):
+        check_calibration({"folds": 5, "min_gain": 0.001, **settings})
