@@ -216,6 +216,7 @@ class EngineSchema:
 class TouchpointSpecSchema:
     """One touchpoint of the catalogue (see `pipelines.core.touchpoints.Touchpoint`)."""
 
+    label: str | None = None
     channel: str = ""
     cost: float = 0.0
     capacity: float | None = None

@@ -37,6 +37,7 @@ class Touchpoint:
     """One designed interaction and the rules that say when it may be used."""
 
     name: str
+    label: str | None = None  # what a marketer calls it; None: the name in words
     channel: str = ""
     cost: float = 0.0  # cost per contact
     capacity: float | None = None  # contacts available per feed; None: unlimited
@@ -87,6 +88,11 @@ class Catalogue:
         return [t.name for t in self.touchpoints]
 
     @property
+    def labels(self) -> dict[str, str]:
+        """Each touchpoint's name in words ("Local listing" for `local_listing`)."""
+        return {t.name: t.label or words(t.name) for t in self.touchpoints}
+
+    @property
     def costs(self) -> np.ndarray:
         return np.array([t.cost for t in self.touchpoints], dtype=float)
 
@@ -124,6 +130,17 @@ class Catalogue:
             budget=None if cfg.get("budget") is None else float(cfg["budget"]),
             app_channels=tuple(cfg.get("app_channels") or ()),
         )
+
+
+def words(name: str) -> str:
+    """A snake_case name as a marketer reads it: `local_listing` -> "Local listing"."""
+    text = str(name).replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def intent_label(intent: str) -> str:
+    """An intent as the moment it names: `go` -> "I want to go"."""
+    return f"I want to {intent}"
 
 
 # ---------------------------------------------------------------------------------------------
