@@ -91,7 +91,10 @@ def conversion_estimates(
     est = tcfg["estimation"]
     logged = sessions[sessions["touchpoint"].notna()]
     weights, source = tp.intent_weights(logged, classes, est["intent_source"])
-    estimates = tp.estimate_conversion(
+    estimator = (
+        tp.estimate_conversion if source == "label" else tp.estimate_conversion_from_predictions
+    )
+    estimates = estimator(
         logged,
         weights,
         classes,

@@ -2,10 +2,12 @@
 
 Pure functions over frames, wired by `pipelines.stages.touchpoints`:
 - `Catalogue.from_config`: the touchpoints with their channel, cost, capacity and eligibility rules;
-- `estimate_conversion`: the conversion rate of every intent x touchpoint from logged sessions
-  (touchpoint shown, its logging propensity, converted), by self-normalised inverse-propensity
-  weighting, shrunk towards the touchpoint's rate over all intents, with intervals; a cell with too
-  little data is marked so and left empty, never guessed;
+- `estimate_conversion`: the conversion rate of every intent x touchpoint from labelled logged
+  sessions (touchpoint shown, its logging propensity, converted), by self-normalised
+  inverse-propensity weighting, shrunk towards the touchpoint's rate over all intents, with
+  intervals; a cell with too little data is marked so and left empty, never guessed;
+- `estimate_conversion_from_predictions`: the same from predicted intent probabilities alone, by
+  regressing conversion on them (what real logs without intent labels allow);
 - `eligibility`: which touchpoints may meet each journey now, and why the others may not;
 - `build_feed`: one row per journey at its latest session, with the recommended touchpoint, the
   runner-up, the expected conversion and value, suppression and a stable random holdout;
@@ -151,7 +153,10 @@ def intent_weights(
     frame: pd.DataFrame, classes: Sequence[str], source: str = "auto"
 ) -> tuple[np.ndarray, str]:
     """How much each session counts towards each intent: its label (one-hot) when labels are
-    known, else the predicted probabilities `p_<class>`. Returns the weights and the source used."""
+    known, else the predicted probabilities `p_<class>`. Returns the weights and the source used.
+
+    Labels feed `estimate_conversion`; predicted probabilities feed
+    `estimate_conversion_from_predictions` (weighting by them would mix the intents' rates)."""
     if source not in ("auto", "label", "predicted"):
         raise ValueError(f"intent source must be auto, label or predicted, got {source!r}")
     has_label = "label" in frame and frame["label"].notna().all() and len(frame) > 0
@@ -201,14 +206,10 @@ def estimate_conversion(
         raise ValueError(
             f"weights must be sessions x intents {(len(logs), len(classes))}, got {weights.shape}"
         )
-    shown = logs["touchpoint"].astype(object).to_numpy()
-    prop = pd.to_numeric(logs["touchpoint_propensity"], errors="coerce").to_numpy(dtype=float)
-    conv = logs["converted"].astype("boolean").fillna(False).to_numpy(dtype=float)
-    valid = pd.notna(shown) & np.isfinite(prop) & (prop > 0) & (prop <= 1)
-    inv = np.where(valid, 1.0 / np.where(valid, prop, 1.0), 0.0)
+    shown, inv, conv = _logged_arrays(logs)
     rows = []
     for t in touchpoints:
-        hit = valid & (shown == t)
+        hit = (inv > 0) & (shown == t)
         w_all = inv * hit
         pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
         for k, c in enumerate(classes):
@@ -220,6 +221,100 @@ def estimate_conversion(
                 cell.update(_shrunk(cell["rate_ipw"], ess, pooled, prior_strength, level))
             rows.append({"intent": c, "touchpoint": t, **cell})
     return pd.DataFrame(rows)
+
+
+def estimate_conversion_from_predictions(
+    logs: pd.DataFrame,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    touchpoints: Sequence[str],
+    min_effective_sessions: float = 50.0,
+    prior_strength: float = 20.0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Conversion rate of each intent x touchpoint when only predicted intents are known.
+
+    A session's chance to convert after touchpoint t is the mixture of the intents' rates by its
+    intent probabilities: P(converted | x, t) = sum_k P(k | x) rate(k, t), because conversion
+    depends on the intent, and the logging policy chose t from what it saw of x. With calibrated
+    probabilities `proba` (sessions x intents) the same holds for them, so regressing conversion
+    on the probabilities over the sessions shown t (no intercept, weighted by the inverse logging
+    propensity) recovers every intent's rate of t without bias. Weighting each session towards
+    the intents by its probabilities instead (`intent_weights(..., "predicted")` into
+    `estimate_conversion`) mixes the intents' rates and its intervals miss them.
+
+    Each cell's `rate_ipw` is the regression coefficient with its sandwich standard error
+    `se_ipw`; `effective_sessions` is the Kish size of the inverse-propensity weights times the
+    intent's probabilities. `rate` and its interval come from the Beta posterior described in
+    `estimate_conversion`, counting as evidence the sessions a rate that precise would take
+    (rate x (1 - rate) / se^2). Columns as `estimate_conversion`'s.
+    """
+    for col in ("touchpoint", "touchpoint_propensity", "converted"):
+        if col not in logs:
+            raise KeyError(f"conversion estimates need a '{col}' column in the logged sessions")
+    proba = np.nan_to_num(np.asarray(proba, dtype=float))
+    if proba.shape != (len(logs), len(classes)):
+        raise ValueError(
+            f"proba must be sessions x intents {(len(logs), len(classes))}, got {proba.shape}"
+        )
+    shown, inv, conv = _logged_arrays(logs)
+    rows = []
+    for t in touchpoints:
+        hit = (inv > 0) & (shown == t)
+        w_all = inv * hit
+        pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
+        rate, se = _mixture_rates(proba[hit], conv[hit], inv[hit])
+        for k, c in enumerate(classes):
+            cell = _cell_estimate(
+                w_all * proba[:, k], hit * proba[:, k], conv, pooled, min_effective_sessions
+            )
+            if cell["status"] == "ok" and np.isfinite(se[k]):
+                evidence = _evidence(rate[k], se[k])
+                cell.update(rate_ipw=rate[k], se_ipw=se[k])
+                cell.update(
+                    _shrunk(min(max(rate[k], 0.0), 1.0), evidence, pooled, prior_strength, level)
+                )
+            else:
+                cell.update(rate_ipw=np.nan, se_ipw=np.nan, status=INSUFFICIENT)
+            rows.append({"intent": c, "touchpoint": t, **cell})
+    return pd.DataFrame(rows)
+
+
+def _logged_arrays(logs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The touchpoint shown, its inverse logging propensity (0 where it is unusable) and whether
+    the session converted, as arrays."""
+    shown = logs["touchpoint"].astype(object).to_numpy()
+    prop = pd.to_numeric(logs["touchpoint_propensity"], errors="coerce").to_numpy(dtype=float)
+    conv = logs["converted"].astype("boolean").fillna(False).to_numpy(dtype=float)
+    valid = pd.notna(shown) & np.isfinite(prop) & (prop > 0) & (prop <= 1)
+    inv = np.where(valid, 1.0 / np.where(valid, prop, 1.0), 0.0)
+    return shown, inv, conv
+
+
+def _mixture_rates(
+    proba: np.ndarray, conv: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of `conv` on `proba` without intercept: the coefficients and their
+    sandwich (HC0) standard errors; NaN for intents the probabilities cannot tell apart."""
+    k = proba.shape[1]
+    if len(proba) <= k:
+        return np.full(k, np.nan), np.full(k, np.nan)
+    xtw = proba.T * w
+    gram = xtw @ proba
+    if np.linalg.matrix_rank(gram) < k:
+        return np.full(k, np.nan), np.full(k, np.nan)
+    inv_gram = np.linalg.inv(gram)
+    coef = inv_gram @ (xtw @ conv)
+    resid = conv - proba @ coef
+    meat = (proba.T * (w * resid) ** 2) @ proba
+    cov = inv_gram @ meat @ inv_gram
+    return coef, np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def _evidence(rate: float, se: float) -> float:
+    """How many sessions a rate this precise is worth: rate x (1 - rate) / se^2."""
+    r = min(max(rate, 1e-6), 1 - 1e-6)
+    return float(r * (1 - r) / se**2) if se > 0 else float("inf")
 
 
 def _cell_estimate(

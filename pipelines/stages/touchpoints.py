@@ -43,45 +43,26 @@ log = logging.getLogger(__name__)
 
 def write_outputs(result: dict, work: Path) -> dict[str, bytes]:
     """Write the feed, estimates, tables, figures, report and summary into `work`."""
-    classes, names = result["classes"], result["catalogue"].names
     result["feed"].to_parquet(work / "feed.parquet", index=False)
     result["estimates"].to_parquet(work / "conversion_estimates.parquet", index=False)
     (work / "tables").mkdir()
     for name, table in result["tables"].items():
         table.to_csv(work / "tables" / f"{name}.csv")
-    figures = {
-        "conversion_heatmap": report.conversion_heatmap(result["estimates"], classes, names),
-        "conversion_intervals": report.conversion_intervals(result["estimates"], classes),
-        "allocation": report.allocation_chart(result["tables"]["allocation"]),
-    }
-    if "intent_mix_by_channel" in result["tables"]:
-        figures["intent_mix_by_channel"] = report.intent_mix_chart(
-            result["tables"]["intent_mix_by_channel"], classes, "entry channel"
-        )
-    pngs = {name: report.png_bytes(fig) for name, fig in figures.items()}
+    page, pngs = report.build_report(
+        result["headline"],
+        result["feed"],
+        result["estimates"],
+        result["tables"],
+        result["classes"],
+        result["catalogue"].labels,
+        measured=result.get("measured"),
+        level=result["level"],
+    )
     (work / "figures").mkdir()
     for name, png in pngs.items():
         (work / "figures" / f"{name}.png").write_bytes(png)
-    h = result["headline"]
-    notes = [
-        "Conversion rates are inverse-propensity estimates from the logged touchpoints, shrunk "
-        "towards each touchpoint's rate over all intents; intervals are central "
-        f"{100 * result['level']:.0f}% intervals.",
-        "A touchpoint with too little data for some intent is never recommended: "
-        + (", ".join(h["touchpoints_without_estimates"]) or "none this time")
-        + ".",
-        f"{h['journeys_holdout']} journeys are held out as a control group: compare their "
-        "conversion with the contacted journeys to measure uplift.",
-    ]
-    html = report.render_html(
-        f"Touchpoint report: {h['model_name']} version {h['model_version']}",
-        {k: v for k, v in h.items() if not isinstance(v, list)},
-        pngs,
-        result["tables"],
-        notes,
-    )
-    (work / "report.html").write_text(html)
-    (work / "summary.json").write_text(json.dumps(h, indent=2, default=str))
+    (work / "report.html").write_text(page)
+    (work / "summary.json").write_text(json.dumps(result["headline"], indent=2, default=str))
     return pngs
 
 
