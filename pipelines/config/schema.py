@@ -363,6 +363,8 @@ class GeneratorSchema:
     dwell_device_shift: dict[str, list[float]] = field(default_factory=dict)
     dwell_page_slope: list[float] | None = None
     dwell_page_shift: dict[str, list[float]] = field(default_factory=dict)
+    # how journeys answer a feed's contacts (core/response.py); empty: the world cannot answer
+    response: dict[str, Any] = field(default_factory=dict)
 
 
 def validate_generator(cfg: Any) -> None:

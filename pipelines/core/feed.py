@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.core import policy_value as pv
 from pipelines.core import touchpoints as tp
 from pipelines.core.contract import DatasetSpec
 
@@ -58,6 +59,10 @@ def build(
     tables = tp.marketer_tables(sessions, rows, classes)
     tables["allocation"] = allocation_table
     tables["conversion_by_intent_and_touchpoint"] = estimates.set_index(["intent", "touchpoint"])
+    rates = tp.rate_matrix(estimates, classes, catalogue.names)
+    tables["policy_value"] = policy_values(
+        ctx, feed, classes, rates, catalogue, float(tcfg["estimation"]["level"])
+    )
     headline = {
         **counts,
         **allocation_headline(rows, alloc, allocation_table),
@@ -66,6 +71,10 @@ def build(
         "cells_estimated": int(estimates["status"].eq("ok").sum()),
         "cells_insufficient": int((~estimates["status"].eq("ok")).sum()),
         "touchpoints_without_estimates": feed.unestimated,
+        **date_range(sessions),
+        "expected_cost_per_conversion": _ratio(
+            headline_cost(allocation_table), rows["allocated_expected_conversion"].sum()
+        ),
         **{key: rows[key].iloc[0] for key in ("model_name", "model_version", "model_alias")},
     }
     return {
@@ -163,3 +172,71 @@ def allocation_headline(rows: pd.DataFrame, alloc, table: pd.DataFrame) -> dict:
         "allocation_status": alloc.status,
         "allocation_bound": None if alloc.bound is None else round(alloc.bound, 3),
     }
+
+
+def headline_cost(allocation_table: pd.DataFrame) -> float:
+    return float(allocation_table["allocated_cost"].sum())
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(float(a) / float(b), 4) if b and np.isfinite(b) and b > 0 else None
+
+
+def date_range(sessions: pd.DataFrame) -> dict:
+    """The first and last session start the feed was built from (ISO text; None without times)."""
+    started = pd.to_datetime(sessions.get("started_at", pd.Series(dtype=object)), utc=True)
+    if started.notna().any():
+        return {"date_from": started.min().isoformat(), "date_to": started.max().isoformat()}
+    return {"date_from": None, "date_to": None}
+
+
+def policy_values(
+    ctx: pd.DataFrame,
+    feed: tp.Feed,
+    classes: list[str],
+    rates: np.ndarray,
+    catalogue: tp.Catalogue,
+    level: float,
+) -> pd.DataFrame:
+    """What the feed's choice, and each touchpoint sent to everyone it may meet, would convert,
+    estimated before launch from each journey's latest logged touchpoint and conversion (SNIPS
+    and doubly robust), beside what the logging policy converted.
+
+    Journeys whose latest session logged no usable touchpoint (outside the catalogue, or no
+    propensity) are left out of every estimate; `rows` says how many each policy acts on."""
+    names = list(catalogue.names)
+    logged = ctx["touchpoint"].astype(object).map({n: i for i, n in enumerate(names)})
+    prop = pd.to_numeric(ctx.get("touchpoint_propensity"), errors="coerce")
+    usable = (logged.notna() & prop.gt(0) & prop.le(1) & ctx["converted"].notna()).to_numpy()
+    if not usable.any():
+        return pd.DataFrame(columns=[*pv.COLUMNS, "expected_conversions"])
+    proba = np.nan_to_num(ctx[[f"p_{c}" for c in classes]].to_numpy(dtype=float))
+    # a touchpoint without an estimate for some intent is never chosen; its model rate is its
+    # mean over the intents that have one
+    known = np.isfinite(rates)
+    mean = np.where(known, rates, 0.0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
+    filled = np.where(known, rates, mean[None, :])
+    q_hat = proba @ np.nan_to_num(filled)
+    acts = (
+        feed.rows["recommended_touchpoint"].notna().to_numpy() & ~feed.rows["suppressed"].to_numpy()
+    )
+    best = np.argmax(np.where(np.isfinite(feed.score), feed.score, -np.inf), axis=1)
+    policies = {"The feed's choice": pv.one_hot(np.where(acts, best, -1), len(names))}
+    for j, name in enumerate(names):
+        if np.isfinite(rates[:, j]).all():
+            may = feed.eligible[:, j] & ~feed.rows["suppressed"].to_numpy()
+            policies[f"{catalogue.labels[name]} for everyone"] = pv.one_hot(
+                np.where(may, j, -1), len(names)
+            )
+    table = pv.compare_policies(
+        {k: m[usable] for k, m in policies.items()},
+        logged.to_numpy()[usable].astype(np.int64),
+        prop.to_numpy(dtype=float)[usable],
+        ctx["converted"].astype("boolean").to_numpy(dtype=float)[usable],
+        q_hat[usable],
+        level,
+    )
+    for col in ("conversion_rate", "ci_low", "ci_high"):
+        suffix = {"conversion_rate": "", "ci_low": "_low", "ci_high": "_high"}[col]
+        table[f"expected_conversions{suffix}"] = table[col] * table["rows"]
+    return table
