@@ -37,6 +37,14 @@ COMMANDS = {
         "pipelines.stages.touchpoints:main",
         "the touchpoint feed, a budgeted allocation and a report for marketers",
     ),
+    "outcomes": (
+        "pipelines.stages.outcomes:main",
+        "the synthetic world's answer to a feed: contacts, clicks, conversions, returns",
+    ),
+    "measure": (
+        "pipelines.stages.measure:main",
+        "what a feed earned: moment metrics, cohorts and uplift with intervals, and a report",
+    ),
     "export": (
         "pipelines.stages.export:main",
         "write a registered model to models/ as a standalone folder",
@@ -61,6 +69,8 @@ examples:
   micromoment promote                        (judge @challenger against @champion)
   micromoment score score.input=data/new_sessions.parquet score.output=scores/today
   micromoment touchpoints feed.input=data/new_sessions.parquet touchpoints.budget=5000
+  micromoment outcomes                       (the synthetic world answers the feed)
+  micromoment measure measure.outcomes=exports/outcomes.csv
   micromoment rollback                       (or rollback.to_version=3)
   micromoment export
 

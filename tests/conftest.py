@@ -157,3 +157,26 @@ def registry_copy(registry_store, tmp_path):
 
     shutil.copy(registry_store["root"] / "mlflow.db", tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def feed_output(registry_store, synthetic_dir, tmp_path_factory):
+    """A `micromoment touchpoints` output of the small generated data, logged to the throwaway
+    store, with a fifth of the journeys held out."""
+    from pipelines.stages.touchpoints import run_touchpoints
+
+    out = tmp_path_factory.mktemp("feed") / "touchpoints"
+    cfg = compose_config(
+        "touchpoints",
+        [
+            f"data.path={synthetic_dir}/sessions",
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"tracking.uri={registry_store['uri']}",
+            "runtime.threads=1",
+            f"feed.output={out}",
+            "touchpoints.estimation.min_effective_sessions=10",
+            "touchpoints.holdout_share=0.2",
+        ],
+    )
+    summary = run_touchpoints(OmegaConf.create(cfg))
+    return {"dir": out, "summary": summary, "uri": registry_store["uri"]}

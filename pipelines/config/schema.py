@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from pipelines.core import outcomes
 from pipelines.core.synthetic import GeneratorParams
 
 
@@ -405,6 +406,37 @@ class FeedBlock:
     log_to_mlflow: bool = True
 
 
+OUTCOME_ROLES = outcomes.ROLES
+
+
+@dataclass
+class OutcomesBlock:
+    """`micromoment outcomes`: the feed the synthetic world answers, its sessions, the window."""
+
+    enabled: bool = True
+    feed: str = "touchpoints/latest"
+    sessions: str = MISSING
+    output: str = "outcomes/latest"
+    window_days: float = 28.0
+    seed: int = 0
+
+
+@dataclass
+class MeasureBlock:
+    """`micromoment measure`: the feed, its outcome events and how they map onto the contract."""
+
+    enabled: bool = True
+    feed: str = "touchpoints/latest"
+    outcomes: str = "outcomes/latest/outcomes.parquet"
+    output: str = "measure/latest"
+    window_days: float = 28.0
+    return_days: float = 14.0
+    level: float = 0.95
+    log_to_mlflow: bool = True
+    # role -> column of the outcome table; by default each role's own name
+    columns: dict[str, str | None] = field(default_factory=lambda: {r: r for r in OUTCOME_ROLES})
+
+
 @dataclass
 class RetrainBlock:
     """`micromoment retrain`: the window, the data it needs, the lock and the summary."""
@@ -456,6 +488,8 @@ class ExportBlock:
 BLOCKS = {
     "score": ScoreBlock,
     "feed": FeedBlock,
+    "outcomes": OutcomesBlock,
+    "measure": MeasureBlock,
     "retrain": RetrainBlock,
     "tune": TuneBlock,
     "promote": PromoteBlock,

@@ -149,6 +149,9 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     h = result["headline"]
     if f["log_to_mlflow"]:
         h["mlflow_run_id"] = log_to_mlflow(c, result, out, experiment_id)
+        # the run id lets `micromoment measure` link its run to this feed's
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(h, indent=2, default=str))
     h["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"touchpoint feed: {h['journeys']} journeys ({h['rows_in_feed']} of {h['rows_in']} sessions; "
