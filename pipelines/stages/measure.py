@@ -190,6 +190,8 @@ def run_measure(cfg: DictConfig) -> dict:
     s = result["summary"]
     if m["log_to_mlflow"]:
         s["mlflow_run_id"] = log_to_mlflow(c, result, out, experiment_id)
+        with atomic_path(out / "summary.json") as tmp:
+            tmp.write_text(json.dumps(s, indent=2))
     s["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"measured: {s['journeys_measured']} journeys of {m['feed']} over {m['window_days']:g} days "

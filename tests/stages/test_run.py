@@ -1,6 +1,8 @@
-"""`micromoment run`: the whole chain on tiny data, from generation to the touchpoint feed."""
+"""`micromoment run`: the whole chain on tiny data, from generation to the measured feed."""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 import pytest
@@ -65,3 +67,15 @@ def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
     assert len(feed) == sessions["journey_id"].nunique() == 500
     assert set(feed["model_version"]) == {"1"} and set(feed["model_alias"]) == {"champion"}
     assert (feed_dir / "report.html").stat().st_size > 10_000
+
+    # then the world answers the feed and what it earned is measured, linked to the feed's run
+    assert "outcomes:" in proc.stdout and "measured:" in proc.stdout
+    events = pd.read_parquet(tmp_path / "outcomes" / "latest" / "outcomes.parquet")
+    assert set(events["journey_id"]) <= set(feed["journey_id"])
+    summary = json.loads((tmp_path / "measure" / "latest" / "summary.json").read_text())
+    feed_summary = json.loads((feed_dir / "summary.json").read_text())
+    assert summary["feed_run_id"] == feed_summary["mlflow_run_id"]
+    assert summary["outcome_rows_in"] == len(events)
+    assert summary["journeys_treated"] + summary["journeys_control"] <= len(feed)
+    measure_run = client.get_run(summary["mlflow_run_id"])
+    assert measure_run.data.tags["feed_run_id"] == feed_summary["mlflow_run_id"]
