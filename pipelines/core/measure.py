@@ -27,6 +27,16 @@ import pandas as pd
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 TREATED, CONTROL, OUTSIDE = "contacted", "held out", "not in the test"
+MOMENT_COLUMNS = [
+    "intent",
+    "touchpoint",
+    "clicked",
+    "converted",
+    "hours_to_conversion",
+    "bounced",
+    "session_s",
+]
+UPLIFT_LEVELS = {"intent": "intent", "recommended_touchpoint": "touchpoint"}  # column -> level
 
 
 def feed_time(feed: pd.DataFrame) -> pd.Timestamp:
@@ -54,7 +64,10 @@ def journey_outcomes(
     ev = events.copy()
     ev["converted_at"] = ev["converted_at"].where(ev["converted_at"] <= end)
     ev["value"] = ev["value"].where(ev["converted_at"].notna())
-    g = ev.sort_values("shown_at", kind="stable", na_position="last").groupby("journey_id")
+    # each journey's events in the order they were shown, so its first contact gives both the
+    # touchpoint and the time it was shown, whatever the order of the rows
+    ev = ev.sort_values("shown_at", kind="stable", na_position="last")
+    g = ev.groupby("journey_id")
     contacts = ev[ev["touchpoint"].notna()].groupby("journey_id")
     out["touchpoint"] = contacts["touchpoint"].first()
     out["shown_at"] = contacts["shown_at"].min()
@@ -66,7 +79,8 @@ def journey_outcomes(
     out["returned_at"] = g["returned_at"].min()
     out["converted"] = out["converted_at"].notna()
     out["returned"] = out["returned_at"] <= start + pd.Timedelta(days=return_days)
-    out["hours_to_conversion"] = (out["converted_at"] - out["shown_at"]) / pd.Timedelta(hours=1)
+    hours = (out["converted_at"] - out["shown_at"]) / pd.Timedelta(hours=1)
+    out["hours_to_conversion"] = hours.where(hours >= 0)  # a purchase before the contact: none
     out["days_to_first_purchase"] = (out["converted_at"] - start) / pd.Timedelta(days=1)
     out["value"] = out["value"].fillna(0.0)
     out["clicked"] = out["clicked"].fillna(False) & out["touchpoint"].notna()
@@ -106,7 +120,8 @@ def moment_metrics(
     journeys: pd.DataFrame, classes: Sequence[str], level: float = 0.95
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per intent x touchpoint shown, and per intent: the contacted journeys' metrics."""
-    shown = journeys[journeys["touchpoint"].notna()]
+    # only the columns the metrics read: every group below is a copy of its rows
+    shown = journeys.loc[journeys["touchpoint"].notna(), MOMENT_COLUMNS]
     cells = [
         {"intent": intent, "touchpoint": tp, **_moments(group, level)}
         for (intent, tp), group in shown.groupby(["intent", "touchpoint"], sort=True)
@@ -121,7 +136,8 @@ def moment_metrics(
 
 
 def cohort_metrics(journeys: pd.DataFrame, return_days: float) -> pd.DataFrame:
-    """Macro-moments: whole journeys by cohort (contacted, held out, the rest, all)."""
+    """Macro-moments: whole journeys by cohort (contacted, held out, the rest, all);
+    `returned_within_days` is the share that came back within `return_days` of the feed."""
     shown = journeys["touchpoint"].notna()
     cohort = np.where(
         shown, "contacted", np.where(journeys["arm"] == CONTROL, "held out", "not contacted")
@@ -135,9 +151,7 @@ def cohort_metrics(journeys: pd.DataFrame, return_days: float) -> pd.DataFrame:
                 "journeys": len(part),
                 "journey_conversion": part["converted"].mean() if len(part) else np.nan,
                 "median_days_to_first_purchase": part["days_to_first_purchase"].median(),
-                f"returned_within_{return_days:g}_days": part["returned"].mean()
-                if len(part)
-                else np.nan,
+                "returned_within_days": part["returned"].mean() if len(part) else np.nan,
                 "value_per_journey": part["value"].mean() if len(part) else np.nan,
             }
         )
@@ -172,9 +186,9 @@ def uplift_table(journeys: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Conversion of contacted minus held-out journeys within the window, with Newcombe's
     interval (hybrid Wilson score): overall, per predicted intent, per recommended touchpoint."""
     alpha = 1 - level
-    test = journeys[journeys["arm"] != OUTSIDE]
+    test = journeys.loc[journeys["arm"] != OUTSIDE, ["arm", "converted", *UPLIFT_LEVELS]]
     rows = [_uplift_row("overall", "all", test, alpha)]
-    for col, level_name in (("intent", "intent"), ("recommended_touchpoint", "touchpoint")):
+    for col, level_name in UPLIFT_LEVELS.items():
         for value, part in test.groupby(col, sort=True):
             rows.append(_uplift_row(level_name, str(value), part, alpha))
     return pd.DataFrame(rows)
@@ -193,7 +207,7 @@ def headline(
     control = journeys[journeys["arm"] == CONTROL]
     shown = journeys[journeys["touchpoint"].notna()]
     cost = float(shown["touchpoint"].map(costs).fillna(0.0).sum())
-    conversions = int(shown["converted"].sum())
+    conversions = int(treated["converted"].sum())
     n1 = len(treated)
     incremental = overall["uplift"] * n1
     return {

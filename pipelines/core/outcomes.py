@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from pipelines.core.contract import ContractError
+from pipelines.core.contract import ContractError, text_values
 
 ROLES = (
     "journey_id",
@@ -45,8 +46,8 @@ ROLES = (
 TIMESTAMPS = ("shown_at", "converted_at", "returned_at")
 FLAGS = ("clicked", "bounced")
 AMOUNTS = ("value", "session_s")
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
+_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
+_FALSE = {"false", "0", "0.0", "no", "f", "n"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def check_outcomes(
         col = spec.columns.get(role)
         values = raw[col] if col else pd.Series(None, index=raw.index, dtype=object)
         frame[role], bad = _convert(role, values)
-        _refuse(reason, bad, f"{role} unreadable: " + values.astype(str))
+        if bad.any():  # naming the values costs more than reading them: only when some are bad
+            _refuse(reason, bad, f"{role} unreadable: " + values.astype(str))
     _check_rows(frame, reason, journeys, touchpoints, feed_at)
     kept = pd.isna(reason)
     rejects = raw[~kept].copy()
@@ -131,26 +133,54 @@ def _refuse(reason: np.ndarray, bad: np.ndarray, why: str | pd.Series) -> None:
 
 
 def _convert(role: str, values: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """A role's values in its type, and which present values could not be read as it."""
+    """A role's values in its type, and which present values could not be read as it. Blank
+    text is missing, as an empty CSV cell is."""
+    values = _blank_as_missing(values)
     present = values.notna().to_numpy()
     if role in TIMESTAMPS:
-        out = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        out = _timestamps(values)
     elif role in FLAGS:
         out = _flags(values)
     elif role in AMOUNTS:
         out = pd.to_numeric(values, errors="coerce").astype(float)
         out = out.where(np.isfinite(out))
     else:
-        out = values.astype(object).where(values.notna()).map(str, na_action="ignore")
-        out = out.where(out.str.strip().ne("")).astype(object)
+        # ids as text, whatever their column type: a float column of whole numbers (a CSV id
+        # column with a blank) gives "17", not "17.0"
+        out = pd.Series(text_values(values.array), index=values.index, dtype=object)
         return out, np.zeros(len(values), dtype=bool)
     return out, present & out.isna().to_numpy()
+
+
+def _blank_as_missing(values: pd.Series) -> pd.Series:
+    """Text that is empty or only spaces as missing (a JSON export's "" for no conversion)."""
+    if values.dtype.kind != "O":
+        return values
+    text = values.astype(object)
+    blank = np.fromiter((isinstance(v, str) and not v.strip() for v in text), bool, len(text))
+    return text.where(~blank) if blank.any() else values
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    """Timestamps from datetimes or text (naive ones are UTC); a number is not a timestamp
+    (pandas would read it as nanoseconds since 1970)."""
+    numeric = pd.api.types.is_numeric_dtype(values.dtype)
+    if numeric and not pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if values.dtype.kind == "O":  # text and datetimes; a number among them is unreadable
+        readable = (isinstance(v, str | datetime | np.datetime64) for v in values)
+        values = values.where(np.fromiter(readable, bool, len(values)))
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    return parsed.astype("datetime64[ns, UTC]")
 
 
 def _flags(values: pd.Series) -> pd.Series:
     """True/false flags from booleans, 0/1 or text; anything else is missing."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype("boolean")
+    if pd.api.types.is_numeric_dtype(values):  # 0/1, also as floats (a CSV column with blanks)
+        number = values.astype(float)
+        return pd.Series(number.map({1.0: True, 0.0: False}), dtype="boolean")
     text = values.astype(object).map(lambda v: str(v).strip().lower(), na_action="ignore")
     out = pd.Series(pd.NA, index=values.index, dtype="boolean")
     out[text.isin(_TRUE).to_numpy()] = True
@@ -168,9 +198,9 @@ def _check_rows(
     """The row rules, in the order their reasons are given."""
     jid = frame["journey_id"]
     _refuse(reason, jid.isna().to_numpy(), "journey_id is empty")
-    _refuse(reason, ~jid.isin(set(journeys)).to_numpy(), "journey not in the feed")
+    _refuse(reason, ~jid.isin({str(j) for j in journeys}).to_numpy(), "journey not in the feed")
     tp = frame["touchpoint"]
-    unknown = tp.notna() & ~tp.isin(set(touchpoints))
+    unknown = tp.notna() & ~tp.isin({str(t) for t in touchpoints})
     _refuse(reason, unknown.to_numpy(), "touchpoint not in the catalogue: " + tp.astype(str))
     _refuse(
         reason, (tp.notna() & frame["shown_at"].isna()).to_numpy(), "a contact without shown_at"
@@ -182,6 +212,8 @@ def _check_rows(
     early = frame["converted_at"] < frame["shown_at"]
     _refuse(reason, early.fillna(False).to_numpy(dtype=bool), "converted before it was shown")
     if feed_at is not None:
+        feed_at = pd.Timestamp(feed_at)
+        feed_at = feed_at.tz_localize("UTC") if feed_at.tz is None else feed_at
         for role in TIMESTAMPS:
             before = (frame[role] < feed_at).fillna(False).to_numpy(dtype=bool)
             _refuse(reason, before, f"{role} before the feed was built ({feed_at:%Y-%m-%d %H:%M})")

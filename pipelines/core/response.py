@@ -133,16 +133,28 @@ def _exp_cdf_after_uniform_start(window_h: float, mean_h: np.ndarray) -> np.ndar
     return 1.0 - np.exp(-window_h / mean_h) * (mean_h / s) * np.expm1(s / mean_h)
 
 
+def _check_window(window_days: float) -> float:
+    """The window in hours; it must hold the day the contacts go out over, or a contact itself
+    could fall after it (and the chances below would not be its chances)."""
+    window_h = 24.0 * float(window_days)
+    if not window_h >= CONTACT_SPREAD_H:
+        raise ValueError(
+            f"window_days must be at least {CONTACT_SPREAD_H / 24:g} (contacts go out over the "
+            f"first {CONTACT_SPREAD_H:g} hours after the feed), got {window_days}"
+        )
+    return window_h
+
+
 def expected(
     params: ResponseParams, intent: np.ndarray, touch: np.ndarray, window_days: float
 ) -> pd.DataFrame:
     """Each journey's true chances within the window: clicked, converted (from the contact or on
     its own), returned, and its expected order value. `intent` indexes the world's intents;
     `touch` its touchpoints, -1 where the journey was not contacted."""
+    window_h = _check_window(window_days)
     intent, touch = np.asarray(intent), np.asarray(touch)
     shown = touch >= 0
     t = np.where(shown, touch, 0)
-    window_h = 24.0 * window_days
     click = np.where(shown, params.click[intent, t], 0.0)
     contact = np.where(
         shown,
@@ -174,11 +186,13 @@ def respond(
     window_days: float,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
-    """Outcome events for the feed's journeys, one row per journey with any event.
+    """Outcome events for the feed's journeys, one row per journey with any event (and a second
+    for a purchase of its own made before its contact went out).
 
     `journeys` has `journey_id`, `intent` (the true intent of its latest session) and
     `touchpoint` (shown, or missing when not contacted). Returns the outcome contract's roles.
     """
+    window_h = _check_window(window_days)
     n = len(journeys)
     intent = _index(journeys["intent"], params.intents, "intent")
     touch = _index(journeys["touchpoint"], params.touchpoints, "touchpoint", allow_missing=True)
@@ -202,7 +216,6 @@ def respond(
     )
     returns = rng.random(n) < params.return_rate[intent] + params.return_lift_after_click * clicked
     returned_h = np.where(returns, 24 * rng.exponential(params.return_days, n), np.inf)
-    window_h = 24.0 * window_days
     has_conversion = converted_h <= window_h
     events = pd.DataFrame(
         {
@@ -222,7 +235,23 @@ def respond(
     if "session_id" in journeys:
         events.insert(1, "session_id", journeys["session_id"].astype(str).to_numpy())
     keep = shown | has_conversion | events["returned_at"].notna().to_numpy()
-    return events[keep].reset_index(drop=True)
+    return _purchases_before_contact(events[keep]).reset_index(drop=True)
+
+
+def _purchases_before_contact(events: pd.DataFrame) -> pd.DataFrame:
+    """A journey that bought on its own before its contact went out: the purchase on a row of its
+    own, with no contact, as an export records it (on the contact's row it would read as bought
+    before it was shown, which the outcome contract refuses), just after the contact's row."""
+    early = (events["converted_at"] < events["shown_at"]).to_numpy()
+    if not early.any():
+        return events
+    purchase = events[early].copy()
+    for col in purchase.columns.difference(["journey_id", "session_id", "converted_at", "value"]):
+        purchase[col] = purchase[col].where(np.zeros(len(purchase), dtype=bool))
+    events = events.copy()
+    events.loc[early, "converted_at"] = pd.NaT
+    events.loc[early, "value"] = np.nan
+    return pd.concat([events, purchase]).sort_index(kind="stable")
 
 
 def _after(start: pd.Timestamp, hours: np.ndarray) -> pd.DatetimeIndex:

@@ -174,6 +174,16 @@ def test_one_matched_row_gives_a_value_but_no_standard_error():
     assert "no standard error" in res.reason
 
 
+def test_one_row_gives_a_value_but_no_standard_error():
+    one = pv.doubly_robust(
+        pv.one_hot([0, -1, -1, -1], 2), HAND_ACTION, HAND_PROPENSITY, HAND_REWARD, HAND_Q
+    )
+    assert one.value == pytest.approx(1.4) and one.rows == 1  # row 0's term, worked above
+    assert math.isnan(one.se) and "no standard error" in one.reason
+    seen = pv.observed([0.5])
+    assert seen.value == 0.5 and math.isnan(seen.se) and math.isnan(seen.ci_high)
+
+
 # ---------------------------------------------------------------------------------------------
 # a simulated contextual bandit whose truth is known exactly: 6 contexts, 4 touchpoints, a
 # logging policy pi0(a | x) that depends on the context, and conversion rates r(x, a)
@@ -338,6 +348,7 @@ GOOD = {
             [0.5, 0.5],
             "propensity must have one value per logged_action (4), got (2,)",
         ),
+        ("propensity", ["a", "b", "c", "d"], "propensity must be numbers, got ['a', 'b'"),
         ("reward", [1.0, 2.0, 0.0, 1.0], "reward must be in [0, 1], got 2.0 at row 1"),
         ("reward", [1.0, -0.5, 0.0, 1.0], "reward must be in [0, 1], got -0.5 at row 1"),
         ("reward", [1.0, 0.0, np.nan, 1.0], "reward must be in [0, 1], got nan at row 2"),
