@@ -40,26 +40,14 @@ def build(
     estimates, source = conversion_estimates(sessions, classes, catalogue, tcfg, input_path)
     ctx = tp.journey_context(sessions, catalogue)
     ctx["model_alias"] = _model_alias(model_uri)
-    ok, reasons = tp.eligibility(ctx, catalogue, stores)
-    feed = tp.build_feed(
-        ctx,
-        classes,
-        tp.rate_matrix(estimates, classes, catalogue.names),
-        catalogue,
-        ok,
-        reasons,
-        objective=tcfg["objective"],
-        holdout_share=float(tcfg["holdout_share"]),
-        holdout_salt=str(tcfg["holdout_salt"]),
-        suppress_after_conversion_hours=tcfg["suppress_after_conversion_hours"],
-    )
+    rates = tp.rate_matrix(estimates, classes, catalogue.names)
+    feed = feed_of(ctx, classes, rates, catalogue, stores, tcfg)
     rows = feed.rows
     rows.insert(2, "scored_at", pd.Timestamp(datetime.now(UTC)))
     alloc, allocation_table = allocate_budget(rows, feed, catalogue, tcfg["allocation"])
     tables = tp.marketer_tables(sessions, rows, classes)
     tables["allocation"] = allocation_table
     tables["conversion_by_intent_and_touchpoint"] = estimates.set_index(["intent", "touchpoint"])
-    rates = tp.rate_matrix(estimates, classes, catalogue.names)
     tables["policy_value"] = policy_values(
         ctx, feed, classes, rates, catalogue, float(tcfg["estimation"]["level"])
     )
@@ -72,9 +60,6 @@ def build(
         "cells_insufficient": int((~estimates["status"].eq("ok")).sum()),
         "touchpoints_without_estimates": feed.unestimated,
         **date_range(sessions),
-        "expected_cost_per_conversion": _ratio(
-            headline_cost(allocation_table), rows["allocated_expected_conversion"].sum()
-        ),
         **{key: rows[key].iloc[0] for key in ("model_name", "model_version", "model_alias")},
     }
     return {
@@ -85,6 +70,31 @@ def build(
         "classes": classes,
         "catalogue": catalogue,
     }
+
+
+def feed_of(
+    ctx: pd.DataFrame,
+    classes: list[str],
+    rates: np.ndarray,
+    catalogue: tp.Catalogue,
+    stores: np.ndarray | None,
+    tcfg: dict,
+) -> tp.Feed:
+    """The feed of each journey under the catalogue's eligibility rules and the config's
+    objective, holdout and suppression."""
+    ok, reasons = tp.eligibility(ctx, catalogue, stores)
+    return tp.build_feed(
+        ctx,
+        classes,
+        rates,
+        catalogue,
+        ok,
+        reasons,
+        objective=tcfg["objective"],
+        holdout_share=float(tcfg["holdout_share"]),
+        holdout_salt=str(tcfg["holdout_salt"]),
+        suppress_after_conversion_hours=tcfg["suppress_after_conversion_hours"],
+    )
 
 
 def conversion_estimates(
@@ -168,14 +178,11 @@ def allocation_headline(rows: pd.DataFrame, alloc, table: pd.DataFrame) -> dict:
         if unconstrained > 0
         else None,
         "allocated_cost": round(float(table["allocated_cost"].sum()), 2),
+        "expected_cost_per_conversion": _ratio(float(table["allocated_cost"].sum()), allocated),
         "expected_value_unconstrained": round(float(rows["expected_value"][contactable].sum()), 2),
         "allocation_status": alloc.status,
         "allocation_bound": None if alloc.bound is None else round(alloc.bound, 3),
     }
-
-
-def headline_cost(allocation_table: pd.DataFrame) -> float:
-    return float(allocation_table["allocated_cost"].sum())
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -31,7 +31,7 @@ from pipelines.core.outcomes import OutcomeSpec, check_outcomes
 from pipelines.io.outputs import atomic_path, claim_output
 from pipelines.io.readers import read_sessions
 from pipelines.reports import touchpoint_report as report
-from pipelines.stages.runner import command
+from pipelines.stages.runner import UserError, command
 from pipelines.tracking import runs
 
 TABLES = ("by_intent_touchpoint", "by_intent", "cohorts", "uplift")
@@ -175,10 +175,24 @@ def measured(c: dict, feed: pd.DataFrame, feed_summary: dict) -> dict:
     }
 
 
+def check_settings(m: dict) -> None:
+    """Settings no measurement can meet, refused before any work (exit 2)."""
+    if not m["window_days"] >= 1:
+        raise UserError(f"measure.window_days must be at least 1 day, got {m['window_days']}")
+    if not 0 < m["return_days"] <= m["window_days"]:
+        raise UserError(
+            f"measure.return_days must be in (0, measure.window_days={m['window_days']:g}], got "
+            f"{m['return_days']}: returns after the window are not in the outcomes"
+        )
+    if not 0 < m["level"] < 1:
+        raise UserError(f"measure.level must be in (0, 1), got {m['level']}")
+
+
 def run_measure(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)
     m = c["measure"]
+    check_settings(m)
     out = claim_output(m["output"], "measure", inputs=(m["feed"], m["outcomes"]))
     feed, feed_summary, estimates = read_feed(m["feed"])
     experiment_id = runs.setup(c["tracking"]) if m["log_to_mlflow"] else None

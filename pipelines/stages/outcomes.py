@@ -70,6 +70,8 @@ def run_outcomes(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     c = OmegaConf.to_container(cfg, resolve=True)
     o = c["outcomes"]
+    if not o["window_days"] >= 1:
+        raise UserError(f"outcomes.window_days must be at least 1 day, got {o['window_days']}")
     params = ResponseParams.from_config(c["generator"])
     out = claim_output(o["output"], "outcomes", inputs=(o["feed"], o["sessions"]))
     journeys, feed = feed_journeys(o["feed"], o["sessions"], c["data"]["label"]["column"])

@@ -84,7 +84,49 @@ def test_the_headline_adds_the_allocated_against_the_unconstrained_best():
         "expected_conversions_unconstrained": 1.0,
         "allocation_share_of_unconstrained": 0.7,
         "allocated_cost": 3.75,
+        "expected_cost_per_conversion": 5.3571,  # 3.75 / 0.7
         "expected_value_unconstrained": 10.0,
         "allocation_status": "optimal",
         "allocation_bound": 0.712,
+    }
+
+
+def test_policy_values_compare_the_feeds_choice_with_the_logging_policy(config, scored):
+    out = feed.build(
+        compose_config("touchpoints", ["touchpoints.estimation.min_effective_sessions=5"]),
+        scored.copy(),
+        {},
+        None,
+        None,
+        "x",
+    )
+    table, rows = out["tables"]["policy_value"], out["feed"]
+    # the logging policy's observed value first, then SNIPS and DR for each policy
+    assert table.iloc[0][["policy", "estimator"]].tolist() == [
+        "Logging policy (what was shown)",
+        "Observed",
+    ]
+    ours = table[table["policy"] == "The feed's choice"]
+    assert ours["estimator"].tolist() == ["SNIPS", "Doubly robust"]
+    acting = rows["recommended_touchpoint"].notna() & ~rows["suppressed"]
+    assert (ours["rows"] == acting.sum()).all()
+    np.testing.assert_allclose(ours["expected_conversions"], ours["conversion_rate"] * ours["rows"])
+    assert (ours["ci_low"] <= ours["conversion_rate"]).all()
+    # one touchpoint for everyone, for each touchpoint with an estimate for every intent
+    everyone = table[table["policy"].str.endswith("for everyone")]
+    estimated = out["estimates"].groupby("touchpoint")["status"].apply(lambda s: s.eq("ok").all())
+    labels = out["catalogue"].labels
+    assert set(everyone["policy"]) == {
+        f"{labels[t]} for everyone" for t in estimated[estimated].index
+    }
+
+
+def test_the_headline_gives_the_sessions_date_range(config, scored):
+    out = feed.build(config, scored.copy(), {}, None, None, "x")
+    started = pd.to_datetime(scored["started_at"], utc=True)
+    assert out["headline"]["date_from"] == started.min().isoformat()
+    assert out["headline"]["date_to"] == started.max().isoformat()
+    assert feed.date_range(scored.drop(columns=["started_at"])) == {
+        "date_from": None,
+        "date_to": None,
     }

@@ -133,3 +133,22 @@ def test_outcomes_of_another_feed_are_refused(feed_output, outcomes_file, tmp_pa
     with pytest.raises(ContractError, match="journey not in the feed"):
         _measure(feed_output, other, tmp_path / "m", "measure.log_to_mlflow=false")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("measure.window_days=0.5", "measure.window_days"),
+        ("measure.return_days=40", "measure.return_days"),
+        ("measure.level=95", "measure.level"),
+    ],
+)
+def test_settings_no_measurement_can_meet_exit_2_before_any_work(
+    feed_output, outcomes_file, tmp_path, override, key
+):
+    from pipelines.stages.runner import EXIT_USAGE, UserError
+
+    with pytest.raises(UserError, match=key) as err:
+        _measure(feed_output, outcomes_file, tmp_path / "m", override)
+    assert err.value.code == EXIT_USAGE
+    assert not (tmp_path / "m").exists()
