@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_chromium.sh
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project with its pinned dependencies

@@ -14,7 +14,8 @@ if have_chromium; then
 fi
 
 if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "Chromium not found (and cannot apt-get install it here): the report's browser test (tests/reports/test_report_browser.py) will be skipped"
+  echo "Chromium not found (and cannot apt-get install it here): the report's browser test" \
+    "(tests/reports/test_report_browser.py) will be skipped"
   exit 0
 fi
 

@@ -69,17 +69,19 @@ HEADLINE_KINDS = {
 def _missing(value) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
-    return isinstance(value, float | np.floating) and not math.isfinite(value)
+    return isinstance(value, float | np.floating) and math.isnan(value)
 
 
 def format_value(value, kind: str) -> str:
-    """A number or name as the report writes it: `count` 12,345; `share` 16.1%; `points` +1.2 pts
-    (a difference of rates, in percentage points); `money` 1,234.50; `number` 3.5; `seconds` 42 s;
-    `date` 3 Mar 2026; `name` in words; `text` as is. Missing or NaN: an em dash."""
+    """A number or name as the report writes it: `count` 12,345 (infinite: no limit); `share`
+    16.1%; `points` +1.2 pts (a difference of rates, in percentage points); `money` 1,234.50;
+    `number` 3.5 (no decimals from 10 up); `seconds` 42 s; `date` 3 Mar 2026; `name` in words;
+    `text` as is. Missing or NaN: an em dash."""
     if _missing(value):
         return DASH
     if kind == "date":
-        return pd.Timestamp(value).strftime("%-d %b %Y")
+        day = pd.Timestamp(value)
+        return f"{day.day} {day.strftime('%b %Y')}"
     if kind in ("text", "name"):
         return words(value) if kind == "name" else str(value)
     v = float(value)
@@ -89,10 +91,10 @@ def format_value(value, kind: str) -> str:
         return DASH
     formats = {
         "share": lambda: f"{100 * v:.1f}%",
-        "points": lambda: f"{100 * v:+.1f} pts",
+        "points": lambda: f"{round(100 * v, 1) + 0.0:+.1f} pts",  # never "-0.0"
         "money": lambda: f"{v:,.2f}",
         "seconds": lambda: f"{v:,.0f} s",
-        "number": lambda: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}",
+        "number": lambda: f"{v:,.0f}" if abs(v) >= 10 else f"{v:.1f}",
     }
     if kind not in formats:
         raise ValueError(f"unknown number format {kind!r}")
@@ -235,14 +237,32 @@ def intent_mix_chart(mix: pd.DataFrame, classes: Sequence[str], by: str):
     return fig
 
 
+MIN_ARM_JOURNEYS = 30  # fewer in either arm: the uplift figure says too little data
 UPLIFT_PANELS = {"overall": "All journeys", "intent": "By moment", "touchpoint": "By touchpoint"}
 
 
-def uplift_chart(uplift: pd.DataFrame, labels: Mapping[str, str] | None = None, level=0.95):
-    """Measured uplift (reached minus held-out conversion rate, in percentage points) with its
-    interval: overall, per intent and per touchpoint, stacked on one common x scale."""
-    parts = [(lv, uplift[uplift["level"] == lv]) for lv in UPLIFT_PANELS]
-    parts = [(lv, p.reset_index(drop=True)) for lv, p in parts if len(p)]
+def uplift_chart(
+    uplift: pd.DataFrame,
+    classes: Sequence[str],
+    labels: Mapping[str, str] | None = None,
+    level: float = 0.95,
+    min_journeys: int = MIN_ARM_JOURNEYS,
+):
+    """Measured uplift (contacted minus held-out conversion rate, in percentage points) with its
+    interval: overall, per intent and per touchpoint, stacked on one common x scale. A group with
+    fewer than `min_journeys` journeys in either arm says so rather than stretch the scale for
+    everyone with an interval tens of points wide."""
+    uplift = in_catalogue_order(uplift, classes, labels or {})
+    enough = np.ones(len(uplift), dtype=bool)
+    for arm in ("treated_journeys", "control_journeys"):
+        if arm in uplift:
+            enough &= uplift[arm].to_numpy(dtype=float) >= min_journeys
+    uplift = uplift.assign(**{c: uplift[c].where(enough) for c in ("uplift", "ci_low", "ci_high")})
+    levels = list(UPLIFT_PANELS) + [
+        lv for lv in uplift["level"].unique() if lv not in UPLIFT_PANELS
+    ]
+    parts = [(lv, uplift[uplift["level"] == lv].reset_index(drop=True)) for lv in levels]
+    parts = [(lv, p) for lv, p in parts if len(p)]
     sizes = [len(p) for _, p in parts]
     fig = Figure(figsize=(8.5, 1.0 + 0.38 * sum(sizes) + 0.5 * len(parts)))
     axes = fig.subplots(len(parts), 1, sharex=True, squeeze=False, height_ratios=sizes)[:, 0]
@@ -260,7 +280,7 @@ def uplift_chart(uplift: pd.DataFrame, labels: Mapping[str, str] | None = None, 
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, [_group_name(lv, g, labels) for g in part["group"]])
         ax.set_ylim(len(part) - 0.5, -0.5)
-        ax.set_title(UPLIFT_PANELS[lv], loc="left", fontsize=10)
+        ax.set_title(UPLIFT_PANELS.get(lv) or words(lv), loc="left", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_xlim(lo - pad, hi + pad)  # shared: one scale for every panel
     axes[-1].set_xlabel("uplift in conversion rate (percentage points)")
@@ -279,19 +299,22 @@ def _group_name(level: str, group, labels: Mapping[str, str] | None) -> str:
 
 def time_to_conversion_chart(times: pd.DataFrame, labels: Mapping[str, str] | None = None):
     """Hours from contact to conversion, one box per touchpoint."""
-    groups = [
-        (t, g["hours"].dropna().to_numpy(dtype=float)) for t, g in times.groupby("touchpoint")
-    ]
-    groups = [(t, h) for t, h in groups if len(h)]
-    fig = Figure(figsize=(8.5, 0.5 * len(groups) + 1.6))
+    order = list(labels or {}) + sorted(set(times["touchpoint"].dropna()) - set(labels or {}))
+    hours = {t: g["hours"].dropna().to_numpy(dtype=float) for t, g in times.groupby("touchpoint")}
+    groups = [(t, hours[t]) for t in order if t in hours and len(hours[t])]
+    fig = Figure(figsize=(max(6.0, 0.9 * len(groups) + 2), 3.6))
     ax = fig.add_subplot()
     if groups:
-        ax.boxplot([h for _, h in groups], orientation="horizontal", showfliers=False)
-        ax.set_yticks(range(1, len(groups) + 1), [_label(labels, t) for t, _ in groups])
-    ax.invert_yaxis()
-    ax.set_xlabel("hours from contact to conversion")
+        ax.boxplot([h for _, h in groups], showfliers=False)
+        ax.set_xticks(
+            range(1, len(groups) + 1),
+            [_label(labels, t) for t, _ in groups],
+            rotation=30,
+            ha="right",
+        )
+    ax.set_ylabel("hours from contact to conversion")
     ax.set_title("How soon conversions come")
-    ax.grid(axis="x", alpha=0.3)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -327,14 +350,15 @@ COLUMNS = {
     "journey_conversion_rate": ("Journey conversion rate", "share"),
     "sessions_per_journey": ("Sessions per journey", "number"),
     "median_days_to_convert": ("Median days to convert", "number"),
-    "treated_journeys": ("Reached journeys", "count"),
+    "treated_journeys": ("Contacted journeys", "count"),
     "control_journeys": ("Held-out journeys", "count"),
-    "treated_rate": ("Conversion rate, reached", "share"),
+    "treated_rate": ("Conversion rate, contacted", "share"),
     "control_rate": ("Conversion rate, held out", "share"),
     "uplift": ("Uplift", "points"),
     "impressions": ("Impressions", "count"),
     "ctr": ("Click-through rate", "share"),
     "median_hours_to_conversion": ("Median hours to conversion", "number"),
+    "p90_hours_to_conversion": ("Hours for 9 in 10 conversions", "number"),
     "bounce_rate": ("Bounce rate", "share"),
     "journey_conversion": ("Journey conversion", "share"),
     "median_days_to_first_purchase": ("Median days to first purchase", "number"),
@@ -414,8 +438,8 @@ def display_table(
         if col in INTERVALS and INTERVALS[col] in flat and previous is not None:
             skip.add(INTERVALS[col])
             pairs = zip(flat[col], flat[INTERVALS[col]], strict=True)
-            out[previous] = [
-                f"{cell} ({_interval(lo, hi, previous_kind)})" if cell != DASH else cell
+            out[previous] = [  # may wrap before the interval, nowhere else
+                f"{cell} ({_unbroken(_interval(lo, hi, previous_kind))})" if cell != DASH else cell
                 for cell, (lo, hi) in zip(out[previous], pairs, strict=True)
             ]
             out[f"{previous} ({100 * level:.0f}% interval)"] = out.pop(previous)
@@ -427,17 +451,24 @@ def display_table(
             out[header] = [_name_cell(str(col), v, classes, labels) for v in flat[col]]
             text.append(header)
         else:
-            out[header] = [format_value(v, kind) for v in flat[col]]
+            out[header] = [_unbroken(format_value(v, kind)) for v in flat[col]]
         previous, previous_kind = header, kind
     shown = pd.DataFrame(out)
     shown.attrs["text"] = text
     return shown
 
 
+def _unbroken(text: str) -> str:
+    return text.replace(" ", "\u00a0")
+
+
 def _interval(lo, hi, kind: str) -> str:
+    """An interval's two ends, "3.2% to 5.1%"; for points "+0.4 to +2.0", the unit being
+    written once, with the value."""
     if _missing(lo) or _missing(hi):
         return DASH
-    return f"{format_value(lo, kind)} to {format_value(hi, kind)}"
+    lo, hi = (format_value(v, kind).removesuffix(" pts") for v in (lo, hi))
+    return f"{lo} to {hi}"
 
 
 def table_html(shown: pd.DataFrame) -> str:
@@ -493,7 +524,10 @@ def journey_sample(
     turn = picked.groupby(picked["intent"].astype(object).fillna(""), sort=False).cumcount()
     picked = picked.assign(_turn=turn).sort_values("_turn", kind="mergesort").head(reached)
     holdout = frame["holdout"] if "holdout" in frame else pd.Series(False, index=frame.index)
-    control = frame[holdout.astype(bool) & frame["recommended_touchpoint"].notna()].head(held_out)
+    control = frame[holdout.astype(bool) & frame["recommended_touchpoint"].notna()]
+    control = control.sort_values(
+        ["expected_conversion", "journey_id"], ascending=[False, True], kind="mergesort"
+    ).head(held_out)
     rows = [_sample_row(r, True, classes, labels) for _, r in picked.iterrows()]
     rows += [_sample_row(r, False, classes, labels) for _, r in control.iterrows()]
     shown = pd.DataFrame(
@@ -508,7 +542,7 @@ def _sample_row(row: pd.Series, reached: bool, classes, labels) -> list[str]:
         touchpoint, expected = _label(labels, row["_tp"]), row["_exp"]
     else:
         rec = _label(labels, row["recommended_touchpoint"])
-        touchpoint = f"none: held out as control (the feed would use {rec})"
+        touchpoint = f"held out (would get {rec})"
         expected = row["expected_conversion"]
     intent = row.get("intent")
     moment = DASH if _missing(intent) else intent_label(intent)
@@ -565,7 +599,7 @@ def _meta(summary: Mapping[str, object], measured: Mapping[str, object] | None) 
     """The line under the title: the sessions' dates, the model, the outcome window."""
     s = summary
     parts = []
-    if "date_from" in s and "date_to" in s:
+    if not (_missing(s.get("date_from")) or _missing(s.get("date_to"))):
         dates = f"{_number('date_from', s, 'feed')} to {_number('date_to', s, 'feed')}"
         parts.append(f"Sessions from {dates}.")
     model = f"Scored by the {_number('model_name', s, 'feed')} model, version "
@@ -600,7 +634,8 @@ def _feed_kpis(s: Mapping[str, object]) -> list[str]:
         cards.append(
             _kpi(
                 _number("expected_cost_per_conversion", s, f, "num"),
-                f"expected cost per conversion ({_number('allocated_cost', s, f)} spent on contacts)",
+                "expected cost per conversion "
+                f"({_number('allocated_cost', s, f)} spent on contacts)",
             )
         )
     else:
@@ -613,14 +648,16 @@ def _measured_kpis(m: Mapping[str, object], level: float) -> list[str]:
     return [
         _kpi(
             _number("conversions", m, f, "num"),
-            f"conversions measured among {_number('journeys_treated', m, f)} reached journeys "
+            f"conversions measured in the contacted arm, the {_number('journeys_treated', m, f)} "
+            "journeys the feed chose to contact "
             f"({_number('conversion_rate_treated', m, f)} converted, against "
             f"{_number('conversion_rate_control', m, f)} of the "
             f"{_number('journeys_control', m, f)} held out)",
         ),
         _kpi(
             _number("uplift", m, f, "num"),
-            f"uplift in conversion rate, in percentage points ({pct} interval "
+            "uplift in conversion rate over the held-out journeys, in percentage points "
+            f"({pct} interval "
             f"{_number('uplift_ci_low', m, f)} to {_number('uplift_ci_high', m, f)})",
         ),
         _kpi(
@@ -656,8 +693,8 @@ def _headline(summary: Mapping[str, object], measured: Mapping[str, object] | No
 # table -> (title, what to read in it); {pct} is the intervals' level
 TABLES = {
     "uplift": (
-        "Uplift: reached against held out",
-        "Conversion rates of reached and held-out journeys and their difference in percentage "
+        "Uplift: contacted against held out",
+        "Conversion rates of contacted and held-out journeys and their difference in percentage "
         "points, with its {pct} interval: overall, by moment and by touchpoint.",
     ),
     "cohorts": (
@@ -675,7 +712,7 @@ TABLES = {
         "The same measures for every moment and touchpoint.",
     ),
     "policy_value": (
-        "Expected conversions by policy, before launch",
+        "Expected conversions by policy",
         "What each way of choosing touchpoints is expected to earn on these journeys, estimated "
         "from the touchpoints shown before the feed, with {pct} intervals. Observed: what the "
         "logged choices earned.",
@@ -716,9 +753,12 @@ TABLES = {
 FOLDED = {"conversion_by_intent_and_touchpoint", "by_intent_touchpoint"}  # long: open on a click
 
 CAPTIONS = {
-    "uplift": "Each dot is how much higher the conversion rate of reached journeys is than that "
-    "of held-out journeys, in percentage points, with its {pct} interval; all panels share one "
-    "scale. An interval that crosses the zero line cannot be told apart from no effect.",
+    "uplift": "Each dot is how much higher the conversion rate of contacted journeys (every "
+    "journey the feed chose to contact, reached or not) is than that of held-out journeys, in "
+    "percentage points, with its {pct} interval; all panels share one "
+    "scale. An interval that crosses the zero line cannot be told apart from no effect; a group "
+    f"with fewer than {MIN_ARM_JOURNEYS} journeys on either side has too little data (its "
+    "numbers are in the table below).",
     "time_to_conversion": "Hours from contact to conversion for each touchpoint: the box holds "
     "the middle half of the conversions, the line inside it is the median.",
     "conversion_heatmap": "Each cell is the estimated share of sessions in that moment that "
@@ -736,12 +776,13 @@ CAPTIONS = {
 }
 
 STYLE = """
-body { font-family: "DejaVu Sans", system-ui, sans-serif; margin: 0 auto; padding: 1.2em 1.5em 3em;
-  max-width: 1100px; color: #1f2328; line-height: 1.45; }
+body { font-family: system-ui, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0 auto;
+  padding: 1.2em 1.5em 3em; max-width: 1100px; color: #1f2328; line-height: 1.45; }
 h1 { margin: 0 0 0.2em; font-size: 1.7em; }
 h2 { margin: 1.6em 0 0.4em; font-size: 1.3em; border-bottom: 1px solid #d0d7de; }
 h3 { margin: 1.2em 0 0.2em; font-size: 1.05em; }
 .meta, .context, .intro { color: #424a53; margin: 0.2em 0 0.8em; }
+.context { margin-top: 0.8em; }
 .kpis { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 0.8em; }
 .kpi { border: 1px solid #d0d7de; border-radius: 8px; padding: 0.7em 1em; background: #f6f8fa; }
 .kpi .num { display: block; font-size: 1.9em; font-weight: 600; }
@@ -750,11 +791,12 @@ figure { margin: 1.2em 0; }
 figure img { display: block; max-width: 100%; height: auto; }
 figcaption { color: #424a53; font-size: 0.92em; margin-top: 0.3em; max-width: 80ch; }
 .table-wrap { max-width: 100%; overflow-x: auto; margin: 0.3em 0 1.2em; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #d8dee4; text-align: right;
-  vertical-align: top; overflow-wrap: anywhere; }
+table { border-collapse: collapse; font-size: 0.86em; }
+th, td { padding: 0.25em 0.5em; border-bottom: 1px solid #d8dee4; text-align: right;
+  vertical-align: top; overflow-wrap: break-word; }
 th { background: #f6f8fa; }
 th.t, td.t { text-align: left; }
+td.t { min-width: 7.5em; }
 details > summary { cursor: pointer; font-weight: 600; margin: 1em 0 0.3em; }
 """
 
@@ -794,7 +836,7 @@ def report_figures(
     """The report's figures by name, in the order the page shows them."""
     figures: dict[str, Figure] = {}
     if measured is not None and len(measured.get("uplift", ())):
-        figures["uplift"] = uplift_chart(measured["uplift"], labels, level)
+        figures["uplift"] = uplift_chart(measured["uplift"], classes, labels, level)
     if measured is not None and len(measured.get("time_to_conversion", ())):
         figures["time_to_conversion"] = time_to_conversion_chart(
             measured["time_to_conversion"], labels
@@ -838,16 +880,14 @@ def _notes(summary: Mapping[str, object], labels: Mapping[str, str], level: floa
     return notes
 
 
-FEED_TABLES = (
-    "allocation",
-    "recommendations_by_intent",
-    "policy_value",
+AUDIENCE_TABLES = (
     "intent_mix_by_channel",
     "intent_mix_by_touchpoint_shown",
     "micro_moment_metrics",
     "macro_moment_metrics",
     "conversion_by_intent_and_touchpoint",
 )
+FEED_TABLES = ("allocation", "recommendations_by_intent", "policy_value", *AUDIENCE_TABLES)
 MEASURED_TABLES = ("uplift", "cohorts", "by_intent", "by_intent_touchpoint")
 
 
@@ -855,9 +895,9 @@ def _shown_tables(tables, measured, classes, labels, level) -> dict[str, pd.Data
     """Every table the page shows, as display tables by name."""
     shown = {}
     for name in MEASURED_TABLES if measured is not None else ():
-        frame = measured.get(name)
-        if frame is None:
+        if measured.get(name) is None:
             continue
+        frame = in_catalogue_order(measured[name], classes, labels)
         if name == "uplift":  # one column of names: "All journeys", "I want to go", "Search ad"
             names = [
                 _group_name(lv, g, labels)
@@ -868,8 +908,39 @@ def _shown_tables(tables, measured, classes, labels, level) -> dict[str, pd.Data
     for name in FEED_TABLES:
         if name in tables:
             mix = name.startswith("intent_mix")
-            shown[name] = display_table(tables[name], classes, labels, level, shares=mix)
+            frame = in_catalogue_order(tables[name], classes, labels)
+            shown[name] = display_table(frame, classes, labels, level, shares=mix)
     return shown
+
+
+def _position(value, order: Sequence) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def in_catalogue_order(
+    frame: pd.DataFrame, classes: Sequence[str], labels: Mapping[str, str]
+) -> pd.DataFrame:
+    """A table with intents in the classes' order and touchpoints in the catalogue's (others
+    after them), wherever they index it, name its columns or fill its `intent`, `touchpoint`
+    or uplift `group` column: a crosstab or a groupby sorts them alphabetically."""
+    order = {"intent": list(classes), "touchpoint": list(labels)}
+    if frame.index.name in order:
+        first = [v for v in order[frame.index.name] if v in frame.index]
+        frame = frame.reindex(first + [v for v in frame.index if v not in first])
+    if frame.columns.name in order:
+        first = [v for v in order[frame.columns.name] if v in frame.columns]
+        frame = frame[first + [v for v in frame.columns if v not in first]]
+    keys = []  # most significant first
+    if "level" in frame and "group" in frame:  # the uplift table
+        keys.append([_position(lv, list(UPLIFT_PANELS)) for lv in frame["level"]])
+        pairs = zip(frame["level"], frame["group"], strict=True)
+        keys.append([_position(g, order.get(lv, [])) for lv, g in pairs])
+    for col in ("intent", "touchpoint"):
+        if col in frame:
+            keys.append([_position(v, order[col]) for v in frame[col]])
+    if not keys:
+        return frame
+    return frame.iloc[np.lexsort(keys[::-1])]  # stable: ties keep their order
 
 
 def build_report(
@@ -892,45 +963,57 @@ def build_report(
     figures = report_figures(estimates, tables, classes, labels, measured, level)
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     pct = f"{100 * level:.0f}%"
-    figs = {name: figure_html(png, CAPTIONS[name].format(pct=pct)) for name, png in pngs.items()}
+    fig = {name: figure_html(png, CAPTIONS[name].format(pct=pct)) for name, png in pngs.items()}
     shown = _shown_tables(tables, measured, classes, labels, level)
-    tabs = {name: _table_section(name, frame, level) for name, frame in shown.items()}
-    sample = journey_sample(feed, classes, labels)
+    tab = {name: _table_section(name, frame, level) for name, frame in shown.items()}
     m = None if measured is None else measured.get("headline", {})
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in _notes(summary, labels, level))
     sections = [
-        "<header><h1>Touchpoint report</h1>" + _meta(summary, m) + "</header>",
+        f"<header><h1>Touchpoint report</h1>{_meta(summary, m)}</header>",
         _headline(summary, m, level),
-    ]
-    if measured is not None:
-        sections.append(_section("What the feed earned", ["uplift"], MEASURED_TABLES, figs, tabs))
-        sections.append(figs.get("time_to_conversion", ""))
-    sections += [
+        _section("What the feed earned", fig.get("uplift"), tab.get("uplift"), tab.get("cohorts"))
+        + _section("", tab.get("by_intent"), tab.get("by_intent_touchpoint"))
+        + _section("", fig.get("time_to_conversion")),
         _section(
-            "Which touchpoint converts which moment",
-            ["conversion_heatmap", "conversion_intervals"],
-            (),
-            figs,
-            tabs,
+            "Where conversions come from",
+            fig.get("conversion_heatmap"),
+            fig.get("conversion_intervals"),
         ),
-        _section("Who gets what", ["allocation"], FEED_TABLES[:2], figs, tabs),
-        "<h3>A sample of journeys</h3>"
-        '<p class="intro">Reached journeys with the highest expected conversion, the best of '
-        "each moment first, and two held-out journeys; why: what in the journey points to its "
-        "moment.</p>" + table_html(sample),
-        _section("Before launch", [], FEED_TABLES[2:3], figs, tabs),
-        _section("The audience", ["intent_mix_by_channel"], FEED_TABLES[3:], figs, tabs),
-        "<h2>How these numbers were made</h2><ul>"
-        + "".join(f"<li>{html.escape(n)}</li>" for n in _notes(summary, labels, level))
-        + "</ul>",
+        _section(
+            "Who gets what",
+            fig.get("allocation"),
+            tab.get("allocation"),
+            tab.get("recommendations_by_intent"),
+            _sample_section(feed, classes, labels),
+        ),
+        _section("Before launch", tab.get("policy_value")),
+        _section(
+            "The audience",
+            fig.get("intent_mix_by_channel"),
+            *(tab.get(name) for name in AUDIENCE_TABLES),
+        ),
+        f"<h2>How these numbers were made</h2><ul>{notes}</ul>",
     ]
     return _page("Touchpoint report", sections), pngs
 
 
-def _section(title: str, figure_names, table_names, figs: Mapping, tabs: Mapping) -> str:
-    """A titled section of the figures and tables (HTML by name) that exist, or nothing."""
-    parts = [figs[n] for n in figure_names if n in figs]
-    parts += [tabs[n] for n in table_names if n in tabs]
-    return f"<h2>{html.escape(title)}</h2>{''.join(parts)}" if parts else ""
+def _sample_section(feed: pd.DataFrame, classes: Sequence[str], labels: Mapping[str, str]) -> str:
+    return (
+        "<h3>A sample of journeys</h3>"
+        '<p class="intro">Reached journeys with the highest expected conversion, the best of each '
+        "moment first, and two held-out journeys. Why: what in the journey points to its moment "
+        "when it was scored with reasons, else how sure the model is of its two likeliest "
+        "moments.</p>" + table_html(journey_sample(feed, classes, labels))
+    )
+
+
+def _section(title: str, *parts: str | None) -> str:
+    """A section of the parts (figures and tables as HTML) that exist under a title, or nothing
+    when none does."""
+    body = "".join(p for p in parts if p)
+    if not body:
+        return ""
+    return f"<h2>{html.escape(title)}</h2>{body}" if title else body
 
 
 def _page(title: str, sections: Sequence[str]) -> str:

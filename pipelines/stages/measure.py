@@ -73,7 +73,7 @@ def write_outputs(result: dict, work: Path, feed_tables: dict) -> None:
     for name in TABLES:
         result[name].to_csv(work / "tables" / f"{name}.csv", index=False)
     page, pngs = report.build_report(
-        result["summary"],
+        result["summary"]["feed"],
         result["feed"],
         result["estimates"],
         feed_tables,
@@ -162,9 +162,12 @@ def measured(c: dict, feed: pd.DataFrame, feed_summary: dict) -> dict:
         level=float(m["level"]),
     )
     counts = {f"outcome_{k}": v for k, v in checked.counts.items()}
-    feed_part = {k: v for k, v in feed_summary.items() if k not in ("mlflow_run_id", "seconds")}
-    summary = {k: _plain(v) for k, v in {**feed_part, **result["headline"], **counts}.items()}
-    summary["feed_run_id"] = feed_summary.get("mlflow_run_id")
+    summary = {k: _plain(v) for k, v in {**result["headline"], **counts}.items()}
+    summary.update(
+        {key: feed_summary.get(key) for key in ("model_name", "model_version", "model_alias")},
+        feed_run_id=feed_summary.get("mlflow_run_id"),
+        feed={k: v for k, v in feed_summary.items() if k not in ("seconds",)},
+    )
     return {
         **result,
         "summary": summary,
