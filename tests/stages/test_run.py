@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipelines.reports.touchpoint_report import data_value
 from tests.fixtures import run_cli, run_consumer
 
 
@@ -79,3 +80,23 @@ def test_micromoment_run_end_to_end_registers_a_version(tmp_path):
     assert summary["journeys_treated"] + summary["journeys_control"] <= len(feed)
     measure_run = client.get_run(summary["mlflow_run_id"])
     assert measure_run.data.tags["feed_run_id"] == feed_summary["mlflow_run_id"]
+    # both reports, as a marketer opens them
+    check_in_browser(feed_dir / "report.html", tmp_path / "feed_report")
+    check_in_browser(tmp_path / "measure" / "latest" / "report.html", tmp_path / "measure_report")
+
+
+def check_in_browser(report, tmp_path) -> None:
+    """The real report in headless Chromium: images load, nothing overflows 1280 px, no console
+    errors, and each headline number is its summary's value."""
+    from tests.reports.test_report_browser import CHROMIUM, errors_in, open_in_chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/ensure_chromium.sh installs it)")
+    found, events = open_in_chromium(report, tmp_path / "profile", tmp_path / "shot.png")
+    assert found["images"] and all(i["ok"] for i in found["images"])
+    assert not found["wide"] and found["scrollWidth"] <= found["clientWidth"]
+    assert not errors_in(events), errors_in(events)
+    summary = json.loads((report.parent / "summary.json").read_text())
+    sources = {"feed": summary.get("feed", summary), "measured": summary}
+    for n in found["numbers"]:
+        assert n["value"] == data_value(sources[n["source"]][n["key"]]), n
