@@ -235,7 +235,7 @@ class TouchpointSpecSchema:
 class EstimationSchema:
     """Conversion by intent x touchpoint: which intents, the data a cell needs, the prior."""
 
-    intent_source: IntentSource = IntentSource.auto
+    intent_source: IntentSource = IntentSource.predicted
     min_effective_sessions: float = 50.0
     prior_strength: float = 20.0
     level: float = 0.95

@@ -237,13 +237,22 @@ def _weights(pol: np.ndarray, logged: _Logged) -> tuple[np.ndarray, np.ndarray, 
 def _with_se(
     estimator: str, value: float, se: float, z: float, ess: float, base: dict, reason: str = ""
 ) -> PolicyValue:
-    """A result with its normal interval, intersected with [0, 1]."""
+    """A result with its normal interval, both intersected with [0, 1], where every policy's
+    value lies: a doubly robust value below 0 (a poor reward model, few matches) is reported as
+    0, and its interval as the part of [value -+ z se] inside [0, 1], which still holds it."""
     if np.isnan(se):
         low = high = np.nan
-    else:  # clipped, not shifted: a value outside [0, 1] (DR with a poor model) shows as such
+    else:
         low, high = float(np.clip(value - z * se, 0, 1)), float(np.clip(value + z * se, 0, 1))
     return PolicyValue(
-        estimator, value, se, low, high, effective_sample_size=ess, reason=reason, **base
+        estimator,
+        float(np.clip(value, 0, 1)),
+        se,
+        low,
+        high,
+        effective_sample_size=ess,
+        reason=reason,
+        **base,
     )
 
 

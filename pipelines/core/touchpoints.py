@@ -269,7 +269,8 @@ def estimate_conversion_from_predictions(
                 w_all * proba[:, k], hit * proba[:, k], conv, pooled, min_effective_sessions
             )
             if cell["status"] == "ok" and np.isfinite(se[k]):
-                evidence = _evidence(rate[k], se[k])
+                # no more evidence than the sessions behind the cell (a zero error gives none)
+                evidence = min(_evidence(rate[k], se[k]), cell["effective_sessions"])
                 cell.update(rate_ipw=rate[k], se_ipw=se[k])
                 cell.update(
                     _shrunk(min(max(rate[k], 0.0), 1.0), evidence, pooled, prior_strength, level)

@@ -40,7 +40,8 @@ def test_the_feed_has_one_row_per_journey_and_names_the_model_it_came_from(confi
     headline = out["headline"]
     assert headline["rows_in"] == 500 and headline["journeys"] == len(rows)
     assert headline["model_alias"] == "champion"
-    assert headline["intent_source_for_estimates"] == "label"
+    # predicted intents by default, as real logs without labels allow
+    assert headline["intent_source_for_estimates"] == "predicted"
     assert headline["cells_estimated"] + headline["cells_insufficient"] == len(out["estimates"])
     assert headline["journeys_contacted"] <= int(rows["contact"].sum())
 

@@ -119,6 +119,15 @@ def test_intervals_are_clipped_to_where_a_conversion_rate_can_lie():
         assert (res.ci_low, res.ci_high) == (0.0, 1.0)
 
 
+def test_a_doubly_robust_value_outside_0_1_is_reported_at_the_bound_inside_its_interval():
+    # one matched row, reward 0, a model that says 0.9 where the policy acts and 0 elsewhere:
+    # terms 0.9 + 4 x (0 - 0.9) = -2.7 and 0.9, mean -0.9, below any conversion rate
+    pol = pv.one_hot([1, 1], 2)
+    res = pv.doubly_robust(pol, [1, 0], [0.25, 0.5], [0.0, 1.0], np.array([[0.0, 0.9], [0.0, 0.9]]))
+    assert res.value == 0.0
+    assert res.ci_low == 0.0 <= res.ci_high
+
+
 def test_rows_the_policy_does_not_act_on_are_left_out():
     # not acting on row 2 is the same as never having logged it, except for the count `n`
     pol = pv.one_hot([0, 1, -1, 1], 2)
@@ -178,7 +187,8 @@ def test_one_row_gives_a_value_but_no_standard_error():
     one = pv.doubly_robust(
         pv.one_hot([0, -1, -1, -1], 2), HAND_ACTION, HAND_PROPENSITY, HAND_REWARD, HAND_Q
     )
-    assert one.value == pytest.approx(1.4) and one.rows == 1  # row 0's term, worked above
+    # row 0's term, worked above, is 1.4: reported at 1, where a conversion rate can reach
+    assert one.value == 1.0 and one.rows == 1
     assert math.isnan(one.se) and "no standard error" in one.reason
     seen = pv.observed([0.5])
     assert seen.value == 0.5 and math.isnan(seen.se) and math.isnan(seen.ci_high)
