@@ -51,6 +51,7 @@ from pipelines.core.touchpoints import (
     build_feed,
     eligibility,
     estimate_conversion,
+    estimate_conversion_from_predictions,
     intent_weights,
     journey_context,
     rate_matrix,
@@ -119,7 +120,14 @@ def run(train_sessions: int, sessions: int, threads: int, seed: int) -> dict:
         estimates = {}
         for source in ("predicted", "label"):
             w, _ = intent_weights(sessions_df, classes, source)
-            estimates[source] = estimate_conversion(
+            # predicted intents: regress conversion on the probabilities (weighting sessions by
+            # them mixes the intents' rates), as `micromoment touchpoints` does
+            estimator = (
+                estimate_conversion_from_predictions
+                if source == "predicted"
+                else estimate_conversion
+            )
+            estimates[source] = estimator(
                 sessions_df,
                 w,
                 classes,

@@ -48,9 +48,9 @@ def build(
     tables = tp.marketer_tables(sessions, rows, classes)
     tables["allocation"] = allocation_table
     tables["conversion_by_intent_and_touchpoint"] = estimates.set_index(["intent", "touchpoint"])
-    tables["policy_value"] = policy_values(
-        ctx, feed, classes, rates, catalogue, float(tcfg["estimation"]["level"])
-    )
+    tables["policy_value"] = policy_evaluation(
+        sessions, ctx, classes, rates, catalogue, stores, tcfg
+    )[1]
     headline = {
         **counts,
         **allocation_headline(rows, alloc, allocation_table),
@@ -197,6 +197,27 @@ def date_range(sessions: pd.DataFrame) -> dict:
     return {"date_from": None, "date_to": None}
 
 
+def policy_evaluation(
+    sessions: pd.DataFrame,
+    ctx: pd.DataFrame,
+    classes: list[str],
+    rates: np.ndarray,
+    catalogue: tp.Catalogue,
+    stores: np.ndarray | None,
+    tcfg: dict,
+) -> tuple[tp.Feed, pd.DataFrame]:
+    """The policies valued where the logging policy decided: at each journey's latest session,
+    in the context as it stood before that session's touchpoint and conversion
+    (`touchpoints.before_latest_decision`). Returns the feed's choices there and the table of
+    `policy_values`."""
+    before = tp.journey_context(tp.before_latest_decision(sessions), catalogue)
+    if not np.array_equal(before["journey_id"].to_numpy(), ctx["journey_id"].to_numpy()):
+        raise RuntimeError("the journeys before the latest decision are not the feed's journeys")
+    policy = feed_of(before, classes, rates, catalogue, stores, tcfg)
+    level = float(tcfg["estimation"]["level"])
+    return policy, policy_values(ctx, policy, classes, rates, catalogue, level)
+
+
 def policy_values(
     ctx: pd.DataFrame,
     feed: tp.Feed,
@@ -207,7 +228,8 @@ def policy_values(
 ) -> pd.DataFrame:
     """What the feed's choice, and each touchpoint sent to everyone it may meet, would convert,
     estimated before launch from each journey's latest logged touchpoint and conversion (SNIPS
-    and doubly robust), beside what the logging policy converted.
+    and doubly robust), beside what the logging policy converted. `ctx` holds the logged
+    decisions; `feed` is the policy's, built on the context before them (`policy_evaluation`).
 
     Journeys whose latest session logged no usable touchpoint (outside the catalogue, or no
     propensity) are left out of every estimate; `rows` says how many each policy acts on."""

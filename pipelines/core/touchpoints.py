@@ -436,6 +436,29 @@ def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFram
     return ctx.reset_index()
 
 
+def before_latest_decision(sessions: pd.DataFrame) -> pd.DataFrame:
+    """The sessions as they stood when each journey's latest touchpoint was chosen: the latest
+    session (the one `journey_context` takes) without its touchpoint and conversion, so that
+    suppression and frequency caps see only what came before that decision.
+
+    Evaluating a policy on the latest logged decisions needs this context: with the latest
+    session's own conversion every converted journey is suppressed (and the reward read is
+    always 0), and with its own touchpoint the caps depend on the logged action."""
+    frame = sessions.copy()
+    started = pd.to_datetime(
+        frame.get("started_at", pd.Series(pd.NaT, index=frame.index)), utc=True
+    )
+    order = frame.assign(_at=started).sort_values(
+        ["journey_id", "_at", "session_id"], kind="mergesort", na_position="first"
+    )
+    latest = order.groupby("journey_id", sort=False).tail(1).index
+    for col, blank in (("touchpoint", None), ("converted", pd.NA)):
+        if col in frame:
+            frame[col] = frame[col].astype(object)
+            frame.loc[latest, col] = blank
+    return frame
+
+
 def eligibility(
     ctx: pd.DataFrame, catalogue: Catalogue, stores: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

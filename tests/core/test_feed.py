@@ -102,6 +102,7 @@ def test_policy_values_compare_the_feeds_choice_with_the_logging_policy(config, 
         "x",
     )
     table, rows = out["tables"]["policy_value"], out["feed"]
+    assert set(rows["journey_id"]) == set(scored["journey_id"])
     # the logging policy's observed value first, then SNIPS and DR for each policy
     assert table.iloc[0][["policy", "estimator"]].tolist() == [
         "Logging policy (what was shown)",
@@ -109,8 +110,13 @@ def test_policy_values_compare_the_feeds_choice_with_the_logging_policy(config, 
     ]
     ours = table[table["policy"] == "The feed's choice"]
     assert ours["estimator"].tolist() == ["SNIPS", "Doubly robust"]
-    acting = rows["recommended_touchpoint"].notna() & ~rows["suppressed"]
-    assert (ours["rows"] == acting.sum()).all()
+    # valued where the logged touchpoints were chosen: before each journey's latest session
+    # converted, so a conversion there neither suppresses the journey nor hides the reward
+    converted = scored.sort_values("started_at").groupby("journey_id")["converted"].last()
+    assert converted.sum() > 0
+    now = rows["recommended_touchpoint"].notna() & ~rows["suppressed"]
+    assert (ours["rows"] > now.sum()).all()
+    assert (ours["conversion_rate"] > 0).all()
     np.testing.assert_allclose(ours["expected_conversions"], ours["conversion_rate"] * ours["rows"])
     assert (ours["ci_low"] <= ours["conversion_rate"]).all()
     # one touchpoint for everyone, for each touchpoint with an estimate for every intent

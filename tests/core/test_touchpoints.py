@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.core.touchpoints import (
     INSUFFICIENT,
+    before_latest_decision,
     Catalogue,
     Touchpoint,
     allocate,
@@ -441,3 +442,24 @@ def test_a_typo_in_the_catalogue_fails_at_compose_time():
     cfg = compose_config("touchpoints", ["+touchpoints.catalogue.search_ad.cots=1"])
     with pytest.raises(ValueError, match=r"search_ad: unknown settings \['cots'\]"):
         Catalogue.from_config(cfg["touchpoints"])
+
+
+def test_before_the_latest_decision_the_latest_session_has_no_touchpoint_or_conversion():
+    sessions = pd.DataFrame(
+        {
+            "journey_id": ["a", "a", "b", "a"],
+            "session_id": ["a1", "a3", "b1", "a2"],
+            "started_at": pd.to_datetime(
+                ["2026-01-01", "2026-01-03", "2026-01-02", "2026-01-02"], utc=True
+            ),
+            "touchpoint": ["ad", "email", "video", "push"],
+            "converted": [True, True, False, True],
+        }
+    ).sample(frac=1, random_state=0)
+    before = before_latest_decision(sessions).set_index("session_id")
+    # a3 and b1 are their journeys' latest sessions; a1 and a2 came before and keep theirs
+    assert before.loc[["a3", "b1"], "touchpoint"].isna().all()
+    assert before.loc[["a3", "b1"], "converted"].isna().all()
+    assert before.loc[["a1", "a2"], "touchpoint"].tolist() == ["ad", "push"]
+    assert before.loc[["a1", "a2"], "converted"].tolist() == [True, True]
+    assert sessions["touchpoint"].notna().all()  # the input is left as it was
