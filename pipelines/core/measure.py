@@ -58,6 +58,9 @@ def journey_outcomes(
             "journey_id": feed["journey_id"].astype(str).to_numpy(),
             "intent": feed["intent"].to_numpy(),
             "recommended_touchpoint": feed["recommended_touchpoint"].to_numpy(),
+            "allocated_touchpoint": feed["allocated_touchpoint"].to_numpy()
+            if "allocated_touchpoint" in feed
+            else feed["recommended_touchpoint"].where(~holdout).to_numpy(),
             "arm": arm,
         }
     ).set_index("journey_id")
@@ -232,6 +235,11 @@ def headline(
         "cost_per_incremental_conversion": cost / incremental if incremental > 0 else None,
         "value_per_journey_treated": treated["value"].mean() if n1 else None,
         "value_per_journey_control": control["value"].mean() if len(control) else None,
+        # the experiment as it ran: contacts the feed did not ask for break the comparison
+        "control_journeys_contacted": int(control["touchpoint"].notna().sum()),
+        "contacts_not_as_allocated": int(
+            (shown["touchpoint"] != shown["allocated_touchpoint"].astype(object)).sum()
+        ),
     }
 
 

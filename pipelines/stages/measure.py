@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core import measure as core_measure
 from pipelines.core import touchpoints as tp
+from pipelines.core.contract import ContractError
 from pipelines.core.outcomes import OutcomeSpec, check_outcomes
 from pipelines.io.outputs import atomic_path, claim_output
 from pipelines.io.readers import read_sessions
@@ -138,6 +139,26 @@ def log_to_mlflow(c: dict, result: dict, out: Path, experiment_id: str) -> str:
         return run.info.run_id
 
 
+def check_export(checked, feed: pd.DataFrame, m: dict) -> None:
+    """Refuse an export that cannot be a whole record of the feed's outcomes: no usable row at
+    all, or not one contact when the feed allocated some and the touchpoint role is mapped (an
+    export of purchases only measures uplift alone: map `measure.columns.touchpoint=null`)."""
+    if checked.events.empty:
+        raise ContractError(
+            f"{m['outcomes']}: no outcome rows to measure; an export of a feed's outcomes has at "
+            "least its contacts"
+        )
+    allocated = (
+        int(feed["allocated_touchpoint"].notna().sum()) if "allocated_touchpoint" in feed else 0
+    )
+    if m["columns"].get("touchpoint") and allocated and checked.events["touchpoint"].isna().all():
+        raise ContractError(
+            f"{m['outcomes']}: no row records a contact ({m['columns']['touchpoint']} is empty), "
+            f"yet the feed allocated {allocated:,}; export the contacts too, or set "
+            "measure.columns.touchpoint=null to measure conversions and uplift only"
+        )
+
+
 def measured(c: dict, feed: pd.DataFrame, feed_summary: dict) -> dict:
     """Check the outcome events against the feed and compute every measured table."""
     m = c["measure"]
@@ -151,6 +172,7 @@ def measured(c: dict, feed: pd.DataFrame, feed_summary: dict) -> dict:
         catalogue.names,
         feed_at=core_measure.feed_time(feed),
     )
+    check_export(checked, feed, m)
     classes = list(c["data"]["label"]["classes"])
     result = core_measure.measure(
         feed,
@@ -216,11 +238,24 @@ def run_measure(cfg: DictConfig) -> dict:
         f"  contacted arm {s['journeys_treated']}, held out {s['journeys_control']}: conversion "
         f"{_pct(s['conversion_rate_treated'])} vs {_pct(s['conversion_rate_control'])}, uplift "
         f"{_pts(s['uplift'])} (95% interval {_pts(s['uplift_ci_low'])} to {_pts(s['uplift_ci_high'])})\n"
-        f"  report: {out / 'report.html'}\n"
+        + _experiment_warning(s)
+        + f"  report: {out / 'report.html'}\n"
         f"  MLflow: {runs.redact(mlflow.get_tracking_uri())} run {s.get('mlflow_run_id', '(not logged)')}",
         flush=True,
     )
     return s
+
+
+def _experiment_warning(s: dict) -> str:
+    """A line when the experiment did not run as the feed asked (empty when it did)."""
+    broken = []
+    if s["control_journeys_contacted"]:
+        broken.append(f"{s['control_journeys_contacted']:,} held-out journeys were contacted")
+    if s["contacts_not_as_allocated"]:
+        broken.append(f"{s['contacts_not_as_allocated']:,} contacts differ from the allocation")
+    if not broken:
+        return ""
+    return "  warning: " + "; ".join(broken) + ": the uplift measures the feed as it was run\n"
 
 
 def _pct(x) -> str:

@@ -152,3 +152,48 @@ def test_settings_no_measurement_can_meet_exit_2_before_any_work(
         _measure(feed_output, outcomes_file, tmp_path / "m", override)
     assert err.value.code == EXIT_USAGE
     assert not (tmp_path / "m").exists()
+
+
+def test_an_empty_export_or_one_without_contacts_is_refused(feed_output, outcomes_file, tmp_path):
+    events = pd.read_parquet(outcomes_file)
+    empty = tmp_path / "empty.parquet"
+    events.head(0).to_parquet(empty)
+    with pytest.raises(ContractError, match="no outcome rows to measure"):
+        _measure(feed_output, empty, tmp_path / "m1", "measure.log_to_mlflow=false")
+    # purchases only: the contacts are missing, unless the touchpoint role is said to be absent
+    purchases = tmp_path / "purchases.parquet"
+    events[events["converted_at"].notna()].assign(touchpoint=None, shown_at=None).to_parquet(
+        purchases
+    )
+    with pytest.raises(ContractError, match="no row records a contact"):
+        _measure(feed_output, purchases, tmp_path / "m2", "measure.log_to_mlflow=false")
+    s = _measure(
+        feed_output,
+        purchases,
+        tmp_path / "m3",
+        "measure.log_to_mlflow=false",
+        "measure.columns.touchpoint=null",
+        "measure.columns.shown_at=null",
+    )
+    full = _measure(feed_output, outcomes_file, tmp_path / "m4", "measure.log_to_mlflow=false")
+    assert s["uplift"] == pytest.approx(full["uplift"])
+    assert s["journeys_contacted"] == 0
+
+
+def test_contacts_the_feed_did_not_ask_for_are_counted_and_said(
+    feed_output, outcomes_file, tmp_path, capsys
+):
+    feed = pd.read_parquet(feed_output["dir"] / "feed.parquet")
+    held = feed[feed["holdout"] & feed["recommended_touchpoint"].notna() & ~feed["suppressed"]]
+    leak = pd.DataFrame(
+        {
+            "journey_id": held["journey_id"].head(2).to_numpy(),
+            "touchpoint": held["recommended_touchpoint"].head(2).to_numpy(),
+            "shown_at": pd.to_datetime(feed["scored_at"]).max() + pd.Timedelta(hours=1),
+        }
+    )
+    path = tmp_path / "leaky.parquet"
+    pd.concat([pd.read_parquet(outcomes_file), leak], ignore_index=True).to_parquet(path)
+    s = _measure(feed_output, path, tmp_path / "m", "measure.log_to_mlflow=false")
+    assert s["control_journeys_contacted"] == 2
+    assert "warning: 2 held-out journeys were contacted" in capsys.readouterr().out
