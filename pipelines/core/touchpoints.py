@@ -199,19 +199,10 @@ def estimate_conversion(
     - `status`: `ok`, or `insufficient data` when the effective sample size is below
       `min_effective_sessions`, in which case the rates and interval are left empty.
     """
-    for col in ("touchpoint", "touchpoint_propensity", "converted"):
-        if col not in logs:
-            raise KeyError(f"conversion estimates need a '{col}' column in the logged sessions")
-    if weights.shape != (len(logs), len(classes)):
-        raise ValueError(
-            f"weights must be sessions x intents {(len(logs), len(classes))}, got {weights.shape}"
-        )
-    shown, inv, conv = _logged_arrays(logs)
+    shown, inv, conv = _logged_arrays(logs, weights, len(classes), "weights")
     rows = []
     for t in touchpoints:
-        hit = (inv > 0) & (shown == t)
-        w_all = inv * hit
-        pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
+        hit, w_all, pooled = _shown(t, shown, inv, conv)
         for k, c in enumerate(classes):
             cell = _cell_estimate(
                 w_all * weights[:, k], hit * weights[:, k], conv, pooled, min_effective_sessions
@@ -249,20 +240,11 @@ def estimate_conversion_from_predictions(
     `estimate_conversion`, counting as evidence the sessions a rate that precise would take
     (rate x (1 - rate) / se^2). Columns as `estimate_conversion`'s.
     """
-    for col in ("touchpoint", "touchpoint_propensity", "converted"):
-        if col not in logs:
-            raise KeyError(f"conversion estimates need a '{col}' column in the logged sessions")
     proba = np.nan_to_num(np.asarray(proba, dtype=float))
-    if proba.shape != (len(logs), len(classes)):
-        raise ValueError(
-            f"proba must be sessions x intents {(len(logs), len(classes))}, got {proba.shape}"
-        )
-    shown, inv, conv = _logged_arrays(logs)
+    shown, inv, conv = _logged_arrays(logs, proba, len(classes), "proba")
     rows = []
     for t in touchpoints:
-        hit = (inv > 0) & (shown == t)
-        w_all = inv * hit
-        pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
+        hit, w_all, pooled = _shown(t, shown, inv, conv)
         rate, se = _mixture_rates(proba[hit], conv[hit], inv[hit])
         for k, c in enumerate(classes):
             cell = _cell_estimate(
@@ -281,15 +263,36 @@ def estimate_conversion_from_predictions(
     return pd.DataFrame(rows)
 
 
-def _logged_arrays(logs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _logged_arrays(
+    logs: pd.DataFrame, per_intent: np.ndarray, n_intents: int, name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The touchpoint shown, its inverse logging propensity (0 where it is unusable) and whether
-    the session converted, as arrays."""
+    the session converted, as arrays; refuses logs without those columns, and a `per_intent`
+    matrix (called `name`) that is not sessions x intents."""
+    for col in ("touchpoint", "touchpoint_propensity", "converted"):
+        if col not in logs:
+            raise KeyError(f"conversion estimates need a '{col}' column in the logged sessions")
+    if per_intent.shape != (len(logs), n_intents):
+        raise ValueError(
+            f"{name} must be sessions x intents {(len(logs), n_intents)}, got {per_intent.shape}"
+        )
     shown = logs["touchpoint"].astype(object).to_numpy()
     prop = pd.to_numeric(logs["touchpoint_propensity"], errors="coerce").to_numpy(dtype=float)
     conv = logs["converted"].astype("boolean").fillna(False).to_numpy(dtype=float)
     valid = pd.notna(shown) & np.isfinite(prop) & (prop > 0) & (prop <= 1)
     inv = np.where(valid, 1.0 / np.where(valid, prop, 1.0), 0.0)
     return shown, inv, conv
+
+
+def _shown(
+    touchpoint: str, shown: np.ndarray, inv: np.ndarray, conv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The sessions shown `touchpoint` (with a usable propensity), their inverse-propensity
+    weights (0 elsewhere), and the touchpoint's weighted rate over all intents."""
+    hit = (inv > 0) & (shown == touchpoint)
+    w_all = inv * hit
+    pooled = float((w_all * conv).sum() / w_all.sum()) if w_all.sum() > 0 else np.nan
+    return hit, w_all, pooled
 
 
 def _mixture_rates(
