@@ -10,10 +10,10 @@ import pytest
 
 from pipelines.core.touchpoints import (
     INSUFFICIENT,
-    before_latest_decision,
     Catalogue,
     Touchpoint,
     allocate,
+    before_latest_decision,
     build_feed,
     eligibility,
     estimate_conversion,
