@@ -18,6 +18,7 @@ with the model's name, version and alias and the batching counters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -50,6 +51,8 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # a body over the limit is read to its end and dropped (a client still sending would otherwise
 # see a reset connection instead of the 413), unless it says it is larger than this
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
+# bodies up to this are parsed on the event loop (a thread hop costs more than parsing them)
+PARSE_INLINE_BYTES = 64 * 1024
 
 
 class BadRequest(Exception):
@@ -190,6 +193,14 @@ def frame_from_json(key: str, data) -> pd.DataFrame:
         raise BadRequest(400, f"{key} is not a table: {type(err).__name__}: {err}") from None
 
 
+def prepare(kind: str, body: bytes, served: Served) -> tuple[pd.DataFrame, int, tuple, frozenset]:
+    """A request's sessions, the reasons asked for, and what decides which batch it may join."""
+    frame, explain = frame_of(kind, body)
+    spec = served.model.spec.columns
+    ids = batch_ids(frame, [spec.get("session_id"), spec.get("journey_id")])
+    return frame, explain, batch_key(frame, explain), ids
+
+
 def predictions_json(frame: pd.DataFrame) -> bytes:
     """`{"predictions": [records]}` as `mlflow models serve` writes it (missing values null)."""
     names = [str(c) for c in frame.columns]
@@ -259,14 +270,14 @@ class ScoringServer:
         try:
             kind = content_kind(request.headers.get("content-type"))
             body = await read_body(request, self.settings.max_body_bytes)
-            frame, explain = frame_of(kind, body)
+            if len(body) > PARSE_INLINE_BYTES:  # a large body is parsed off the event loop
+                frame, explain, key, ids = await asyncio.to_thread(prepare, kind, body, served)
+            else:
+                frame, explain, key, ids = prepare(kind, body, served)
         except BadRequest as err:
             return self.response(err.status, error_body(err.code, err.message))
         except ClientDisconnect:
             return self.response(400, error_body("BAD_REQUEST", "the client went away"))
-        spec = served.model.spec.columns
-        key = batch_key(frame, explain)
-        ids = batch_ids(frame, [spec.get("session_id"), spec.get("journey_id")])
         try:
             done: Answer = await self.batcher.submit((frame, explain), len(frame), key, ids)
         except (Overloaded, TimedOut) as err:

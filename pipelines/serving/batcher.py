@@ -43,13 +43,13 @@ def batch_key(frame: pd.DataFrame, *extra: Hashable) -> tuple:
     columns whether every value is whole (the contract writes 3.0 as '3' only then), plus
     `extra` (the reasons asked for)."""
     cols = []
-    for name in frame.columns:
-        values = frame[name]
+    # dtypes first: reading a column out of a frame costs more than the check itself
+    for i, (name, dtype) in enumerate(frame.dtypes.items()):
         whole = None
-        if pd.api.types.is_float_dtype(values.dtype):
-            v = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        if pd.api.types.is_float_dtype(dtype):
+            v = frame.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan)
             whole = bool(np.all(np.isnan(v) | (v == np.floor(v))))
-        cols.append((str(name), str(values.dtype), whole))
+        cols.append((str(name), str(dtype), whole))
     return (*extra, tuple(sorted(cols)))
 
 

@@ -338,3 +338,19 @@ def test_answers_are_those_of_mlflow_models_serve(registry_store, client):
     assert theirs.status == 200 and ours.status == 200
     assert ours.json() == json.loads(theirs.response)
     assert ours.headers["x-model-version"] == "2" and ours.json()["predictions"][2]["reject_reason"]
+
+
+def test_a_request_larger_than_a_batch_is_answered_whole(model):
+    frame = hand_built_sessions(400).drop(columns=["intent"])  # 1200 sessions, about 80 kB
+    frame.loc[7, "dwell"] = -1.0  # rejected with its reason, the others scored
+    body = split_body(frame)
+    assert len(body) > 64 * 1024
+
+    async def scenario():
+        async with AsgiClient(make_app(model, max_batch_rows=256, timeout_ms=30000)) as client:
+            await until_ready(client)
+            return await client.post("/invocations", body)
+
+    reply = asyncio.run(scenario())
+    assert reply.status == 200 and reply.json()["predictions"] == expected(model, frame)
+    assert "dwell_time_s" in reply.json()["predictions"][7]["reject_reason"]
