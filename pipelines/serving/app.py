@@ -134,8 +134,8 @@ def frame_of(kind: str, body: bytes) -> tuple[pd.DataFrame, int]:
         return _read(pd.read_parquet, body, "parquet"), 0
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(400, f"invalid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, too deep
+        raise BadRequest(400, f"invalid JSON: {type(err).__name__}: {err}") from None
     if not isinstance(doc, dict):
         raise BadRequest(
             400,
@@ -278,6 +278,10 @@ class ScoringServer:
             return self.response(err.status, error_body(err.code, err.message))
         except ClientDisconnect:
             return self.response(400, error_body("BAD_REQUEST", "the client went away"))
+        except Exception as err:  # a body no check foresaw: still the request's fault, not a 500
+            log.exception("a request could not be read")
+            message = f"the request could not be read ({type(err).__name__}: {err})"
+            return self.response(400, error_body("BAD_REQUEST", message))
         try:
             done: Answer = await self.batcher.submit((frame, explain), len(frame), key, ids)
         except (Overloaded, TimedOut) as err:

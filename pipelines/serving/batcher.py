@@ -61,7 +61,7 @@ def batch_ids(frame: pd.DataFrame, columns: Sequence[str | None]) -> frozenset:
         if name and name in frame.columns:
             try:
                 ids.update(v for v in text_values(frame[name].array) if v is not None)
-            except (TypeError, ValueError):  # unreadable ids: the contract will say so, alone
+            except Exception:  # unreadable ids (or two id columns): it can only go alone
                 ids.add(object())
     return frozenset(ids)
 

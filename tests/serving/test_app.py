@@ -229,6 +229,12 @@ BAD = {
         "params",
     ),
     "not UTF-8": ("application/json", b'{"inputs": [{"id": "\xff"}]}', 400, "invalid JSON"),
+    "two id columns": (
+        "application/json",
+        '{"dataframe_split": {"columns": ["id", "id"], "data": [["a", "b"]]}}',
+        400,
+        "columns found: ['id', 'id']",
+    ),
     "plain text": ("text/plain", "id\na", 415, "text/plain"),
     "form": ("application/x-www-form-urlencoded", "id=a", 415, "Content-Type"),
     "no content type": (None, '{"inputs": []}', 415, "Content-Type"),
@@ -262,6 +268,18 @@ def test_every_bad_request_gets_a_4xx_naming_the_problem_and_the_server_keeps_an
         assert words in reply.json()["message"], (name, reply.json())
         assert reply.headers["x-model-version"] == "1", name
     assert good.status == 200
+
+
+def test_json_nested_past_the_parsers_depth_is_a_400(model):
+    body = '{"inputs": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+    async def scenario():
+        async with AsgiClient(make_app(model)) as client:
+            await until_ready(client)
+            return await client.post("/invocations", body)
+
+    reply = asyncio.run(scenario())
+    assert reply.status == 400 and "RecursionError" in reply.json()["message"]
 
 
 def test_a_10_mb_body_is_refused_with_413_without_being_kept(model):
