@@ -170,3 +170,13 @@ def test_a_registry_alias_move_switches_the_served_version(registry_copy):
     assert all(r.status == 200 for r in replies), [r.body for r in replies if r.status != 200]
     versions = [r.headers["x-model-version"] for r in replies]
     assert versions[0] == "2" and versions[-1] == "3" and versions == sorted(versions)
+
+
+def test_the_registry_loader_predicts_with_compiled_trees_when_asked(registry_store, client):
+    from pipelines.core.compiled import LLEAVES
+
+    compiled = registry_loader(threads=1, compiled=True)("models:/micro_moment_intent/1")
+    plain = registry_loader(threads=1, compiled=False)("models:/micro_moment_intent/1")
+    assert (compiled.name, compiled.version) == ("micro_moment_intent", "1")
+    assert plain.predictor == "lightgbm"
+    assert compiled.predictor == LLEAVES, compiled.model.predictor_note
