@@ -98,6 +98,9 @@ def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
         assert [p["model_version"] for p in answer["predictions"]] == ["2"] * 3
         status, _, error = _call(f"{base}/invocations", b"{not json")
         assert status == 400 and "invalid JSON" in error["message"]
+        huge = b'{"inputs": [' + b'{"id": "a"}, ' * (10 * 1024 * 1024 // 13) + b'{"id": "b"}]}'
+        status, _, error = _call(f"{base}/invocations", huge)  # a 413, not a reset connection
+        assert status == 413 and "serve.max_body_bytes" in error["message"]
         assert _call(f"{base}/health")[0] == 200
 
         MlflowClient(registry_copy, registry_uri=registry_copy).set_registered_model_alias(
