@@ -290,7 +290,7 @@ class ScoringServer:
         return self.response(done.status, done.body, done.served)
 
     async def health(self, request: Request) -> Response:
-        return Response(b'{"status": "ok"}', 200, media_type=JSON)
+        return self.response(200, b'{"status": "ok"}')
 
     async def ready(self, request: Request) -> Response:
         served = self.follower.current

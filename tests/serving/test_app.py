@@ -317,6 +317,9 @@ def test_health_answers_at_once_and_ready_only_once_a_model_is_loaded(model):
 
     (health, not_ready), early, ready, health_after = asyncio.run(scenario())
     assert health.status == 200 and health_after.status == 200
+    assert (
+        "x-model-version" not in health.headers and health_after.headers["x-model-version"] == "4"
+    )
     assert not_ready.status == 503 and not_ready.json()["status"] == "loading"
     assert early.status == 503 and early.headers["retry-after"] == "3"
     assert (ready["model_name"], ready["model_version"], ready["alias"]) == (
