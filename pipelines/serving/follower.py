@@ -23,7 +23,7 @@ from pipelines.tracking.registry import alias_of, alias_version, load_scorer
 
 log = logging.getLogger(__name__)
 
-# seconds between attempts while no model could be loaded yet (and no interval is configured)
+# seconds between attempts while no model could be loaded yet (the interval when it is shorter)
 RETRY_S = 5.0
 
 
@@ -131,7 +131,12 @@ class Follower:
             following = self.latest is not None and self.interval_s > 0
             if self.current is not None and not following:
                 return
-            wait = self.interval_s if self.current is not None else self.interval_s or RETRY_S
+            # not ready yet: try again soon, whatever the interval
+            wait = (
+                self.interval_s
+                if self.current is not None
+                else min(self.interval_s or RETRY_S, RETRY_S)
+            )
             if self._stop.wait(wait):
                 return
 

@@ -180,3 +180,21 @@ def test_the_registry_loader_predicts_with_compiled_trees_when_asked(registry_st
     assert (compiled.name, compiled.version) == ("micro_moment_intent", "1")
     assert plain.predictor == "lightgbm"
     assert compiled.predictor == LLEAVES, compiled.model.predictor_note
+
+
+def test_a_first_load_that_fails_is_tried_again_until_ready(model):
+    registry = Registry(model)
+    registry.broken = {"3"}
+    follower = Follower("models:/hand_model/3", registry.load, 0.05)
+    follower.start()
+    try:
+        end = time.monotonic() + 10
+        while len(registry.loaded) < 2 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert follower.current is None and "unreachable" in follower.error
+        registry.broken = set()
+        while follower.current is None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert follower.current.version == "3" and follower.error is None
+    finally:
+        follower.stop()
