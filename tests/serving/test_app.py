@@ -128,7 +128,7 @@ def test_concurrent_requests_are_scored_together_and_each_as_alone(model):
 
 def test_beyond_the_queue_a_request_gets_an_immediate_503_with_retry_after(model):
     load = lambda uri: SlowServed(model, "hand_model", "1", uri)  # noqa: E731
-    SlowServed.delay = 0.3
+    SlowServed.delay = 0.5
     frame = SESSIONS.iloc[[0]]
 
     async def scenario():
@@ -137,28 +137,24 @@ def test_beyond_the_queue_a_request_gets_an_immediate_503_with_retry_after(model
         )
         async with AsgiClient(app) as client:
             await until_ready(client)
-            started = time.monotonic()
             tasks = [
                 asyncio.create_task(client.post("/invocations", split_body(frame)))
                 for _ in range(8)
             ]
-            first_503 = None
-            for task in asyncio.as_completed(tasks):
-                reply = await task
-                if reply.status == 503 and first_503 is None:
-                    first_503 = time.monotonic() - started
-            replies = [t.result() for t in tasks]
+            in_order = [await task for task in asyncio.as_completed(tasks)]
             after = await client.post("/invocations", split_body(frame))
-            return replies, first_503, after
+            return in_order, after
 
     try:
-        replies, first_503, after = asyncio.run(scenario())
+        in_order, after = asyncio.run(scenario())
     finally:
         SlowServed.delay = 0.0
-    refused = [r for r in replies if r.status == 503]
-    assert refused and first_503 < 0.2  # refused at once, not after waiting
+    statuses = [r.status for r in in_order]
+    # every refusal came before the first answer (which takes a 0.5 s prediction): at once
+    assert 503 in statuses and 200 in statuses and after.status == 200
+    assert statuses == sorted(statuses, reverse=True) and set(statuses) == {200, 503}
+    refused = [r for r in in_order if r.status == 503]
     assert all(r.headers["retry-after"] == "7" and "busy" in r.json()["message"] for r in refused)
-    assert {r.status for r in replies} == {200, 503} and after.status == 200
 
 
 def test_a_request_past_its_deadline_gets_a_503_not_a_hang(model):
@@ -168,19 +164,19 @@ def test_a_request_past_its_deadline_gets_a_503_not_a_hang(model):
         app = make_app(model, load=load, timeout_ms=100, retry_after_s=2)
         async with AsgiClient(app) as client:
             await until_ready(client)
-            SlowServed.delay = 0.5
+            SlowServed.delay = 1.0
             started = time.monotonic()
             late = await client.post("/invocations", split_body(SESSIONS.iloc[[0]]))
             waited = time.monotonic() - started
             SlowServed.delay = 0.0
-            await asyncio.sleep(0.5)  # the slow batch ends
+            await asyncio.sleep(1.0)  # the slow batch ends
             return late, waited, await client.post("/invocations", split_body(SESSIONS.iloc[[1]]))
 
     try:
         late, waited, after = asyncio.run(scenario())
     finally:
         SlowServed.delay = 0.0
-    assert late.status == 503 and late.headers["retry-after"] == "2" and waited < 0.4
+    assert late.status == 503 and late.headers["retry-after"] == "2" and waited < 0.8
     assert after.status == 200
 
 
