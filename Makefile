@@ -43,10 +43,13 @@ notebooks: $(STAMP) ## run the notebooks top to bottom into notebooks/*.ipynb (o
 	$(BIN)/jupytext --to notebook notebooks/01_sessions_and_journeys.py notebooks/02_model_report.py notebooks/03_compare_configs.py
 	$(BIN)/jupyter-execute --inplace notebooks/01_sessions_and_journeys.ipynb notebooks/02_model_report.ipynb notebooks/03_compare_configs.ipynb
 
+serve: $(STAMP) ## serve @champion of the local store on http://127.0.0.1:8080 (docs/serving.md)
+	$(BIN)/micromoment serve
+
 ui: $(STAMP) ## open the MLflow UI on the local store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean: ## remove run outputs and the local MLflow store
 	rm -rf outputs multirun mlflow.db mlartifacts data
 
-.PHONY: help setup demo test test-fast lint format bench notebooks ui clean
+.PHONY: help setup demo test test-fast lint format bench notebooks serve ui clean

@@ -49,6 +49,10 @@ COMMANDS = {
         "pipelines.stages.export:main",
         "write a registered model to models/ as a standalone folder",
     ),
+    "serve": (
+        "pipelines.stages.serve:main",
+        "the real-time scorer: MLflow's /invocations, batching, following @champion",
+    ),
     "run": (
         "pipelines.stages.run:main",
         "the whole chain on the embedded default (generate, train, gate)",
@@ -73,6 +77,7 @@ examples:
   micromoment measure measure.outcomes=exports/outcomes.csv
   micromoment rollback                       (or rollback.to_version=3)
   micromoment export
+  micromoment serve serve.port=8080          (the real-time scorer, following @champion)
 
 micromoment <command> --help shows what a command does, examples, its config groups and config,
 and where it writes. Each run's log and composed config go to outputs/<command>/<date>/<time>/

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "pipelines"
 
 # lowest first: a module may import its own layer and those before it
-LAYERS = ["core", "config", "io", "reports", "tracking", "engines", "stages", "cli"]
+LAYERS = ["core", "config", "io", "reports", "tracking", "serving", "engines", "stages", "cli"]
 # the import paths of earlier releases, which pickled model versions name: nothing imports them
 COMPAT = {"pipelines.pyfunc", "pipelines.scorer", "pipelines.features", "pipelines.contract"}
 # libraries a layer must not use
@@ -24,6 +24,8 @@ FORBIDDEN = {
     "config": {"mlflow"},
     "io": {"hydra", "mlflow"},
     "reports": {"hydra", "mlflow"},
+    # the scoring server reaches the registry through tracking, and reads no Hydra config
+    "serving": {"hydra", "omegaconf", "mlflow", "dask", "distributed"},
 }
 
 

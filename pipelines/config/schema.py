@@ -485,6 +485,23 @@ class ExportBlock:
     out_dir: str = "models"
 
 
+@dataclass
+class ServeBlock:
+    """`micromoment serve`: the model it follows, where it listens, how it batches and sheds load."""
+
+    model_uri: str = "models:/micro_moment_intent@champion"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    follow_interval_s: float = 30.0  # how often the alias is checked (0: never, keep the first)
+    max_batch_rows: int = 256  # rows scored in one predict call at most
+    max_wait_ms: float = 2.0  # how long a batch waits for more requests to join it
+    max_queue: int = 64  # requests waiting at most; beyond it an immediate 503
+    timeout_ms: float = 1000.0  # a request not answered by then gets a 503
+    retry_after_s: int = 1  # the Retry-After of a 503
+    max_body_bytes: int = 1_048_576  # a larger body gets a 413, refused while it is read
+    access_log: bool = False  # uvicorn's line per request
+
+
 BLOCKS = {
     "score": ScoreBlock,
     "feed": FeedBlock,
@@ -495,6 +512,7 @@ BLOCKS = {
     "promote": PromoteBlock,
     "rollback": RollbackBlock,
     "export": ExportBlock,
+    "serve": ServeBlock,
 }
 
 SCHEMAS = {

@@ -67,6 +67,20 @@ def load_scorer(
     }
 
 
+def alias_of(model_uri: str) -> tuple[str, str] | None:
+    """(registered name, alias) of `models:/name@alias`; None for any other URI (a version, a run's
+    model, a folder), which names one fixed model."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, at, alias = model_uri.removeprefix("models:/").partition("@")
+    return (name, alias) if at and name and alias and "/" not in alias else None
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `name@alias` points at now (the default registry); None when it is not set."""
+    return resolve_version(MlflowClient(), name, alias)
+
+
 def needs_tracking(model_uri: str) -> bool:
     """True for a registry or run URI; False for a model folder, which loads with no server."""
     return model_uri.startswith(("models:/", "runs:/"))

@@ -85,6 +85,8 @@ def test_presets_change_what_they_say():
         ("promote", "promote.challanger=3"),
         ("rollback", "rollback.to_version=previous"),
         ("export", "export.out=models"),
+        ("serve", "serve.max_queue=lots"),
+        ("serve", "serve.prot=8080"),
         ("generate", "generator.days=soon"),
         ("generate", "generator.dayz=30"),
     ],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.tracking.registry import alias_of, alias_version, resolve_version, rollback
 from pipelines.tracking.registry import export_model as export
-from pipelines.tracking.registry import resolve_version, rollback
 from tests.fixtures import run_consumer
 
 NAME = "micro_moment_intent"
@@ -20,6 +20,17 @@ def test_rollback_is_one_call_and_reversible(registry_store, client):
     assert resolve_version(client, NAME, "champion") == "2"
     with pytest.raises(Exception, match="99"):
         rollback(client, NAME, to_version=99)
+
+
+def test_only_an_alias_uri_names_an_alias_to_follow():
+    assert alias_of(f"models:/{NAME}@champion") == (NAME, "champion")
+    for fixed in (f"models:/{NAME}/3", "runs:/abc/model", "models/micro_moment_intent-v2", ""):
+        assert alias_of(fixed) is None
+
+
+def test_alias_version_reads_where_an_alias_points_now(registry_store, client):
+    assert alias_version(NAME, "champion") == "2"
+    assert alias_version(NAME, "no_such_alias") is None
 
 
 @pytest.mark.slow

@@ -1,0 +1,108 @@
+"""An in-process client for an ASGI app: requests as coroutines in the test's event loop, no
+sockets, and the app's lifespan (startup, shutdown) around them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class AsgiClient:
+    """`async with AsgiClient(app) as client: await client.post("/invocations", ...)`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __aenter__(self) -> AsgiClient:
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._replies: asyncio.Queue = asyncio.Queue()
+        self._task = asyncio.create_task(
+            self.app(
+                {"type": "lifespan", "asgi": {"version": "3.0"}},
+                self._events.get,
+                self._replies.put,
+            )
+        )
+        await self._events.put({"type": "lifespan.startup"})
+        reply = await self._replies.get()
+        assert reply["type"] == "lifespan.startup.complete", reply
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._events.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(self._replies.get(), 10)
+        await asyncio.wait_for(self._task, 10)
+
+    async def get(self, path: str) -> Reply:
+        return await self.request("GET", path)
+
+    async def post(
+        self,
+        path: str,
+        body: bytes | str,
+        content_type: str | None = "application/json",
+        chunk: int = 65536,
+        headers: dict | None = None,
+    ) -> Reply:
+        body = body.encode() if isinstance(body, str) else body
+        hdrs = dict(headers or {})
+        if content_type is not None:
+            hdrs.setdefault("content-type", content_type)
+        hdrs.setdefault("content-length", str(len(body)))
+        return await self.request("POST", path, body, hdrs, chunk)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict | None = None,
+        chunk: int = 65536,
+    ) -> Reply:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+        answered = asyncio.Event()
+        sent = {"status": None, "headers": {}, "body": []}
+
+        async def receive():
+            if pieces:
+                piece = pieces.pop(0)
+                return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                sent["headers"] = {k.decode().lower(): v.decode() for k, v in message["headers"]}
+            elif message["type"] == "http.response.body":
+                sent["body"].append(message.get("body", b""))
+                if not message.get("more_body"):
+                    answered.set()
+
+        await self.app(scope, receive, send)
+        return Reply(sent["status"], sent["headers"], b"".join(sent["body"]))

@@ -1,0 +1,123 @@
+"""`micromoment serve`: what it refuses before listening, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.stages.runner import EXIT_MODEL, UserError
+from pipelines.stages.serve import check_model
+from tests.conftest import compose_config
+from tests.servers import free_port
+
+NAME = "micro_moment_intent"
+
+
+def test_the_serve_config_composes_with_its_defaults():
+    cfg = compose_config("serve", ["serve.port=9001"])
+    assert cfg["serve"]["port"] == 9001 and cfg["serve"]["model_uri"].endswith("@champion")
+    assert cfg["serve"]["max_queue"] > 0 and cfg["serve"]["follow_interval_s"] > 0
+
+
+def test_an_unset_alias_or_a_missing_folder_is_refused_before_listening(registry_copy, tmp_path):
+    tracking = compose_config("serve", [f"tracking.uri={registry_copy}"])["tracking"]
+    with pytest.raises(UserError, match="'nobody' is not set") as err:
+        check_model(f"models:/{NAME}@nobody", tracking)
+    assert err.value.code == EXIT_MODEL
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        check_model(str(tmp_path / "nothing"), tracking)
+    check_model(f"models:/{NAME}@champion", tracking)
+
+
+def _call(url: str, body: bytes | None = None, kind: str = "application/json"):
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.headers, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, json.loads(err.read())
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, seconds: float = 120) -> dict:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            status, _, body = _call(f"{base}/ready")
+            if status == 200:
+                return body
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server never got ready")
+
+
+@pytest.mark.slow
+def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
+    registry_copy, tmp_path, small_sessions
+):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    args = [
+        f"tracking.uri={registry_copy}",
+        f"serve.port={port}",
+        "serve.follow_interval_s=0.5",
+        "runtime.threads=1",
+        "runtime.compiled_trees=false",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_ready(base, proc)["model_version"] == "2"
+        sessions = small_sessions.head(3).drop(columns="intent")
+        body = json.dumps(
+            {
+                "dataframe_split": json.loads(
+                    sessions.to_json(orient="split", index=False, date_format="iso")
+                )
+            }
+        ).encode()
+        status, headers, answer = _call(f"{base}/invocations", body)
+        assert status == 200 and headers["X-Model-Version"] == "2"
+        assert [p["model_version"] for p in answer["predictions"]] == ["2"] * 3
+        status, _, error = _call(f"{base}/invocations", b"{not json")
+        assert status == 400 and "invalid JSON" in error["message"]
+        huge = b'{"inputs": [' + b'{"id": "a"}, ' * (10 * 1024 * 1024 // 13) + b'{"id": "b"}]}'
+        status, _, error = _call(f"{base}/invocations", huge)  # a 413, not a reset connection
+        assert status == 413 and "serve.max_body_bytes" in error["message"]
+        assert _call(f"{base}/health")[0] == 200
+
+        MlflowClient(registry_copy, registry_uri=registry_copy).set_registered_model_alias(
+            NAME, "champion", "3"
+        )
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            status, headers, _ = _call(f"{base}/invocations", body)
+            assert status == 200
+            if headers["X-Model-Version"] == "3":
+                break
+            time.sleep(0.1)
+        assert headers["X-Model-Version"] == "3"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then ends by the signal it caught
+    assert proc.returncode in (0, -signal.SIGTERM), err[-3000:]
+    assert "Application shutdown complete" in err
+    assert f"on http://127.0.0.1:{port}" in out
