@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -66,6 +67,40 @@ def journeys_for(sessions: int, generator_cfg: dict) -> int:
     """Journeys to simulate for about `sessions` sessions with this generator config."""
     per_journey = GeneratorParams.from_config(generator_cfg).mean_sessions_per_journey()
     return max(1, round(sessions / per_journey))
+
+
+def generate_sessions(
+    sessions: int,
+    out_dir: Path,
+    seed: int,
+    posterior: bool,
+    generator: dict | None = None,
+    quiet: bool = False,
+) -> dict:
+    """About `sessions` synthetic sessions as parquet parts in `out_dir/sessions`, from the
+    default world or `generator`; `generate`'s summary with the path, target and seconds."""
+    from pipelines.engines.local import generate
+
+    composed = compose_config("generate")
+    generator = composed["generator"] if generator is None else generator
+    gen_cfg = dict(
+        composed["generate"],
+        out_dir=str(out_dir),
+        n_journeys=journeys_for(sessions, generator),
+        chunk_journeys=50_000,
+        seed=seed,
+        posterior=posterior,
+    )
+    if not quiet:
+        print(f"generating ~{sessions:,} sessions into {out_dir} ...", flush=True)
+    start = time.perf_counter()
+    summary = generate(gen_cfg, generator)
+    summary["seconds"] = time.perf_counter() - start
+    summary["path"] = str(Path(out_dir) / "sessions")
+    summary["target"] = sessions
+    if not quiet:
+        print(f"  {summary['sessions']:,} sessions in {summary['seconds']:.1f} s", flush=True)
+    return summary
 
 
 def markers(section: str) -> tuple[str, str]:

@@ -45,11 +45,12 @@ from _common import (
     DEFAULT_RESULTS,
     command_line,
     compose_config,
+    generate_sessions,
     markers,
     run_metadata,
     write_section,
 )
-from bench_scoring import generate_sessions, train_and_register
+from bench_scoring import train_and_register
 
 MODEL_URI = "models:/micro_moment_intent@champion"
 

@@ -42,7 +42,7 @@ from _common import (
     DEFAULT_RESULTS,
     command_line,
     compose_config,
-    journeys_for,
+    generate_sessions,
     pct,
     run_metadata,
     write_section,
@@ -56,7 +56,6 @@ from pipelines.core.contract import DatasetSpec
 from pipelines.core.measure import feed_time, measure
 from pipelines.core.policy_value import DOUBLY_ROBUST, LOGGING_POLICY, OBSERVED, SNIPS
 from pipelines.core.synthetic import GeneratorParams
-from pipelines.engines.local import generate
 from pipelines.io.readers import load_stores
 from pipelines.stages.train import train
 
@@ -66,21 +65,9 @@ FEED_CHOICE = "The feed's choice"
 SEED_STEP = 1000  # world i is generated with seed + SEED_STEP * i: independent streams
 
 
-def _generate(out: Path, sessions: int, gen_params: dict, seed: int) -> Path:
-    cfg = compose_config("generate")["generate"]
-    cfg.update(
-        out_dir=str(out),
-        n_journeys=journeys_for(sessions, gen_params),
-        seed=seed,
-        posterior=False,
-    )
-    generate(cfg, gen_params)
-    return out
-
-
 def train_model(root: Path, sessions: int, gen_params: dict, threads: int, seed: int):
     """The one intent model every world is scored with, and its class order."""
-    data = _generate(root / "train", sessions, gen_params, seed)
+    data = Path(generate_sessions(sessions, root / "train", seed, False, gen_params)["path"]).parent
     cfg = compose_config(
         "train",
         [
@@ -123,8 +110,8 @@ def build_world_feed(sessions: pd.DataFrame, stores, classes, tcfg: dict) -> dic
     rows.insert(2, "scored_at", pd.Timestamp("2026-11-01", tz="UTC"))
     feed_mod.allocate_budget(rows, feed, catalogue, tcfg["allocation"])
     level = float(tcfg["estimation"]["level"])
-    policy, values = feed_mod.policy_evaluation(
-        sessions, ctx, classes, rates, catalogue, stores, tcfg
+    before, policy, values = feed_mod.policy_evaluation(
+        sessions, classes, rates, catalogue, stores, tcfg
     )
     est = tcfg["estimation"]
     weights, _ = tp.intent_weights(sessions, classes, "label")
@@ -142,6 +129,7 @@ def build_world_feed(sessions: pd.DataFrame, stores, classes, tcfg: dict) -> dic
         "ctx": ctx,
         "feed": feed,
         "policy": policy,
+        "before": before,
         "rows": rows,
         "values": values,
         "estimates": {"predicted": estimates, "label": by_label},
@@ -181,7 +169,7 @@ def true_policy_values(world: dict, truth: GeneratorParams) -> tuple[dict[str, f
     conversion of the latest session's true intent with the touchpoint the policy chooses; and
     what the estimators read on the feed's rows (latest sessions that converted)."""
     # the policies as valued: chosen in the context before each latest decision
-    ctx, feed, catalogue = world["ctx"], world["policy"], world["catalogue"]
+    ctx, feed, catalogue = world["before"], world["policy"], world["catalogue"]
     names = list(catalogue.names)
     cols = [truth.touchpoints.index(n) for n in names]
     z = ctx["label"].map(truth.intents.index).to_numpy()
@@ -270,7 +258,11 @@ def one_world(model, classes, seed: int, args, root: Path, configs: dict) -> dic
     """Everything measured on one fresh world."""
     gen_params, truth, tcfg, params = (configs[k] for k in ("gen", "truth", "tcfg", "response"))
     t0 = time.perf_counter()
-    data = _generate(root / f"world_{seed}", args.sessions, gen_params, seed)
+    data = Path(
+        generate_sessions(args.sessions, root / f"world_{seed}", seed, False, gen_params, True)[
+            "path"
+        ]
+    ).parent
     sessions, stores = scored_world(model, classes, data)
     shutil.rmtree(data)
     world = build_world_feed(sessions, stores, classes, tcfg)

@@ -50,7 +50,7 @@ from _common import (
     DEFAULT_RESULTS,
     command_line,
     compose_config,
-    journeys_for,
+    generate_sessions,
     pct,
     run_metadata,
     write_section,
@@ -65,7 +65,6 @@ import pipelines.tracking.registry
 from pipelines.core import compiled
 from pipelines.core.contract import to_contract
 from pipelines.core.scorer import IntentModel
-from pipelines.engines.local import generate
 from pipelines.io.readers import read_sessions
 from pipelines.stages.train import train
 from pipelines.tracking.train_run import log_and_register
@@ -253,27 +252,6 @@ def size_label(sessions: int) -> str:
 
 
 # -- setup ----------------------------------------------------------------------------------
-def generate_sessions(sessions: int, out_dir: Path, seed: int, posterior: bool) -> dict:
-    """About `sessions` synthetic sessions as parquet parts in `out_dir/sessions`."""
-    composed = compose_config("generate")
-    gen_cfg = dict(
-        composed["generate"],
-        out_dir=str(out_dir),
-        n_journeys=journeys_for(sessions, composed["generator"]),
-        chunk_journeys=50_000,
-        seed=seed,
-        posterior=posterior,
-    )
-    print(f"generating ~{sessions:,} sessions into {out_dir} ...", flush=True)
-    start = time.perf_counter()
-    summary = generate(gen_cfg, composed["generator"])
-    summary["seconds"] = time.perf_counter() - start
-    summary["path"] = str(out_dir / "sessions")
-    summary["target"] = sessions
-    print(f"  {summary['sessions']:,} sessions in {summary['seconds']:.1f} s", flush=True)
-    return summary
-
-
 def train_and_register(data_dir: Path, tmp: Path, threads: int, tracking_uri: str) -> dict:
     """Train on the generated sessions and register the model as `@champion`."""
     cfg = compose_config(

@@ -69,7 +69,7 @@ from _common import (
     DEFAULT_RESULTS,
     command_line,
     compose_config,
-    journeys_for,
+    generate_sessions,
     pct,
     run_metadata,
     write_section,
@@ -78,7 +78,6 @@ from threadpoolctl import threadpool_limits
 
 from pipelines import cli
 from pipelines.core import compiled
-from pipelines.engines.local import generate
 from pipelines.stages.train import train
 from pipelines.tracking.registry import load_scorer
 from pipelines.tracking.train_run import log_and_register
@@ -178,21 +177,6 @@ def bad_requests(frame: pd.DataFrame) -> list[tuple[str, bytes, str]]:
 
 
 # -- the model ------------------------------------------------------------------------------
-def generate_sessions(sessions: int, out_dir: Path, seed: int) -> str:
-    composed = compose_config("generate")
-    gen_cfg = dict(
-        composed["generate"],
-        out_dir=str(out_dir),
-        n_journeys=journeys_for(sessions, composed["generator"]),
-        chunk_journeys=50_000,
-        seed=seed,
-        posterior=False,
-    )
-    summary = generate(gen_cfg, composed["generator"])
-    print(f"  generated {summary['sessions']:,} sessions into {out_dir}", flush=True)
-    return str(out_dir / "sessions")
-
-
 def train_and_register(data_dir: Path, tmp: Path, tracking_uri: str) -> dict:
     """Train on one thread and register the model as `@champion` (the gate passes the first)."""
     cfg = compose_config(
@@ -908,12 +892,14 @@ def prepare(tmp: Path, args) -> tuple[dict, dict, list]:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     os.environ[compiled.CACHE_ENV] = str(tmp / "compiled")
     print(f"training on ~{args.train_sessions:,} sessions ...", flush=True)
-    generate_sessions(args.train_sessions, tmp / "train", args.seed)
+    generate_sessions(args.train_sessions, tmp / "train", args.seed, posterior=False)
     setup = train_and_register(tmp / "train", tmp, tracking_uri)
     model, _ = load_scorer(MODEL_URI, 1)
     if args.compiled_trees:
         print(f"compiling the champion's trees: {model.use_compiled_trees()}", flush=True)
-    frame = request_frame(generate_sessions(5_000, tmp / "requests", args.seed + 1))
+    frame = request_frame(
+        generate_sessions(5_000, tmp / "requests", args.seed + 1, posterior=False)["path"]
+    )
     bodies = {
         "mlflow": build_bodies(frame, args.bodies, args.seed, mlflow_body),
         "v2": build_bodies(frame, args.bodies, args.seed, v2_body),

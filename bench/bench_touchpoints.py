@@ -36,7 +36,7 @@ from _common import (
     DEFAULT_RESULTS,
     command_line,
     compose_config,
-    journeys_for,
+    generate_sessions,
     pct,
     run_metadata,
     write_section,
@@ -56,23 +56,10 @@ from pipelines.core.touchpoints import (
     journey_context,
     rate_matrix,
 )
-from pipelines.engines.local import generate
 from pipelines.io.readers import load_stores
 from pipelines.stages.train import train
 
 TARGET = 0.95  # the feed's policy / the Bayes-driven policy
-
-
-def _generate(out: Path, sessions: int, gen_params: dict, seed: int) -> dict:
-    composed = compose_config("generate")
-    cfg = composed["generate"]
-    cfg.update(
-        out_dir=str(out),
-        n_journeys=journeys_for(sessions, gen_params),
-        seed=seed,
-        posterior=True,
-    )
-    return generate(cfg, gen_params)
 
 
 def _best(score: np.ndarray) -> np.ndarray:
@@ -89,8 +76,8 @@ def run(train_sessions: int, sessions: int, threads: int, seed: int) -> dict:
     catalogue = Catalogue.from_config(tcfg)
     with tempfile.TemporaryDirectory(prefix="bench_touchpoints_") as tmp:
         root = Path(tmp)
-        _generate(root / "train", train_sessions, gen_params, seed)
-        today = _generate(root / "today", sessions, gen_params, seed + 1)
+        generate_sessions(train_sessions, root / "train", seed, True, gen_params)
+        today = generate_sessions(sessions, root / "today", seed + 1, True, gen_params)
         cfg = compose_config(
             "train",
             [

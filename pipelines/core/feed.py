@@ -48,9 +48,7 @@ def build(
     tables = tp.marketer_tables(sessions, rows, classes)
     tables["allocation"] = allocation_table
     tables["conversion_by_intent_and_touchpoint"] = estimates.set_index(["intent", "touchpoint"])
-    tables["policy_value"] = policy_evaluation(
-        sessions, ctx, classes, rates, catalogue, stores, tcfg
-    )[1]
+    tables["policy_value"] = policy_evaluation(sessions, classes, rates, catalogue, stores, tcfg)[2]
     headline = {
         **counts,
         **allocation_headline(rows, alloc, allocation_table),
@@ -199,23 +197,20 @@ def date_range(sessions: pd.DataFrame) -> dict:
 
 def policy_evaluation(
     sessions: pd.DataFrame,
-    ctx: pd.DataFrame,
     classes: list[str],
     rates: np.ndarray,
     catalogue: tp.Catalogue,
     stores: np.ndarray | None,
     tcfg: dict,
-) -> tuple[tp.Feed, pd.DataFrame]:
+) -> tuple[pd.DataFrame, tp.Feed, pd.DataFrame]:
     """The policies valued where the logging policy decided: at each journey's latest session,
     in the context as it stood before that session's touchpoint and conversion
-    (`touchpoints.before_latest_decision`). Returns the feed's choices there and the table of
-    `policy_values`."""
-    before = tp.journey_context(tp.before_latest_decision(sessions), catalogue)
-    if not np.array_equal(before["journey_id"].to_numpy(), ctx["journey_id"].to_numpy()):
-        raise RuntimeError("the journeys before the latest decision are not the feed's journeys")
+    (`journey_context(..., before_latest=True)`). Returns that context, the feed's choices in
+    it, and the table of `policy_values`."""
+    before = tp.journey_context(sessions, catalogue, before_latest=True)
     policy = feed_of(before, classes, rates, catalogue, stores, tcfg)
     level = float(tcfg["estimation"]["level"])
-    return policy, policy_values(ctx, policy, classes, rates, catalogue, level)
+    return before, policy, policy_values(before, policy, classes, rates, catalogue, level)
 
 
 def policy_values(

@@ -391,7 +391,9 @@ def in_quiet_hours(hour: np.ndarray, quiet: tuple[int, int]) -> np.ndarray:
     return (hour >= start) | (hour < end)  # the window wraps past midnight
 
 
-def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
+def journey_context(
+    sessions: pd.DataFrame, catalogue: Catalogue, before_latest: bool = False
+) -> pd.DataFrame:
     """One row per journey, at its latest session, with what eligibility and suppression need.
 
     `sessions` holds canonical roles (`journey_id`, `session_id`, `started_at`, and any of
@@ -399,6 +401,12 @@ def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFram
     the scorer's output (`p_<class>`, `intent`). Adds: `sessions` (count), `app_user`,
     `hours_since_conversion` (NaN if none), and `shown_<touchpoint>` (contacts within each
     touchpoint's frequency-cap window before and including the latest session).
+
+    `before_latest`: the context as it stood when the latest session's touchpoint was chosen:
+    its own touchpoint and conversion count towards neither the caps nor the suppression (the
+    row keeps them: they are what was logged). Valuing a policy on the latest logged decisions
+    needs it: otherwise every journey whose latest session converted is suppressed, so the
+    reward read is always 0, and the caps depend on the logged action.
     """
     for col in ("journey_id", "session_id"):
         if col not in sessions:
@@ -422,8 +430,11 @@ def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFram
         ctx["app_user"] = False
     latest_at = ctx["started_at"].reindex(frame["journey_id"]).to_numpy()
     age_h = (latest_at - frame["started_at"].to_numpy()) / np.timedelta64(1, "h")
+    # rows that count: all, or all but each journey's latest (the last of its sorted rows)
+    counted = ~frame["journey_id"].duplicated(keep="last").to_numpy() if before_latest else None
+    counted = np.ones(len(frame), dtype=bool) if counted is None else ~counted
     if "converted" in frame:
-        conv = frame["converted"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        conv = frame["converted"].astype("boolean").fillna(False).to_numpy(dtype=bool) & counted
         since = pd.Series(np.where(conv, age_h, np.nan), index=frame.index)
         ctx["hours_since_conversion"] = since.groupby(frame["journey_id"]).min().reindex(ctx.index)
     else:
@@ -433,33 +444,10 @@ def journey_context(sessions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFram
         if shown is None:
             ctx[f"shown_{tp.name}"] = 0
             continue
-        recent = (shown == tp.name).to_numpy() & (age_h <= tp.cap_days * 24)
+        recent = (shown == tp.name).to_numpy() & (age_h <= tp.cap_days * 24) & counted
         counts = pd.Series(recent, index=frame.index).groupby(frame["journey_id"]).sum()
         ctx[f"shown_{tp.name}"] = counts.reindex(ctx.index).fillna(0).astype(int)
     return ctx.reset_index()
-
-
-def before_latest_decision(sessions: pd.DataFrame) -> pd.DataFrame:
-    """The sessions as they stood when each journey's latest touchpoint was chosen: the latest
-    session (the one `journey_context` takes) without its touchpoint and conversion, so that
-    suppression and frequency caps see only what came before that decision.
-
-    Evaluating a policy on the latest logged decisions needs this context: with the latest
-    session's own conversion every converted journey is suppressed (and the reward read is
-    always 0), and with its own touchpoint the caps depend on the logged action."""
-    frame = sessions.copy()
-    started = pd.to_datetime(
-        frame.get("started_at", pd.Series(pd.NaT, index=frame.index)), utc=True
-    )
-    order = frame.assign(_at=started).sort_values(
-        ["journey_id", "_at", "session_id"], kind="mergesort", na_position="first"
-    )
-    latest = order.groupby("journey_id", sort=False).tail(1).index
-    for col, blank in (("touchpoint", None), ("converted", pd.NA)):
-        if col in frame:
-            frame[col] = frame[col].astype(object)
-            frame.loc[latest, col] = blank
-    return frame
 
 
 def eligibility(

@@ -13,7 +13,6 @@ from pipelines.core.touchpoints import (
     Catalogue,
     Touchpoint,
     allocate,
-    before_latest_decision,
     build_feed,
     eligibility,
     estimate_conversion,
@@ -444,7 +443,8 @@ def test_a_typo_in_the_catalogue_fails_at_compose_time():
         Catalogue.from_config(cfg["touchpoints"])
 
 
-def test_before_the_latest_decision_the_latest_session_has_no_touchpoint_or_conversion():
+def test_before_the_latest_decision_its_own_touchpoint_and_conversion_do_not_count():
+    catalogue = Catalogue((Touchpoint("email", frequency_cap=1), Touchpoint("ad")))
     sessions = pd.DataFrame(
         {
             "journey_id": ["a", "a", "b", "a"],
@@ -452,14 +452,17 @@ def test_before_the_latest_decision_the_latest_session_has_no_touchpoint_or_conv
             "started_at": pd.to_datetime(
                 ["2026-01-01", "2026-01-03", "2026-01-02", "2026-01-02"], utc=True
             ),
-            "touchpoint": ["ad", "email", "video", "push"],
-            "converted": [True, True, False, True],
+            "touchpoint": ["ad", "email", "email", "ad"],
+            "converted": [False, True, True, False],
         }
     ).sample(frac=1, random_state=0)
-    before = before_latest_decision(sessions).set_index("session_id")
-    # a3 and b1 are their journeys' latest sessions; a1 and a2 came before and keep theirs
-    assert before.loc[["a3", "b1"], "touchpoint"].isna().all()
-    assert before.loc[["a3", "b1"], "converted"].isna().all()
-    assert before.loc[["a1", "a2"], "touchpoint"].tolist() == ["ad", "push"]
-    assert before.loc[["a1", "a2"], "converted"].tolist() == [True, True]
-    assert sessions["touchpoint"].notna().all()  # the input is left as it was
+    after = journey_context(sessions, catalogue).set_index("journey_id")
+    before = journey_context(sessions, catalogue, before_latest=True).set_index("journey_id")
+    # a3 and b1 are the latest sessions: afterwards they count, before their decision they don't
+    assert after["hours_since_conversion"].tolist() == [0.0, 0.0]
+    assert before["hours_since_conversion"].isna().all()
+    assert after["shown_email"].tolist() == [1, 1] and before["shown_email"].tolist() == [0, 0]
+    assert before.loc["a", "shown_ad"] == 2  # a1 and a2 came before a3's decision
+    # the row keeps what was logged at that decision
+    assert before["touchpoint"].tolist() == ["email", "email"]
+    assert before["converted"].tolist() == [True, True]
