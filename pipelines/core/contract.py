@@ -131,6 +131,13 @@ class DatasetSpec:
         return list(dict.fromkeys(cols))
 
 
+def text_columns(spec: DatasetSpec) -> set[str]:
+    """The user columns the contract reads as text (ids and categories), where a number becomes
+    its digits (`text_values`): 3 and 3.0 read as '3', 3.5 as '3.5'."""
+    cols = {c for r, c in spec.role_columns().items() if _kind_of(r) in ("id", "categorical")}
+    return cols | set(spec.extra_categorical)
+
+
 def optional_columns(spec: DatasetSpec) -> list[str]:
     """The mapped columns a scoring input may lack (all but the session id and the label)."""
     cols = [c for r, c in spec.columns.items() if c and r != "session_id"]
@@ -166,7 +173,8 @@ def _type_error(
     series = pd.Series(values)
     present = series.dropna()
     if expected == "numeric":  # show the values that are not numbers, not the ones that are
-        present = present[pd.to_numeric(present, errors="coerce").isna()]
+        not_numbers = present[pd.to_numeric(present, errors="coerce").isna()]
+        present = not_numbers if len(not_numbers) else present  # else numbers written as text
     sample = present.astype(str).unique()[:3].tolist()
     return ContractError(
         f"{source}: column '{col}' (role {role}) must be {expected}, found {series.dtype} (e.g. {sample})"

@@ -4,13 +4,15 @@
 `dataframe_split`, `dataframe_records`, `instances` or `inputs`, and optional `params`
 such as `{"explain": 3}`; or CSV; or parquet) and answers `{"predictions": [...]}`, one record
 per session, with the model's name and version in every record and in the `X-Model-Name` and
-`X-Model-Version` headers. Concurrent requests are scored together (`serving.batcher`).
+`X-Model-Version` headers. Concurrent requests are scored together (`serving.batcher`, with
+`serving.sessions` deciding which may share a call).
 
 Errors are one line of JSON (`{"error_code": ..., "message": ...}`, MLflow's shape) naming the
 problem: 400 for a body that cannot be read or sessions the contract refuses (the column and its
 values), 413 for a body over `max_body_bytes` (refused while it is read, never held whole), 415
-for a content type other than JSON, CSV or parquet, 503 with `Retry-After` when the queue is full,
-the deadline passed or no model is loaded yet. Bad input never gets a 500.
+for a content type other than JSON, CSV or parquet, 503 with `Retry-After` when the work ahead
+of the request would take longer than `max_delay_ms` (refused before the body is read), the queue is full, the deadline
+passed or no model is loaded yet. Bad input never gets a 500.
 
 `GET /health` answers while the process is up; `GET /ready` once a model is loaded (503 before),
 with the model's name, version and alias and the batching counters.
@@ -20,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 from dataclasses import dataclass
 
-import pandas as pd
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -33,34 +33,29 @@ from starlette.routing import Route
 
 from pipelines.config.schema import ServeBlock
 from pipelines.core.contract import ContractError
-from pipelines.core.scorer import check_explain
-from pipelines.serving.batcher import (
-    Batcher,
-    Overloaded,
-    TimedOut,
-    batch_ids,
-    batch_key,
-    predict_together,
-)
+from pipelines.serving.batcher import Batcher, Overloaded, TimedOut
 from pipelines.serving.follower import Follower, Served
+from pipelines.serving.sessions import (
+    CSV,
+    FORMATS,
+    JSON,
+    PARQUET,
+    BadRequest,
+    Reading,
+    Sessions,
+    merge_keys,
+    predictions_json,
+    score_together,
+    sessions_of,
+)
 
 log = logging.getLogger(__name__)
 
-JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
-FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # a body over the limit is read to its end and dropped (a client still sending would otherwise
 # see a reset connection instead of the 413), unless it says it is larger than this
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 # bodies up to this are parsed on the event loop (a thread hop costs more than parsing them)
 PARSE_INLINE_BYTES = 64 * 1024
-
-
-class BadRequest(Exception):
-    """A request refused with `status` and a one-line `message`."""
-
-    def __init__(self, status: int, message: str, code: str = "BAD_REQUEST"):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
 
 
 @dataclass
@@ -126,92 +121,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def frame_of(kind: str, body: bytes) -> tuple[pd.DataFrame, int]:
-    """The sessions of a request and the number of reasons asked for (`params.explain`)."""
-    if kind == CSV:
-        return _read(pd.read_csv, body, "CSV"), 0
-    if kind == PARQUET:
-        return _read(pd.read_parquet, body, "parquet"), 0
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, too deep
-        raise BadRequest(400, f"invalid JSON: {type(err).__name__}: {err}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(
-            400,
-            f"the body must be a JSON object with one of {list(FORMATS)}, got a {type(doc).__name__}",
-        )
-    keys = [k for k in FORMATS if k in doc]
-    if len(keys) != 1:
-        raise BadRequest(
-            400, f"the body must hold exactly one of {list(FORMATS)}; got keys {sorted(doc)[:10]}"
-        )
-    params = doc.get("params") or {}
-    if not isinstance(params, dict):
-        raise BadRequest(400, f"params must be a JSON object, got {type(params).__name__}")
-    try:
-        explain = check_explain(params.get("explain"))
-    except ValueError as err:
-        raise BadRequest(400, f"params: {err}") from None
-    return frame_from_json(keys[0], doc[keys[0]]), explain
-
-
-def _read(reader, body: bytes, what: str) -> pd.DataFrame:
-    try:
-        return reader(io.BytesIO(body))
-    except Exception as err:  # any parser error is the body's
-        raise BadRequest(
-            400, f"the body is not readable {what}: {type(err).__name__}: {err}"
-        ) from None
-
-
-def frame_from_json(key: str, data) -> pd.DataFrame:
-    """A frame from one of MLflow's JSON input formats, built as MLflow's scoring server does."""
-    try:
-        if key == "dataframe_split":
-            if (
-                not isinstance(data, dict)
-                or "data" not in data
-                or set(data) - {"columns", "data", "index"}
-            ):
-                raise BadRequest(
-                    400,
-                    "dataframe_split must be an object with 'data' and optionally 'columns' and 'index'",
-                )
-            return pd.DataFrame(
-                index=data.get("index"), columns=data.get("columns"), data=data["data"]
-            )
-        if key == "inputs" and isinstance(data, dict):
-            scalar = all(not isinstance(v, list) for v in data.values())
-            return pd.DataFrame([data] if scalar else data)
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise BadRequest(400, f"{key} must be a list of records (objects), one per session")
-        return pd.DataFrame(data)
-    except BadRequest:
-        raise
-    except Exception as err:  # pandas refusing the shape (ragged rows, mismatched columns)
-        raise BadRequest(400, f"{key} is not a table: {type(err).__name__}: {err}") from None
-
-
-def prepare(kind: str, body: bytes, served: Served) -> tuple[pd.DataFrame, int, tuple, frozenset]:
-    """A request's sessions, the reasons asked for, and what decides which batch it may join."""
-    frame, explain = frame_of(kind, body)
-    spec = served.model.spec.columns
-    ids = batch_ids(frame, [spec.get("session_id"), spec.get("journey_id")])
-    return frame, explain, batch_key(frame, explain), ids
-
-
-def predictions_json(frame: pd.DataFrame) -> bytes:
-    """`{"predictions": [records]}` as `mlflow models serve` writes it (missing values null)."""
-    names = [str(c) for c in frame.columns]
-    cols = [frame[c].to_numpy(dtype=object, na_value=None) for c in frame.columns]
-    records = [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
-    return json.dumps({"predictions": records}).encode()
-
-
-def answer(served: Served, outcome: pd.DataFrame | Exception) -> Answer:
+def answer(served: Served, outcome: list[dict] | Exception) -> Answer:
     """A request's answer: its predictions, or a 400 naming what the model could not read."""
-    if isinstance(outcome, pd.DataFrame):
+    if isinstance(outcome, list):
         return Answer(200, predictions_json(outcome), served)
     if isinstance(outcome, ContractError | ValueError):
         return Answer(400, error_body("BAD_REQUEST", str(outcome)), served)
@@ -232,13 +144,28 @@ class ScoringServer:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             timeout_ms=settings.timeout_ms,
+            max_delay_ms=settings.max_delay_ms,
+            merge=merge_keys,
         )
+        self._reading: tuple[Served, Reading] | None = None
 
-    def run_batch(self, items: list[tuple[pd.DataFrame, int]]) -> list[Answer]:
-        """One predict call for the batch (in the prediction thread), on one model."""
+    def reading(self, served: Served) -> Reading:
+        """What `served` reads (worked out once per model)."""
+        if self._reading is None or self._reading[0] is not served:
+            self._reading = (served, Reading.of(served.model.spec))
+        return self._reading[1]
+
+    def run_batch(self, items: list[tuple[Sessions, Reading]]) -> list[Answer]:
+        """One predict call for the batch (in the prediction thread), on one model. Requests read
+        for another model (the alias moved meanwhile) are scored alone."""
         served = self.follower.current
-        explain = items[0][1]
-        outcomes = predict_together(lambda f: served.predict(f, explain), [f for f, _ in items])
+        requests = [r for r, _ in items]
+        explain = requests[0].explain
+        predict = lambda f: served.predict(f, explain)  # noqa: E731
+        if len(items) > 1 and any(reading != self.reading(served) for _, reading in items):
+            outcomes = [score_together(predict, [r])[0] for r in requests]
+        else:
+            outcomes = score_together(predict, requests)
         return [answer(served, o) for o in outcomes]
 
     @contextlib.asynccontextmanager
@@ -268,12 +195,17 @@ class ScoringServer:
         if served is None:
             return self.response(503, error_body("NOT_READY", "no model loaded yet"), retry=True)
         try:
+            self.batcher.admit()  # shed before reading: a refusal must cost next to nothing
+        except Overloaded as err:
+            return self.busy(err)
+        reading = self.reading(served)
+        try:
             kind = content_kind(request.headers.get("content-type"))
             body = await read_body(request, self.settings.max_body_bytes)
-            if len(body) > PARSE_INLINE_BYTES:  # a large body is parsed off the event loop
-                frame, explain, key, ids = await asyncio.to_thread(prepare, kind, body, served)
+            if len(body) > PARSE_INLINE_BYTES:  # a large body is read off the event loop
+                sessions = await asyncio.to_thread(sessions_of, kind, body, reading)
             else:
-                frame, explain, key, ids = prepare(kind, body, served)
+                sessions = sessions_of(kind, body, reading)
         except BadRequest as err:
             return self.response(err.status, error_body(err.code, err.message))
         except ClientDisconnect:
@@ -283,11 +215,16 @@ class ScoringServer:
             message = f"the request could not be read ({type(err).__name__}: {err})"
             return self.response(400, error_body("BAD_REQUEST", message))
         try:
-            done: Answer = await self.batcher.submit((frame, explain), len(frame), key, ids)
+            done: Answer = await self.batcher.submit(
+                (sessions, reading), sessions.rows, sessions.key, sessions.ids
+            )
         except (Overloaded, TimedOut) as err:
-            busy = f"server busy ({err}); retry after {self.settings.retry_after_s} s"
-            return self.response(503, error_body("TEMPORARILY_UNAVAILABLE", busy), retry=True)
+            return self.busy(err)
         return self.response(done.status, done.body, done.served)
+
+    def busy(self, why: Exception) -> Response:
+        message = f"server busy ({why}); retry after {self.settings.retry_after_s} s"
+        return self.response(503, error_body("TEMPORARILY_UNAVAILABLE", message), retry=True)
 
     async def health(self, request: Request) -> Response:
         return self.response(200, b'{"status": "ok"}')

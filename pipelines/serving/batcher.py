@@ -1,14 +1,20 @@
 """Micro-batching: concurrent requests gathered into one predict call, answers split back.
 
-A request waits in a bounded queue (`max_queue`; beyond it `Overloaded`, at once) until the one
-prediction thread takes it into a batch of at most `max_batch_rows` rows, gathered for at most
-`max_wait_ms`; a request not answered within `timeout_ms` of arriving gets `TimedOut`, never a
-hang. While a batch is predicted the next one gathers, so batches grow with the load.
+A request waits in a queue until the one prediction thread takes it into a batch of at most
+`max_batch_rows` rows, gathered for at most `max_wait_ms`. While a batch is predicted the next
+one gathers, so batches grow with the load.
 
-A request's rows must score exactly as they do alone, so a batch only holds requests that the
-session contract reads the same way together as apart (`batch_key`: the same columns, types and
-number formats) and that share no session or journey (`batch_ids`: a journey's history would
-otherwise span two requests). The others wait for a later batch, first in line.
+Load is shed at the door: a request that would wait longer than `max_delay_ms` for the work ahead
+of it gets `Overloaded` at once, as does one finding `max_queue` requests waiting, or arriving
+while the event loop runs more than half of `max_delay_ms` late (requests come in faster than
+they are read, so each waits that long to be read and again for its answer to be written). The wait is estimated from the batches run so far (`BatchCost`: seconds = a + b x rows,
+fitted as they finish). A request still unanswered `timeout_ms` after arriving gets `TimedOut`,
+never a hang.
+
+Which requests may share a batch is the caller's rule: each request has a key, and `merge(a, b)`
+gives the key of a batch holding both, or None when they may not share one (`ids` that meet never
+share one either: a journey's history would otherwise span two requests). The others wait for a
+later batch, first in line.
 """
 
 from __future__ import annotations
@@ -16,79 +22,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-import pandas as pd
-
-from pipelines.core.contract import text_values
 
 log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
-    """The queue is full: the request is refused at once instead of waiting."""
+    """Refused at once: the queue is full or the request would wait too long."""
 
 
 class TimedOut(Exception):
     """The request was not answered within its deadline."""
 
 
-def batch_key(frame: pd.DataFrame, *extra: Hashable) -> tuple:
-    """What requests batched together must share: each column's name and type, and for float
-    columns whether every value is whole (the contract writes 3.0 as '3' only then), plus
-    `extra` (the reasons asked for)."""
-    cols = []
-    # dtypes first: reading a column out of a frame costs more than the check itself
-    for i, (name, dtype) in enumerate(frame.dtypes.items()):
-        whole = None
-        if pd.api.types.is_float_dtype(dtype):
-            v = frame.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan)
-            whole = bool(np.all(np.isnan(v) | (v == np.floor(v))))
-        cols.append((str(name), str(dtype), whole))
-    return (*extra, tuple(sorted(cols)))
+def same_key(a: Hashable, b: Hashable) -> Hashable | None:
+    """The default rule: only requests of equal keys share a batch."""
+    return a if a == b else None
 
 
-def batch_ids(frame: pd.DataFrame, columns: Sequence[str | None]) -> frozenset:
-    """The session and journey ids of a request as the contract reads them (one namespace: a
-    session without a journey is its own journey, keyed by its id)."""
-    ids: set = set()
-    for name in columns:
-        if name and name in frame.columns:
-            try:
-                ids.update(v for v in text_values(frame[name].array) if v is not None)
-            except Exception:  # unreadable ids (or two id columns): it can only go alone
-                ids.add(object())
-    return frozenset(ids)
+@dataclass
+class BatchCost:
+    """Seconds a batch of n rows takes, a + b n, fitted by least squares to the batches run, the
+    older ones weighing less (`decay` per batch). The slope is drawn towards the prior `b` as if
+    `prior_weight` batches `prior_spread` rows apart had shown it: while every batch has about
+    one size, the rows cannot tell the slope, and the intercept takes their mean time."""
 
+    a: float = 0.005
+    b: float = 0.0002
+    decay: float = 0.97
+    prior_weight: float = 2.0
+    prior_spread: float = 4.0
 
-def predict_together(
-    predict: Callable[[pd.DataFrame], pd.DataFrame], frames: Sequence[pd.DataFrame]
-) -> list[pd.DataFrame | Exception]:
-    """`predict` once over `frames` stacked, split back into one output per frame (one output
-    row per input row, in order). When the stacked call fails, each frame is predicted alone, so
-    a bad request gets its own error and the others their answers."""
-    if len(frames) > 1:
-        try:
-            out = predict(pd.concat(frames, ignore_index=True))
-        except Exception:
-            log.debug("a batch of %d requests failed; predicting each alone", len(frames))
-        else:
-            ends = np.cumsum([len(f) for f in frames])
-            starts = ends - [len(f) for f in frames]
-            return [out.iloc[a:b].reset_index(drop=True) for a, b in zip(starts, ends, strict=True)]
-    return [_alone(predict, f) for f in frames]
+    def __post_init__(self) -> None:
+        self._prior_b = self.b
+        self._sums = [0.0] * 5  # weight, n, n^2, t, n t
 
+    def observe(self, rows: int, seconds: float) -> None:
+        point = (1.0, rows, rows * rows, seconds, rows * seconds)
+        self._sums = [s * self.decay + v for s, v in zip(self._sums, point, strict=True)]
+        w, n, nn, t, nt = self._sums
+        spread, cov = nn - n * n / w, nt - n * t / w
+        strength = self.prior_weight * self.prior_spread**2
+        self.b = max((cov + strength * self._prior_b) / (spread + strength), 0.0)
+        self.a = max((t - self.b * n) / w, 0.0)
 
-def _alone(predict: Callable[[pd.DataFrame], pd.DataFrame], frame: pd.DataFrame):
-    try:
-        return predict(frame)
-    except Exception as err:
-        return err
+    def seconds(self, rows: float, batches: int = 1) -> float:
+        return batches * self.a + rows * self.b
 
 
 @dataclass(eq=False)
@@ -111,6 +96,9 @@ class Batcher:
     max_wait_ms: float
     max_queue: int
     timeout_ms: float
+    max_delay_ms: float = 0.0  # 0: no shedding by expected wait
+    merge: Callable[[Hashable, Hashable], Hashable | None] = same_key
+    cost: BatchCost = field(default_factory=BatchCost)
     stats: dict = field(
         default_factory=lambda: dict.fromkeys(
             ("requests", "batches", "rows", "largest_batch", "refused", "timed_out"), 0
@@ -119,8 +107,12 @@ class Batcher:
 
     def __post_init__(self) -> None:
         self._waiting: deque[Job] = deque()
+        self._waiting_rows = 0
+        self._running: tuple[float, float] | None = None  # (began, expected seconds)
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self.loop_lag = 0.0  # seconds the event loop answered its last tick late
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="micromoment-predict")
 
     @property
@@ -129,26 +121,73 @@ class Batcher:
 
     def start(self) -> None:
         self._arrived = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop())
+        if self.max_delay_ms > 0:
+            self._watcher = loop.create_task(self._watch_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for job in self._waiting:
             job.future.cancel()
         self._waiting.clear()
+        self._waiting_rows = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, item: Any, rows: int, key: Hashable, ids: frozenset) -> Any:
-        """The outcome of `item`; `Overloaded` when `max_queue` requests wait already, `TimedOut`
-        after `timeout_ms`. An exception `run_batch` gave in its place is raised."""
+    def expected_delay(self) -> float:
+        """Seconds a request arriving now would wait before its own batch is predicted: the rest
+        of the running batch, the batches of the rows waiting, and its batch's gathering."""
+        delay = self.max_wait_ms / 1000
+        if self._running is not None:
+            began, expected = self._running
+            delay += max(0.0, expected - (time.monotonic() - began))
+        if self._waiting_rows:
+            batches = math.ceil(self._waiting_rows / self.max_batch_rows)
+            delay += self.cost.seconds(self._waiting_rows, batches)
+        return delay
+
+    def admit(self) -> None:
+        """`Overloaded` when `max_queue` requests wait already, or a request would wait longer
+        than `max_delay_ms` for the work ahead of it (`expected_delay`)."""
         if len(self._waiting) >= self.max_queue:
             self.stats["refused"] += 1
             raise Overloaded(f"{len(self._waiting)} requests are waiting already")
+        if self.max_delay_ms > 0:
+            delay = self.expected_delay() * 1000
+            if delay > self.max_delay_ms:
+                self.stats["refused"] += 1
+                raise Overloaded(
+                    f"about {delay:.0f} ms of work is ahead of this request, over "
+                    f"{self.max_delay_ms:g} ms"
+                )
+            # requests reach the server faster than it reads them: each waits about this long
+            # to be read and as long again for its answer to be written
+            if 2000 * self.loop_lag > self.max_delay_ms:
+                self.stats["refused"] += 1
+                raise Overloaded(
+                    f"the server reads requests {1000 * self.loop_lag:.0f} ms late, over half of "
+                    f"{self.max_delay_ms:g} ms"
+                )
+
+    async def _watch_loop(self, tick: float = 0.005) -> None:
+        """Keeps `loop_lag`: how late the event loop wakes from a `tick`-long sleep."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(tick)
+            self.loop_lag = max(0.0, loop.time() - began - tick)
+
+    async def submit(self, item: Any, rows: int, key: Hashable, ids: frozenset) -> Any:
+        """The outcome of `item`; `Overloaded` at once when it is not admitted (`admit`),
+        `TimedOut` after `timeout_ms`. An exception `run_batch` gave in its place is raised."""
+        self.admit()
         job = Job(item, rows, key, ids, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
+        self._waiting_rows += rows
         self._arrived.set()
         try:
             return await asyncio.wait_for(job.future, self.timeout_ms / 1000)
@@ -159,6 +198,7 @@ class Batcher:
             if not job.taken:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove(job)
+                    self._waiting_rows -= job.rows
 
     async def _loop(self) -> None:
         while True:
@@ -173,11 +213,12 @@ class Batcher:
         """The first waiting request and those that may join it, gathered for `max_wait_ms`."""
         loop = asyncio.get_running_loop()
         first = self._waiting.popleft()
+        self._waiting_rows -= first.rows
         first.taken = True
-        jobs, ids = [first], set(first.ids)
+        jobs, ids, key = [first], set(first.ids), first.key
         deadline = loop.time() + self.max_wait_ms / 1000
         while True:
-            self._take_compatible(jobs, ids)
+            key = self._take_compatible(jobs, ids, key)
             remaining = deadline - loop.time()
             if sum(j.rows for j in jobs) >= self.max_batch_rows or remaining <= 0:
                 return jobs
@@ -185,25 +226,34 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
-    def _take_compatible(self, jobs: list[Job], ids: set) -> None:
+    def _take_compatible(self, jobs: list[Job], ids: set, key: Hashable) -> Hashable:
+        """Moves the waiting requests that may join the batch into `jobs`; the batch's key."""
         rows = sum(j.rows for j in jobs)
         left: deque[Job] = deque()
         for job in self._waiting:
-            fits = rows + job.rows <= self.max_batch_rows
-            if fits and job.key == jobs[0].key and not (ids & job.ids):
-                job.taken = True
-                jobs.append(job)
-                ids |= job.ids
-                rows += job.rows
-            else:
+            merged = None
+            if rows + job.rows <= self.max_batch_rows and not (ids & job.ids):
+                merged = self.merge(key, job.key)
+            if merged is None:
                 left.append(job)
+                continue
+            job.taken = True
+            jobs.append(job)
+            ids |= job.ids
+            rows += job.rows
+            self._waiting_rows -= job.rows
+            key = merged
         self._waiting = left
+        return key
 
     async def _run(self, jobs: list[Job]) -> None:
         live = [j for j in jobs if not j.future.done()]
         if not live:
             return
         loop = asyncio.get_running_loop()
+        rows = sum(j.rows for j in live)
+        began = time.monotonic()
+        self._running = (began, self.cost.seconds(rows))
         try:
             outcomes = await loop.run_in_executor(
                 self._executor, self.run_batch, [j.item for j in live]
@@ -211,7 +261,9 @@ class Batcher:
         except Exception as err:  # run_batch itself failed: every request gets the error
             log.exception("a batch of %d requests failed", len(live))
             outcomes = [err] * len(live)
-        rows = sum(j.rows for j in live)
+        finally:
+            self._running = None
+        self.cost.observe(rows, time.monotonic() - began)
         self.stats["requests"] += len(live)
         self.stats["batches"] += 1
         self.stats["rows"] += rows

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from pipelines.config.schema import ServeBlock
-from pipelines.serving.app import create_app, predictions_json
+from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served
+from pipelines.serving.sessions import prediction_records, predictions_json
 from tests.fixtures import hand_built_model, hand_built_sessions
 from tests.serving.asgi import AsgiClient
 
@@ -54,7 +55,7 @@ async def until_ready(client: AsgiClient, seconds: float = 20) -> dict:
 def expected(model, frame: pd.DataFrame, version="1") -> list[dict]:
     """What predicting `frame` alone answers, as JSON."""
     alone = Served(model, "hand_model", version, "hand").predict(frame.reset_index(drop=True))
-    return json.loads(predictions_json(alone))["predictions"]
+    return json.loads(predictions_json(prediction_records(alone)))["predictions"]
 
 
 def split_body(frame: pd.DataFrame) -> str:
@@ -110,7 +111,7 @@ def test_concurrent_requests_are_scored_together_and_each_as_alone(model):
     assert len(frames) == 30
 
     async def scenario():
-        app = make_app(model, max_wait_ms=50, max_queue=100, timeout_ms=20000)
+        app = make_app(model, max_wait_ms=50, max_queue=100, timeout_ms=20000, max_delay_ms=0)
         async with AsgiClient(app) as client:
             await until_ready(client)
             replies = await asyncio.gather(
@@ -229,7 +230,7 @@ BAD = {
         "application/json",
         '{"dataframe_split": {"columns": ["id", "id"], "data": [["a", "b"]]}}',
         400,
-        "columns found: ['id', 'id']",
+        "repeats a name: ['id', 'id']",
     ),
     "plain text": ("text/plain", "id\na", 415, "text/plain"),
     "form": ("application/x-www-form-urlencoded", "id=a", 415, "Content-Type"),

@@ -5,54 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from pipelines.serving.batcher import (
-    Batcher,
-    Overloaded,
-    TimedOut,
-    batch_ids,
-    batch_key,
-    predict_together,
-)
-
-
-def test_requests_the_contract_reads_alike_share_a_key():
-    a = pd.DataFrame({"id": ["a"], "dwell": [30.0]})
-    assert batch_key(a) == batch_key(pd.DataFrame({"dwell": [12.0], "id": ["b"]}))
-    # 3.0 reads as '3' only when every value of the column is whole
-    assert batch_key(a) != batch_key(pd.DataFrame({"id": ["b"], "dwell": [30.5]}))
-    assert batch_key(a) != batch_key(pd.DataFrame({"id": ["b"], "dwell": [30]}))
-    assert batch_key(a) != batch_key(pd.DataFrame({"id": ["b"]}))
-    assert batch_key(a, 0) != batch_key(a, 3)
-
-
-def test_ids_are_sessions_and_journeys_as_the_contract_reads_them():
-    frame = pd.DataFrame({"id": [3.0, 4.0, np.nan], "journey": ["x", None, "y"]})
-    assert batch_ids(frame, ["id", "journey", None]) == {"3", "4", "x", "y"}
-    assert batch_ids(frame, ["session", "journey"]) == {"x", "y"}
-
-
-def test_one_call_for_the_frames_split_back_and_a_bad_frame_fails_alone():
-    calls = []
-
-    def predict(frame):
-        calls.append(len(frame))
-        if (frame["x"] < 0).any():
-            raise ValueError(f"x must be >= 0, got {frame['x'].min()}")
-        return frame.assign(y=frame["x"] * 2)
-
-    frames = [pd.DataFrame({"x": [1, 2]}), pd.DataFrame({"x": [3]}), pd.DataFrame({"x": [4, 5]})]
-    outs = predict_together(predict, frames)
-    assert calls == [5]
-    assert [o["y"].tolist() for o in outs] == [[2, 4], [6], [8, 10]]
-    assert all(o.index.tolist() == list(range(len(o))) for o in outs)
-    calls.clear()
-    outs = predict_together(predict, [frames[0], pd.DataFrame({"x": [-1]}), frames[1]])
-    assert calls == [4, 2, 1, 1]
-    assert isinstance(outs[1], ValueError) and outs[2]["y"].tolist() == [6]
+from pipelines.serving.batcher import BatchCost, Batcher, Overloaded, TimedOut
 
 
 async def _submit_all(batcher: Batcher, jobs, gap: float = 0.0):
@@ -134,3 +89,60 @@ def test_an_error_in_place_of_an_answer_is_raised_to_its_request_only():
     assert answers[0] == 0 and answers[2] == 2
     with pytest.raises(ValueError, match="bad"):
         raise answers[1]
+
+
+def test_a_merge_rule_decides_who_shares_a_batch_and_the_batch_key_follows_it():
+    # keys are sets of what each request needs; two may share a batch when neither needs what
+    # the other excludes ("-x" excludes x); the batch's key is the union
+    def merge(a, b):
+        both = a | b
+        return None if any(f"-{k}" in both for k in both) else both
+
+    calls = []
+    jobs = [
+        (0, 1, frozenset({"a"}), frozenset({0})),
+        (1, 1, frozenset({"b"}), frozenset({1})),  # joins: the batch is {a, b}
+        (2, 1, frozenset({"-b"}), frozenset({2})),  # excluded by the batch's b: a later batch
+        (3, 1, frozenset({"-c"}), frozenset({3})),  # joins {a, b}
+    ]
+    asyncio.run(_submit_all(recording_batcher(calls, merge=merge), jobs))
+    assert calls == [[0, 1, 3], [2]]
+
+
+def test_the_batch_cost_is_fitted_to_the_batches_run():
+    cost = BatchCost(a=0.02, b=0.001)  # a prior ten times too slow
+    for rows in [1, 3, 10, 40, 2, 25, 7, 60] * 20:
+        cost.observe(rows, 0.002 + 0.0001 * rows)
+    assert cost.a == pytest.approx(0.002, rel=0.05)
+    assert cost.b == pytest.approx(0.0001, rel=0.05)
+    assert cost.seconds(100, batches=2) == pytest.approx(2 * cost.a + 100 * cost.b)
+    one_size = BatchCost()
+    for _ in range(200):  # every batch of one size: the prior keeps the slope defined
+        one_size.observe(1, 0.003)
+    assert one_size.seconds(1) == pytest.approx(0.003, rel=0.05)
+    assert one_size.b >= 0 and one_size.a >= 0
+
+
+def test_a_request_that_would_wait_too_long_is_refused_at_once():
+    calls = []
+    batcher = recording_batcher(calls, delay=0.2, max_wait_ms=0, max_delay_ms=100)
+    batcher.cost = BatchCost(a=0.2, b=0.0)  # each batch takes 200 ms, as it does here
+
+    async def scenario():
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(0, 1, 0, frozenset()))
+            await asyncio.sleep(0.05)  # the first batch runs, 150 ms of it ahead
+            started = time.monotonic()
+            with pytest.raises(Overloaded, match="ms of work is ahead"):
+                await batcher.submit(1, 1, 1, frozenset())
+            refused_in = time.monotonic() - started
+            assert await first == "answer 0"
+            # nothing runs or waits now: admitted again
+            return refused_in, await batcher.submit(2, 1, 2, frozenset())
+        finally:
+            await batcher.stop()
+
+    refused_in, later = asyncio.run(scenario())
+    assert refused_in < 0.01 and later == "answer 2"
+    assert batcher.stats["refused"] == 1 and calls == [[0], [2]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.stages.runner import EXIT_MODEL, UserError
-from pipelines.stages.serve import check_model
+from pipelines.config.schema import ServeBlock
+from pipelines.stages.runner import EXIT_MODEL, EXIT_USAGE, UserError
+from pipelines.stages.serve import check_model, check_settings
 from tests.conftest import compose_config
 from tests.servers import free_port
 
@@ -36,6 +38,24 @@ def test_an_unset_alias_or_a_missing_folder_is_refused_before_listening(registry
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         check_model(str(tmp_path / "nothing"), tracking)
     check_model(f"models:/{NAME}@champion", tracking)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"max_queue": 0}, "serve.max_queue must be at least 1, got 0"),
+        ({"port": 70000}, "serve.port must be at most 65535"),
+        ({"max_wait_ms": -1}, "serve.max_wait_ms must be at least 0"),
+        ({"max_wait_ms": 50}, "serve.max_delay_ms=30 must exceed serve.max_wait_ms=50"),
+        ({"timeout_ms": 2, "max_wait_ms": 5, "max_delay_ms": 0}, "serve.timeout_ms=2 must exceed"),
+    ],
+)
+def test_settings_no_server_can_keep_are_refused_before_loading(override, words):
+    settings = ServeBlock(**(compose_config("serve", [])["serve"] | override))
+    with pytest.raises(UserError, match=re.escape(words)) as err:
+        check_settings(settings)
+    assert err.value.code == EXIT_USAGE
+    check_settings(ServeBlock(**(compose_config("serve", [])["serve"] | {"max_delay_ms": 0})))
 
 
 def _call(url: str, body: bytes | None = None, kind: str = "application/json"):
