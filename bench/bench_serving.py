@@ -75,6 +75,7 @@ from _common import (
     run_metadata,
     write_section,
 )
+from mlflow import MlflowClient
 from threadpoolctl import threadpool_limits
 
 from pipelines import cli
@@ -98,6 +99,8 @@ FAST_503_MS = 50.0  # a 503 this fast sheds load; a slow one is a timeout by ano
 BIG_SESSIONS = 20  # sessions in a multi-session request
 LADDER_FACTOR = 1.5
 WINDOW_S = 1.0  # recovery is judged on windows of this length
+FOLLOW_INTERVAL_S = 2.0  # how often `micromoment serve` checks the alias here
+TARGET_SWITCH_S = FOLLOW_INTERVAL_S + 5.0  # the interval, then loading and warming the version
 # columns a client does not have while the session is open: the label, the session's outcome
 DROP_COLUMNS = ("intent", "converted", "touchpoint", "touchpoint_propensity")
 JSON = {"Content-Type": "application/json"}
@@ -279,7 +282,7 @@ def project_server(bin_dir: Path, tmp: Path, tracking_uri: str) -> Server | None
         return None
     port = free_port()
     argv = [str(bin_dir / "micromoment"), "serve", f"serve.port={port}"]
-    argv += [f"tracking.uri={tracking_uri}"]
+    argv += [f"tracking.uri={tracking_uri}", f"serve.follow_interval_s={FOLLOW_INTERVAL_S:g}"]
     cwd = tmp / "micromoment_serve"
     cwd.mkdir(exist_ok=True)
     return Server("micromoment", "`micromoment serve`", argv, "/ready", cwd=cwd, port=port)
@@ -381,14 +384,15 @@ class Phase:
     lag: np.ndarray  # how late the generator sent it, s
     cpu_s: float  # the generator's CPU time during the phase
     errors: dict[str, str]  # the first answer of each failing status, or exception
+    version: np.ndarray  # the X-Model-Version answered (-1: none)
 
 
 TIMEOUT, CONN_ERROR, NOT_SENT = 0, -1, -2
 
 
 async def fire(http, url, body, headers, timeout, due, loop, errors=None):
-    """(latency from `due`, status, Retry-After present); the first answer of each failing
-    status (or the first exception of each kind) goes into `errors`."""
+    """(latency from `due`, status, Retry-After present, X-Model-Version or -1); the first answer
+    of each failing status (or the first exception of each kind) goes into `errors`."""
     try:
         async with http.post(url, data=body, headers=headers, timeout=timeout) as resp:
             text = await resp.read()
@@ -396,13 +400,15 @@ async def fire(http, url, body, headers, timeout, due, loop, errors=None):
                 errors.setdefault(
                     str(resp.status), " ".join(text[:160].decode(errors="replace").split())
                 )
-            return loop.time() - due, resp.status, "Retry-After" in resp.headers
+            version = resp.headers.get("X-Model-Version", "")
+            retry = "Retry-After" in resp.headers
+            return loop.time() - due, resp.status, retry, int(version) if version.isdigit() else -1
     except TimeoutError:
-        return loop.time() - due, TIMEOUT, False
+        return loop.time() - due, TIMEOUT, False, -1
     except aiohttp.ClientError as err:
         if errors is not None:
             errors.setdefault(type(err).__name__, str(err)[:160])
-        return loop.time() - due, CONN_ERROR, False
+        return loop.time() - due, CONN_ERROR, False, -1
 
 
 async def open_loop(http, url, bodies, rate, seconds, timeout, max_inflight, content_type) -> Phase:
@@ -410,7 +416,7 @@ async def open_loop(http, url, bodies, rate, seconds, timeout, max_inflight, con
     loop = asyncio.get_running_loop()
     n = max(1, int(rate * seconds))
     latency, status = np.full(n, np.nan), np.full(n, NOT_SENT)
-    retry, lag = np.zeros(n, bool), np.zeros(n)
+    retry, lag, version = np.zeros(n, bool), np.zeros(n), np.full(n, -1)
     headers = {"Content-Type": content_type}
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     inflight: set[asyncio.Task] = set()
@@ -419,7 +425,7 @@ async def open_loop(http, url, bodies, rate, seconds, timeout, max_inflight, con
 
     async def one(i: int, due: float) -> None:
         body = bodies[i % len(bodies)]
-        latency[i], status[i], retry[i] = await fire(
+        latency[i], status[i], retry[i], version[i] = await fire(
             http, url, body, headers, client_timeout, due, loop, errors
         )
 
@@ -438,7 +444,7 @@ async def open_loop(http, url, bodies, rate, seconds, timeout, max_inflight, con
         await asyncio.gather(*inflight)
     due_rel = np.arange(n) / rate
     cpu = time.process_time() - cpu0
-    return Phase(rate, seconds, due_rel, latency, status, retry, lag, cpu, errors)
+    return Phase(rate, seconds, due_rel, latency, status, retry, lag, cpu, errors, version)
 
 
 def summarize(phase: Phase) -> dict:
@@ -521,7 +527,7 @@ class Driver:
         timeout = aiohttp.ClientTimeout(total=self.args.timeout)
         headers = {"Content-Type": "application/json"}
         while good < 3 and loop.time() - began < self.args.settle_max:
-            lat, status, _ = await fire(
+            lat, status, _, _ = await fire(
                 self.http, self.url, self.bodies["one"][0], headers, timeout, loop.time(), loop
             )
             good = good + 1 if status == 200 and lat * 1000 <= TARGET_P99_MS else 0
@@ -574,6 +580,37 @@ class Driver:
             "settle_s": settle,
         }
 
+    async def switch(self, rate: float, seconds: float) -> dict:
+        """`rate` for `seconds`; a quarter of the way in, `@champion` moves to a new version (the
+        same model registered again): when the new version answers, and what failed meanwhile."""
+        loop = asyncio.get_running_loop()
+        began = loop.time() + 0.05  # the phase's start, as `open_loop` sets it
+        sending = asyncio.create_task(self.phase("one", rate, seconds))
+        await asyncio.sleep(seconds / 4)
+        old, new = await asyncio.to_thread(move_champion)
+        moved = loop.time() - began
+        phase = await sending
+        s = summarize(phase)
+        answered = phase.due + phase.latency
+        ok = phase.status == 200
+        new_at = answered[ok & (phase.version == int(new))]
+        old_at = answered[ok & (phase.version == int(old))]
+        result = {
+            "summary": s,
+            "old": old,
+            "new": new,
+            "moved_s": moved,
+            "first_new_s": float(new_at.min() - moved) if new_at.size else None,
+            "last_old_s": float(old_at.max() - moved) if old_at.size else None,
+            "unversioned": int((ok & (phase.version < 0)).sum()),
+        }
+        print(
+            f"    alias moved {old} -> {new} at {moved:.1f} s: first answer of {new} "
+            f"{result['first_new_s']} s later; {fmt_rate(s)}",
+            flush=True,
+        )
+        return result
+
     async def soak(self, rate: float, seconds: float, pid: int) -> dict:
         """`rate` for `seconds`, the server's resident memory sampled every few seconds."""
         samples: list[tuple[float, float]] = []
@@ -593,6 +630,15 @@ class Driver:
         s = summarize(phase)
         print(f"    soak: {fmt_rate(s)}; RSS {samples[0][1]:.0f} -> {samples[-1][1]:.0f} MiB")
         return {"summary": s, "rss": samples}
+
+
+def move_champion() -> tuple[str, str]:
+    """Registers the champion's model again and points `@champion` at the new version."""
+    client = MlflowClient()
+    old = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    new = client.create_model_version(MODEL_NAME, old.source, old.run_id)
+    client.set_registered_model_alias(MODEL_NAME, "champion", new.version)
+    return str(old.version), str(new.version)
 
 
 def recovery_seconds(after: Phase) -> float | None:
@@ -681,6 +727,9 @@ async def measure_server(server: Server, bodies: dict, bad, args) -> dict:
         soak_s = args.soak_seconds if server.key == "micromoment" else args.soak_others
         print(f"  soak at {capacity / 2:.0f}/s for {soak_s:g} s ...", flush=True)
         res["soak"] = await drv.soak(capacity / 2, soak_s, server.proc.pid)
+        if server.key == "micromoment":
+            print(f"  alias switch at {capacity / 2:.0f}/s for {args.switch_seconds:g} s ...")
+            res["switch"] = await drv.switch(capacity / 2, args.switch_seconds)
         await drv.settle()
         timeout = aiohttp.ClientTimeout(total=max(args.timeout, 30))
         good = bodies["mlflow"]["one"][0]
@@ -750,6 +799,18 @@ def cap(search: dict) -> str:
 def detail(key: str, res: dict, server: Server, args) -> list[str]:
     lines = [f"#### {server.label}", "", f"`{' '.join(server.argv[1:])}`", ""]
     lines += [f"- {note}" for note in server.notes]
+    sw = res.get("switch")
+    if sw:
+        first = "never" if sw["first_new_s"] is None else f"{sw['first_new_s']:.1f} s"
+        last = "-" if sw["last_old_s"] is None else f"{sw['last_old_s']:.1f} s"
+        lines.append(
+            f"- alias switch under load (`serve.follow_interval_s={FOLLOW_INTERVAL_S:g}`): "
+            f"`@champion` moved from version {sw['old']} to {sw['new']} {sw['moved_s']:.1f} s "
+            f"into a {sw['summary']['seconds']:g}-s phase at {sw['summary']['rate']:.0f}/s; "
+            f"the first answer of version {sw['new']} came {first} after the move, the last of "
+            f"version {sw['old']} {last} after it; {sw['summary']['requests'] - sw['summary']['ok']}"
+            f" requests not 200, {sw['unversioned']} answers without a version"
+        )
     if "error" in res:
         return [*lines, f"- not measured: {res['error']}", ""]
     lines += [
@@ -777,6 +838,9 @@ def detail(key: str, res: dict, server: Server, args) -> list[str]:
         ("after overload (0.5x)", res["overload"]["after"]),
     ]
     rows += [("soak (0.5x)", res["soak"]["summary"])]
+    sw = res.get("switch")
+    if sw:
+        rows += [(f"alias moved {sw['old']} -> {sw['new']} (0.5x)", sw["summary"])]
     for name, s in rows:
         lines.append(
             f"| {name} | {s['rate']:.0f} | {ms(s['p50_ms'])} | {ms(s['p99_ms'])} "
@@ -822,9 +886,20 @@ def verdicts(res: dict, args) -> dict[str, str]:
         f"back to normal within {TARGET_RECOVERY_S:g} s": rec is not None
         and rec <= TARGET_RECOVERY_S,
         f"soak: RSS grows < {TARGET_SOAK_GROWTH:.0%}": growth(res["soak"]) < TARGET_SOAK_GROWTH,
+        f"alias moved under load: the new version answers within {TARGET_SWITCH_S:g} s, no "
+        "failed request, every answer names its version": switched(res.get("switch")),
         "bad requests: a 4xx each, and the server answers after each": bad_ok,
     }
     return {name: "PASS" if ok else "FAIL" for name, ok in checks.items()}
+
+
+def switched(sw: dict | None) -> bool:
+    if not sw or sw["first_new_s"] is None:
+        return False
+    s = sw["summary"]
+    return (
+        sw["first_new_s"] <= TARGET_SWITCH_S and s["ok"] == s["requests"] and not sw["unversioned"]
+    )
 
 
 def render(results, servers, skipped, setup, args, command, meta) -> str:
@@ -956,6 +1031,7 @@ QUICK = {
     "recovery_seconds": 8.0,
     "soak_seconds": 20.0,
     "soak_others": 15.0,
+    "switch_seconds": 12.0,
     "timeout": 2.0,
     "settle_max": 20.0,
     "bodies": 200,
@@ -993,6 +1069,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="soak of micromoment serve at half capacity (default 600)",
     )
     add("--soak-others", type=float, default=60.0, help="soak of the other servers (default 60)")
+    add(
+        "--switch-seconds",
+        type=float,
+        default=20.0,
+        help="micromoment serve at half capacity while @champion moves (default 20)",
+    )
     add("--timeout", type=float, default=5.0, help="per-request timeout, s (default 5)")
     add("--max-inflight", type=int, default=512, help="outstanding requests at most (default 512)")
     add("--settle-max", type=float, default=60.0, help="wait for a server to drain (default 60)")

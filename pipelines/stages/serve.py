@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def frozen_after(load: Callable[[str], Served]) -> Callable[[str], Served]:
     return load_frozen
 
 
+def stopped(signum: int, frame) -> None:
+    log.info("stopped on %s", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
 def run_serve(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
     settings = ServeBlock(**c["serve"])
@@ -100,6 +106,9 @@ def run_serve(cfg: DictConfig) -> None:
         "(/invocations, /health, /ready)",
         flush=True,
     )
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it
+    # found: this one, so that a stop asked for ends with exit code 0 rather than by the signal
+    signal.signal(signal.SIGTERM, stopped)
     uvicorn.run(
         app,
         host=settings.host,

@@ -64,6 +64,9 @@ def test_wrong_type_names_column_expected_and_found(small_sessions, spec):
     assert "export.csv" in message and "'dwell_time_s'" in message
     assert "must be numeric" in message and "found" in message
     assert "about a minute" in message  # the value that is not a number, not the ones that are
+    raw["dwell_time_s"] = ["12.5"] * len(raw)  # numbers written as text: they are the example
+    with pytest.raises(ContractError, match=r"found str \(e\.g\. \['12\.5'\]\)"):
+        to_contract(raw, spec, source="export.csv")
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,6 @@ def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     # uvicorn shuts down gracefully, then ends by the signal it caught
-    assert proc.returncode in (0, -signal.SIGTERM), err[-3000:]
+    assert proc.returncode == 0, err[-3000:]  # a stop asked for is not a failure
     assert "Application shutdown complete" in err
     assert f"on http://127.0.0.1:{port}" in out
