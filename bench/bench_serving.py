@@ -1135,9 +1135,11 @@ def main(argv: list[str] | None = None) -> int:
     path = write_section(args.out, args.section, report)
     print(f"wrote section {args.section!r} of {path}", flush=True)
     own = results.get("micromoment")
-    if own and "error" not in own:
-        return 0 if all(v == "PASS" for v in verdicts(own, args).values()) else 1
-    return 0
+    if own is None:  # not asked for (--servers): nothing of ours to judge
+        return 0
+    if "error" in own:
+        return 1
+    return 0 if all(v == "PASS" for v in verdicts(own, args).values()) else 1
 
 
 if __name__ == "__main__":

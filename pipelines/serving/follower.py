@@ -147,6 +147,7 @@ class Follower:
             if self.current is not None and (
                 self.latest is None or version == self.current.version
             ):
+                self.error = None  # the registry answers again: an old error is over
                 return False
             if self.latest is not None and version is None:
                 raise LookupError(f"{self.uri}: the alias is not set")

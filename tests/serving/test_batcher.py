@@ -146,3 +146,28 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once():
     refused_in, later = asyncio.run(scenario())
     assert refused_in < 0.01 and later == "answer 2"
     assert batcher.stats["refused"] == 1 and calls == [[0], [2]]
+
+
+def test_a_request_arriving_while_the_event_loop_runs_late_is_refused():
+    batcher = recording_batcher([], max_wait_ms=0, max_delay_ms=20)
+
+    async def scenario():
+        batcher.start()
+        try:
+            await asyncio.sleep(0.02)
+            time.sleep(0.06)  # the loop blocked, as by a flood of requests to read
+            for _ in range(20):  # until the watcher's next tick has seen it
+                await asyncio.sleep(0.001)
+                if batcher.loop_lag > 0.03:
+                    break
+            with pytest.raises(Overloaded, match="reads requests .* ms late"):
+                await batcher.submit(0, 1, 0, frozenset())
+            for _ in range(100):  # on time again: admitted
+                try:
+                    return await batcher.submit(1, 1, 1, frozenset())
+                except Overloaded:
+                    await asyncio.sleep(0.05)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == "answer 1"

@@ -62,6 +62,23 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(model, caplog):
     assert follower.check() and follower.current.version == "2" and follower.error is None
 
 
+def test_an_error_of_the_registry_is_shown_until_it_answers_again(model):
+    registry, down = Registry(model), []
+
+    def latest():
+        if down:
+            raise ConnectionError("tracking server down")
+        return registry.latest()
+
+    follower = Follower(URI, registry.load, 30, latest=latest)
+    assert follower.check() and follower.error is None
+    down.append(1)
+    assert not follower.check() and "tracking server down" in follower.error
+    assert follower.current.version == "1"  # still serving
+    down.clear()
+    assert not follower.check() and follower.error is None
+
+
 def test_an_unset_alias_or_a_fixed_uri(model):
     unset = Follower(URI, Registry(model).load, 30, latest=lambda: None)
     assert not unset.check() and unset.current is None and "not set" in unset.error
@@ -130,7 +147,7 @@ async def _traffic_across_a_move(app, body, move, seconds=20.0):
 def test_responses_switch_version_with_no_failed_request(model):
     registry = Registry(model)
     follower = Follower(URI, registry.load, 0.05, latest=registry.latest)
-    app = create_app(ServeBlock(model_uri=URI, follow_interval_s=0.05), follower)
+    app = create_app(ServeBlock(model_uri=URI, follow_interval_s=0.05, max_delay_ms=0), follower)
     body = _split(hand_built_sessions(2).drop(columns=["intent"]))
 
     def move():
@@ -159,7 +176,9 @@ def test_a_registry_alias_move_switches_the_served_version(registry_copy):
     mlflow.set_registry_uri(registry_copy)
     uri = "models:/micro_moment_intent@champion"
     load = registry_loader(threads=1, compiled=False)
-    app = create_app(ServeBlock(model_uri=uri, follow_interval_s=0.2), Follower(uri, load, 0.2))
+    # the switch on its own: a busy test machine must not turn answers into 503s
+    settings = ServeBlock(model_uri=uri, follow_interval_s=0.2, max_delay_ms=0)
+    app = create_app(settings, Follower(uri, load, 0.2))
     sample = signature_inputs(synthetic_sessions(3, seed=9), load(uri).model)
     body = _split(sample)
 

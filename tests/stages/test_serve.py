@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config.schema import ServeBlock
 from pipelines.stages.runner import EXIT_MODEL, EXIT_USAGE, UserError
-from pipelines.stages.serve import check_model, check_settings
+from pipelines.stages.serve import check_model, check_settings, frozen_after
 from tests.conftest import compose_config
 from tests.servers import free_port
 
@@ -141,3 +142,12 @@ def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
     assert proc.returncode == 0, err[-3000:]  # a stop asked for is not a failure
     assert "Application shutdown complete" in err
     assert f"on http://127.0.0.1:{port}" in out
+
+
+def test_a_loaded_model_is_frozen_out_of_the_garbage_collector():
+    gc.unfreeze()
+    try:
+        loaded = frozen_after(lambda uri: f"model at {uri}")("models:/m/1")
+        assert loaded == "model at models:/m/1" and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
