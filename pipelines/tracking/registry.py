@@ -19,16 +19,24 @@ from pipelines.tracking.model_format import COMPILED_TREES_ENV, model_files, req
 CHAMPION = "champion"
 
 
+# what the registry answers for an alias that is not set, or a model never registered
+NOT_SET = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+
 def resolve_version(client: MlflowClient, name: str, ref: str | int) -> str | None:
-    """A version number from an alias or a number; None when the alias is not set."""
+    """A version number from an alias or a number; None when the alias is not set (or the model
+    was never registered). Any other failure (a registry that cannot be reached) is raised: it
+    must never read as "there is no champion"."""
     ref = str(ref)
     if ref.isdigit():
         client.get_model_version(name, ref)  # raises when it does not exist
         return ref
     try:
         return str(client.get_model_version_by_alias(name, ref).version)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if err.error_code in NOT_SET:
+            return None
+        raise
 
 
 def load_scorer(

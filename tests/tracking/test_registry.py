@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode
 
 from pipelines.tracking.registry import alias_of, alias_version, resolve_version, rollback
 from pipelines.tracking.registry import export_model as export
@@ -54,3 +56,24 @@ def test_exported_model_loads_by_path_without_a_tracking_server(registry_store, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     version, intent = proc.stdout.split()[-2:]
     assert version == "2" and intent in {"know", "go", "do", "buy"}
+
+
+class _Unreachable:
+    """A client whose registry answers `get_model_version_by_alias` with `error_code`."""
+
+    def __init__(self, error_code: str):
+        self.error_code = error_code
+
+    def get_model_version_by_alias(self, name, alias):
+        code = ErrorCode.Value(self.error_code)
+        raise MlflowException(f"{name}@{alias}: failed", error_code=code)
+
+
+def test_an_unset_alias_is_none_and_an_unreachable_registry_is_an_error():
+    assert resolve_version(_Unreachable("INVALID_PARAMETER_VALUE"), NAME, "champion") is None
+    assert resolve_version(_Unreachable("RESOURCE_DOES_NOT_EXIST"), NAME, "champion") is None
+    # a registry that cannot be reached must never read as "there is no champion"
+    with pytest.raises(MlflowException, match="failed"):
+        resolve_version(_Unreachable("INTERNAL_ERROR"), NAME, "champion")
+    with pytest.raises(MlflowException):
+        resolve_version(_Unreachable("TEMPORARILY_UNAVAILABLE"), NAME, "champion")
