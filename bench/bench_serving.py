@@ -454,8 +454,7 @@ def summarize(phase: Phase) -> dict:
     shed = phase.status == 503
     lat_ms = phase.latency[sent] * 1000
     ok_ms = phase.latency[ok] * 1000
-    # from when it went out: the generator running late on the shared cores is not the server
-    ok_sent_ms = (phase.latency[ok] - phase.lag[ok]) * 1000
+    # fast from when it went out: a generator running late on the shared cores is not the server
     fast_shed = shed & phase.retry_after & ((phase.latency - phase.lag) * 1000 <= FAST_503_MS)
     n = len(phase.status)
     return {
@@ -466,7 +465,6 @@ def summarize(phase: Phase) -> dict:
         "p50_ms": float(np.percentile(lat_ms, 50)) if lat_ms.size else math.inf,
         "p99_ms": float(np.percentile(lat_ms, 99)) if lat_ms.size else math.inf,
         "ok_p99_ms": float(np.percentile(ok_ms, 99)) if ok_ms.size else math.nan,
-        "ok_sent_p99_ms": float(np.percentile(ok_sent_ms, 99)) if ok_ms.size else math.nan,
         "timeouts": int((phase.status == TIMEOUT).sum()),
         "conn_errors": int((phase.status == CONN_ERROR).sum()),
         "not_sent": int((~sent).sum()),
