@@ -243,6 +243,32 @@ def text_values(values: ExtensionArray) -> np.ndarray:
     return out
 
 
+# a cell holding these is not one value: its text would be read as an unknown category
+NOT_ONE_VALUE = (list, tuple, dict, set, frozenset, np.ndarray)
+
+
+def _text_or_rejected(
+    values: ExtensionArray, role: str, bad_rows: dict[int, list[str]]
+) -> np.ndarray:
+    """`text_values`, with each cell holding a list, a mapping or an array missing and its row
+    recorded in `bad_rows` (JSON and parquet inputs can hold them)."""
+    out = text_values(values)
+    objects = (
+        np.asarray(values, dtype=object) if pd.api.types.is_object_dtype(values.dtype) else None
+    )
+    if objects is not None and pd.api.types.infer_dtype(objects, skipna=True) in (
+        "mixed",
+        "mixed-integer",
+    ):
+        for i, v in enumerate(objects):
+            if isinstance(v, NOT_ONE_VALUE) and getattr(v, "ndim", 1) != 0:  # 0-d: one value
+                out[i] = None
+                shown = repr(v if not isinstance(v, np.ndarray) else v.tolist())
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                bad_rows.setdefault(i, []).append(f"{role} not a single value (got {shown})")
+    return out
+
+
 def as_text(series: pd.Series) -> pd.Series:
     """`text_values` of a column as an object Series on a fresh row index."""
     # an explicit object Series: pandas 3 would otherwise infer its `str` dtype
@@ -513,11 +539,16 @@ def to_contract(
         # session id reasons come first, as pandera's do
         failures = _repeats(out["session_id"], repeated_elsewhere) + list(failures)
     for i, reason in failures:
-        bad_rows.setdefault(i, []).append(reason)
+        reasons = bad_rows.setdefault(i, [])
+        role = reason.split(" ", 1)[0]
+        if not any(r.startswith(f"{role} not a single value") for r in reasons):
+            reasons.append(reason)  # a cell that was not one value was read as missing
     if with_label:
         for i in np.flatnonzero(pd.isna(out[LABEL])):
             reasons = bad_rows.setdefault(int(i), [])
-            if not any(r.startswith(f"{LABEL} missing") for r in reasons):
+            if not any(
+                r.startswith((f"{LABEL} missing", f"{LABEL} not a single")) for r in reasons
+            ):
                 reasons.append(f"{LABEL} missing value (column {spec.label_column})")
 
     reasons = {i: "; ".join(dict.fromkeys(bad_rows[i])) for i in sorted(bad_rows)}
@@ -586,7 +617,9 @@ def _canonical_columns(
     out: dict[str, object] = {}
     bad_rows: dict[int, list[str]] = {}
     if "session_id" in roles:
-        out["session_id"] = text_values(raw[roles["session_id"]].array)
+        out["session_id"] = _text_or_rejected(
+            raw[roles["session_id"]].array, "session_id", bad_rows
+        )
     else:
         # no id column: the row number in the source is the id
         out["session_id"] = np.array(row_ids(len(raw), row_numbers), dtype=object)
@@ -595,14 +628,16 @@ def _canonical_columns(
             continue
         if _kind_of(role) == "timestamp":
             out[role] = _timestamps(raw[col].array, source, col, role, bad_rows)
+        elif _kind_of(role) in ("id", "categorical"):
+            out[role] = _text_or_rejected(raw[col].array, role, bad_rows)
         else:
             out[role] = _convert(raw[col].array, source, col, role)
     for col in spec.extra_numeric:
         out[col] = _as_numeric(raw[col].array, source, col, "extra numeric")
     for col in spec.extra_categorical:
-        out[col] = text_values(raw[col].array)
+        out[col] = _text_or_rejected(raw[col].array, col, bad_rows)
     if with_label:
-        label = text_values(raw[spec.label_column].array)
+        label = _text_or_rejected(raw[spec.label_column].array, LABEL, bad_rows)
         if spec.label_mapping:
             label = np.array(
                 [spec.label_mapping.get(v, v) if v is not None else None for v in label],

@@ -291,3 +291,28 @@ def test_an_input_with_none_of_the_mapped_columns_is_refused_naming_them(small_s
     with pytest.raises(ContractError, match="none of the mapped columns is present") as err:
         to_contract(renamed, spec, source="renamed.csv", with_label=False, all_columns=False)
     assert "renamed.csv" in str(err.value) and "Device" in str(err.value)
+
+
+@pytest.mark.parametrize("rows", [None, ARRAY_CHECK_MAX_ROWS + 10])
+def test_a_list_or_mapping_in_a_text_column_is_a_rejected_row(small_sessions, spec, rows):
+    raw = small_sessions.copy()
+    if rows is not None:  # the large-frame path checks rows with the pandera schema
+        raw = raw.sample(rows, replace=True, random_state=0).reset_index(drop=True)
+        raw["session_id"] = [f"s{i}" for i in range(rows)]
+    for col in ("session_id", "device", "channel", "intent"):
+        raw[col] = raw[col].astype(object)
+    raw.at[3, "device"] = ["mobile"]
+    raw.at[5, "channel"] = {"name": "search"}
+    raw.at[8, "session_id"] = ("s8", "again")
+    raw.at[9, "intent"] = np.array(["buy", "know"], dtype=object)
+    result = to_contract(raw, spec, source="events.json")
+    assert result.counts["rows_in"] == len(raw)
+    assert result.counts["rows_rejected"] == 4
+    reasons = dict(zip(result.rejects[SOURCE_ROW], result.rejects[REJECT_REASON], strict=True))
+    assert set(reasons) == {3, 5, 8, 9}
+    assert reasons[3].startswith("device not a single value (got ['mobile'])")
+    assert reasons[5].startswith("channel not a single value (got {'name': 'search'})")
+    assert reasons[8].startswith("session_id not a single value (got ('s8', 'again'))")
+    assert reasons[9] == "label not a single value (got ['buy', 'know'])"  # named once
+    # the text of a list is never read as a category
+    assert "['mobile']" not in set(result.sessions["device"])

@@ -377,3 +377,27 @@ def test_a_request_larger_than_a_batch_is_answered_whole(model):
     reply = asyncio.run(scenario())
     assert reply.status == 200 and reply.json()["predictions"] == expected(model, frame)
     assert "dwell_time_s" in reply.json()["predictions"][7]["reject_reason"]
+
+
+def test_a_list_or_object_in_a_text_cell_is_a_rejected_session_not_a_category(model):
+    good = SESSIONS.iloc[[0]].to_dict(orient="records")
+    bad = [
+        dict(good[0], id="as-list", device=["mobile"]),
+        dict(good[0], id="as-object", device={"kind": "mobile"}),
+    ]
+
+    async def scenario():
+        async with AsgiClient(make_app(model)) as client:
+            await until_ready(client)
+            body = json.dumps({"dataframe_records": good + bad})
+            return await client.post("/invocations", body)
+
+    reply = asyncio.run(scenario())
+    assert reply.status == 200, reply.body
+    first, as_list, as_object = reply.json()["predictions"]
+    assert first == expected(model, SESSIONS.iloc[[0]])[0]
+    assert as_list["reject_reason"] == "device not a single value (got ['mobile'])"
+    assert as_object["reject_reason"] == "device not a single value (got {'kind': 'mobile'})"
+    for record in (as_list, as_object):
+        probabilities = [v for k, v in record.items() if k.startswith("p_")]
+        assert len(probabilities) == 4 and all(v is None for v in probabilities), record
