@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,22 @@ def check_settings(s: ServeBlock) -> None:
         )
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model is loaded (uvicorn listens on it): an address
+    in use, or a host that is not this machine's, is refused at once with exit 2."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port} (serve.host, serve.port): {err.strerror or err}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def frozen_after(load: Callable[[str], Served]) -> Callable[[str], Served]:
     """`load`, then every object alive set aside from the cyclic garbage collector (`gc.freeze`).
 
@@ -95,10 +112,14 @@ def run_serve(cfg: DictConfig) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
     settings = ServeBlock(**c["serve"])
     check_settings(settings)
-    check_model(settings.model_uri, c["tracking"])
-    load = frozen_after(
-        registry_loader(int(c["runtime"]["threads"]), bool(c["runtime"]["compiled_trees"]))
-    )
+    with listening_socket(settings.host, settings.port) as sock:
+        check_model(settings.model_uri, c["tracking"])
+        serve(settings, c["runtime"], sock)
+
+
+def serve(settings: ServeBlock, runtime: dict, sock: socket.socket) -> None:
+    """Load and follow the model in the background, and answer on `sock` until stopped."""
+    load = frozen_after(registry_loader(int(runtime["threads"]), bool(runtime["compiled_trees"])))
     follower = Follower(settings.model_uri, load, settings.follow_interval_s)
     app = create_app(settings, follower)
     print(
@@ -109,15 +130,20 @@ def run_serve(cfg: DictConfig) -> None:
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it
     # found: this one, so that a stop asked for ends with exit code 0 rather than by the signal
     signal.signal(signal.SIGTERM, stopped)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        access_log=settings.access_log,
-        log_level=str(c["runtime"]["log_level"]).lower(),
-        timeout_graceful_shutdown=5,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            workers=1,
+            access_log=settings.access_log,
+            log_level=str(runtime["log_level"]).lower(),
+            timeout_graceful_shutdown=5,
+        )
     )
+    server.run(sockets=[sock])
+    if not server.started:
+        raise RuntimeError("the server did not start: its log above says why")
 
 
 main = command("serve", tracking=False)(run_serve)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,10 +16,17 @@ import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from pipelines.config.schema import ServeBlock
 from pipelines.stages.runner import EXIT_MODEL, EXIT_USAGE, UserError
-from pipelines.stages.serve import check_model, check_settings, frozen_after
+from pipelines.stages.serve import (
+    check_model,
+    check_settings,
+    frozen_after,
+    listening_socket,
+    run_serve,
+)
 from tests.conftest import compose_config
 from tests.servers import free_port
 
@@ -57,6 +65,30 @@ def test_settings_no_server_can_keep_are_refused_before_loading(override, words)
         check_settings(settings)
     assert err.value.code == EXIT_USAGE
     check_settings(ServeBlock(**(compose_config("serve", [])["serve"] | {"max_delay_ms": 0})))
+
+
+def test_a_port_in_use_or_a_foreign_host_is_refused_before_anything_is_loaded(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            UserError,
+            match=rf"cannot listen on 127\.0\.0\.1:{port} \(serve\.host, serve\.port\): Address already in use",
+        ) as err:
+            listening_socket("127.0.0.1", port)
+        assert err.value.code == EXIT_USAGE
+        # the whole command: the port is refused before the (missing) model is looked at
+        cfg = compose_config(
+            "serve", [f"serve.port={port}", f"serve.model_uri={tmp_path / 'no-model'}"]
+        )
+        with pytest.raises(UserError, match="Address already in use"):
+            run_serve(OmegaConf.create(cfg))
+    with pytest.raises(UserError, match=r"cannot listen on no-such-host\.invalid:8080") as err:
+        listening_socket("no-such-host.invalid", 8080)
+    assert err.value.code == EXIT_USAGE
+    with listening_socket("127.0.0.1", port) as free:  # once freed, it is bound
+        assert free.getsockname() == ("127.0.0.1", port)
 
 
 def _call(url: str, body: bytes | None = None, kind: str = "application/json"):
