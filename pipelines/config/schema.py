@@ -496,7 +496,7 @@ class ServeBlock:
     max_batch_rows: int = 256  # rows scored in one predict call at most
     max_wait_ms: float = 2.0  # how long a batch waits for more requests to join it
     max_queue: int = 64  # requests waiting at most; beyond it an immediate 503
-    max_delay_ms: float = 30.0  # longer to wait for the work ahead: an immediate 503 (0: never)
+    max_delay_ms: float = 25.0  # longer to wait for the work ahead: an immediate 503 (0: never)
     timeout_ms: float = 1000.0  # a request not answered by then gets a 503
     retry_after_s: int = 1  # the Retry-After of a 503
     max_body_bytes: int = 1_048_576  # a larger body gets a 413, refused while it is read

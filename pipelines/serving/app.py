@@ -146,6 +146,7 @@ class ScoringServer:
             timeout_ms=settings.timeout_ms,
             max_delay_ms=settings.max_delay_ms,
             merge=merge_keys,
+            own_slowdown=lambda: follower.loading,
         )
         self._reading: tuple[Served, Reading] | None = None
 

@@ -11,6 +11,11 @@ they are read, so each waits that long to be read and again for its answer to be
 fitted as they finish). A request still unanswered `timeout_ms` after arriving gets `TimedOut`,
 never a hang.
 
+While the server slows itself down (`own_slowdown()`: a new model loading beside serving, whose
+thread takes the interpreter in turns), the slower batches and the late loop are not the
+clients' doing: no request is refused for them, only for a full queue, and the batches run
+meanwhile do not teach `BatchCost`, so shedding starts from the true cost once it is over.
+
 Which requests may share a batch is the caller's rule: each request has a key, and `merge(a, b)`
 gives the key of a batch holding both, or None when they may not share one (`ids` that meet never
 share one either: a journey's history would otherwise span two requests). The others wait for a
@@ -72,6 +77,11 @@ class BatchCost:
         self.b = max((cov + strength * self._prior_b) / (spread + strength), 0.0)
         self.a = max((t - self.b * n) / w, 0.0)
 
+    @property
+    def learned(self) -> float:
+        """How many batches it has learned from, the older ones counting less."""
+        return self._sums[0]
+
     def seconds(self, rows: float, batches: int = 1) -> float:
         return batches * self.a + rows * self.b
 
@@ -98,6 +108,7 @@ class Batcher:
     timeout_ms: float
     max_delay_ms: float = 0.0  # 0: no shedding by expected wait
     merge: Callable[[Hashable, Hashable], Hashable | None] = same_key
+    own_slowdown: Callable[[], bool] = field(default=lambda: False)
     cost: BatchCost = field(default_factory=BatchCost)
     stats: dict = field(
         default_factory=lambda: dict.fromkeys(
@@ -151,12 +162,13 @@ class Batcher:
         return delay
 
     def admit(self) -> None:
-        """`Overloaded` when `max_queue` requests wait already, or a request would wait longer
-        than `max_delay_ms` for the work ahead of it (`expected_delay`)."""
+        """`Overloaded` when `max_queue` requests wait already, or (unless the server slows
+        itself down) a request would wait longer than `max_delay_ms` for the work ahead of it
+        (`expected_delay`) or the event loop runs late."""
         if len(self._waiting) >= self.max_queue:
             self.stats["refused"] += 1
             raise Overloaded(f"{len(self._waiting)} requests are waiting already")
-        if self.max_delay_ms > 0:
+        if self.max_delay_ms > 0 and not self.own_slowdown():
             delay = self.expected_delay() * 1000
             if delay > self.max_delay_ms:
                 self.stats["refused"] += 1
@@ -257,6 +269,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         rows = sum(j.rows for j in live)
         began = time.monotonic()
+        learn = not self.own_slowdown()
         self._running = (began, self.cost.seconds(rows))
         try:
             outcomes = await loop.run_in_executor(
@@ -267,7 +280,8 @@ class Batcher:
             outcomes = [err] * len(live)
         finally:
             self._running = None
-        self.cost.observe(rows, time.monotonic() - began)
+        if learn and not self.own_slowdown():  # a batch slowed by the server's own work
+            self.cost.observe(rows, time.monotonic() - began)
         self.stats["requests"] += len(live)
         self.stats["batches"] += 1
         self.stats["rows"] += rows

@@ -6,6 +6,8 @@ every `interval_s` which version the alias points at; when it moved, the new ver
 and warmed (one prediction) in that thread, and swapped in with one assignment: a batch reads
 `current` once, so it runs whole on the old model or whole on the new one, and no request fails
 during the switch. A version that fails to load is logged and the old one kept serving.
+`loading` is True while a new version loads beside the one serving (and while the old one is
+let go): the batcher does not shed load for the slowdown this causes.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Follower:
         self.current: Served | None = None
         self.error: str | None = None
         self.swaps = 0
+        self.loading = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -143,6 +146,12 @@ class Follower:
     def check(self) -> bool:
         """Load the version the URI names now when it is not the one served; True on a swap."""
         try:
+            return self._check()
+        finally:
+            self.loading = False
+
+    def _check(self) -> bool:
+        try:
             version = self.latest() if self.latest else None
             if self.current is not None and (
                 self.latest is None or version == self.current.version
@@ -151,6 +160,7 @@ class Follower:
                 return False
             if self.latest is not None and version is None:
                 raise LookupError(f"{self.uri}: the alias is not set")
+            self.loading = self.current is not None  # beside the model serving
             served = self.load(self.target(version))
             if self.alias:
                 served.alias = self.alias[1]
@@ -172,6 +182,7 @@ class Follower:
             served.version,
             f" (was version {previous.version})" if previous else "",
         )
+        del previous  # freed here, still `loading`, unless a batch holds it
         return True
 
     def target(self, version: str | None) -> str:

@@ -148,6 +148,38 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once():
     assert batcher.stats["refused"] == 1 and calls == [[0], [2]]
 
 
+def test_while_the_server_slows_itself_no_one_is_refused_for_it_and_nothing_is_learned():
+    loading = [True]
+    calls = []
+    batcher = recording_batcher(
+        calls, delay=0.2, max_wait_ms=0, max_delay_ms=100, own_slowdown=lambda: loading[0]
+    )
+    batcher.cost = BatchCost(a=0.2, b=0.0)
+
+    async def scenario():
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(0, 1, 0, frozenset()))
+            await asyncio.sleep(0.05)  # 150 ms of work ahead, but the server's own doing
+            second = asyncio.create_task(batcher.submit(1, 1, 1, frozenset()))
+            await asyncio.sleep(0)
+            assert batcher.waiting == 1  # admitted
+            answers = [await first, await second]
+            loading[0] = False  # the model is loaded: shedding is back
+            third = asyncio.create_task(batcher.submit(2, 1, 2, frozenset()))
+            await asyncio.sleep(0.05)
+            with pytest.raises(Overloaded, match="ms of work is ahead"):
+                await batcher.submit(3, 1, 3, frozenset())
+            return answers + [await third]
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario()) == ["answer 0", "answer 1", "answer 2"]
+    assert calls == [[0], [1], [2]] and batcher.stats["refused"] == 1
+    # the two batches run while loading were not learned from; the last one was
+    assert batcher.cost.learned == pytest.approx(1.0)
+
+
 def test_a_request_arriving_while_the_event_loop_runs_late_is_refused():
     batcher = recording_batcher([], max_wait_ms=0, max_delay_ms=60)  # refused past 30 ms late
 

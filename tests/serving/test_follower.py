@@ -50,6 +50,24 @@ def test_a_moved_alias_is_loaded_pinned_and_swapped_in(model):
     assert registry.loaded == ["models:/hand_model/1", "models:/hand_model/2"]
 
 
+def test_loading_is_flagged_only_while_a_new_version_loads_beside_the_old(model):
+    registry = Registry(model)
+    follower = Follower(URI, None, 30, latest=registry.latest)
+    seen = []
+
+    def load(uri):  # what the batcher would read while the version loads
+        seen.append((uri.rsplit("/", 1)[-1], follower.loading))
+        return registry.load(uri)
+
+    follower.load = load
+    assert follower.check() and not follower.loading  # the first load: nothing serves yet
+    registry.version = "2"
+    assert follower.check() and not follower.loading
+    registry.version, registry.broken = "3", {"3"}
+    assert not follower.check() and not follower.loading  # cleared after a failure too
+    assert seen == [("1", False), ("2", True), ("3", True)]
+
+
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(model, caplog):
     registry = Registry(model)
     follower = Follower(URI, registry.load, 30, latest=registry.latest)
