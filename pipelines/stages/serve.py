@@ -74,7 +74,10 @@ def check_settings(s: ServeBlock) -> None:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before the model is loaded (uvicorn listens on it): an address
     in use, or a host that is not this machine's, is refused at once with exit 2."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY on each connection only then, and
+    # without it small answers wait up to 40 ms for the client's delayed acknowledgement
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -89,6 +90,27 @@ def test_a_port_in_use_or_a_foreign_host_is_refused_before_anything_is_loaded(tm
     assert err.value.code == EXIT_USAGE
     with listening_socket("127.0.0.1", port) as free:  # once freed, it is bound
         assert free.getsockname() == ("127.0.0.1", port)
+
+
+def test_connections_to_the_bound_socket_send_without_waiting_nagle():
+    async def nodelay_of_a_connection() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader, writer):
+            sock = writer.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        with listening_socket("127.0.0.1", 0) as sock:
+            server = await asyncio.start_server(on_connect, sock=sock)
+            async with server:
+                _, writer = await asyncio.open_connection(*sock.getsockname())
+                value = await asyncio.wait_for(accepted, 10)
+                writer.close()
+        return value
+
+    # without TCP_NODELAY each small answer can wait 40 ms for a delayed acknowledgement
+    assert asyncio.run(nodelay_of_a_connection()) != 0
 
 
 def _call(url: str, body: bytes | None = None, kind: str = "application/json"):
