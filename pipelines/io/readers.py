@@ -186,7 +186,11 @@ class InputFingerprint:
     def add(self, batch: pa.RecordBatch) -> None:
         if self.rows == 0:
             self._hash.update(",".join(batch.schema.names).encode())
-        rows = pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy()
+        frame = batch.to_pandas()
+        for name, kind in zip(batch.schema.names, batch.schema.types, strict=True):
+            if pa.types.is_nested(kind):  # lists and structs: pandas hashes scalars only
+                frame[name] = [repr(v) for v in batch.column(name).to_pylist()]
+        rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
         self._hash.update(rows.astype(np.uint64).tobytes())
         self.rows += batch.num_rows
 

@@ -263,3 +263,21 @@ def test_the_summary_fingerprints_the_input_whatever_the_batch_size(
     assert summary["input_fingerprint"] == input_fingerprint(tmp_path / "in.parquet", 1000)
     raw.assign(dwell_time_s=raw["dwell_time_s"] + 1).to_parquet(tmp_path / "other.parquet")
     assert input_fingerprint(tmp_path / "other.parquet") != summary["input_fingerprint"]
+
+
+def test_a_column_of_lists_is_rejected_row_by_row_not_a_crash(champion, small_sessions, tmp_path):
+    from pipelines.io.readers import input_fingerprint
+
+    model, _ = champion
+    raw = small_sessions.drop(columns=["intent"]).head(60)
+    raw["device"] = [[d] for d in raw["device"]]  # an export that wrote arrays: list<string>
+    raw.to_parquet(tmp_path / "in.parquet")
+    summary = score_file(model, tmp_path / "in.parquet", tmp_path / "out", chunk_rows=25)
+    assert (summary["rows_in"], summary["rows_scored"], summary["rows_rejected"]) == (60, 0, 60)
+    rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert rejects["reject_reason"].str.startswith("device not a single value (got [").all()
+    # the fingerprint reads nested columns too, whatever the batch size
+    assert summary["input_fingerprint"] == input_fingerprint(tmp_path / "in.parquet", 7)
+    raw["device"] = [[d, "x"] for d in small_sessions["device"].head(60)]
+    raw.to_parquet(tmp_path / "other.parquet")
+    assert input_fingerprint(tmp_path / "other.parquet") != summary["input_fingerprint"]
