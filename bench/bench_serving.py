@@ -891,6 +891,29 @@ def verdicts(res: dict, args) -> dict[str, str]:
     return {name: "PASS" if ok else "FAIL" for name, ok in checks.items()}
 
 
+def cpu_per_request(s: dict) -> float:
+    """The generator's CPU seconds per request of a phase: the same code doing the same work per
+    request, so at one rate it gauges how fast the shared machine ran."""
+    return s["generator_cpu"] * s["seconds"] / max(s["requests"], 1)
+
+
+def machine_speed(res: dict) -> str | None:
+    """How much slower the machine ran in the soak and the alias switch than in the phase at the
+    same rate just after the overload (its 0.5x), by the generator's CPU per request."""
+    base = cpu_per_request(res["overload"]["after"])
+    if not base:
+        return None
+    phases = [("the soak", res["soak"]["summary"])]
+    if res.get("switch"):
+        phases.append(("the alias switch", res["switch"]["summary"]))
+    slower = ", ".join(f"{cpu_per_request(s) / base:.2f}x in {name}" for name, s in phases)
+    return (
+        "machine speed: the generator's CPU per request against the phase at the same rate just "
+        f"after the overload: {slower} (the same work per request, so well above 1x means the "
+        "shared machine ran slower, not only the server)"
+    )
+
+
 def switched(sw: dict | None) -> bool:
     if not sw or sw["first_new_s"] is None:
         return False
@@ -936,7 +959,8 @@ def render(results, servers, skipped, setup, args, command, meta) -> str:
     if own and "error" not in own:
         lines += ["Targets of the issue for `micromoment serve`:", ""]
         lines += [f"- {name}: **{v}**" for name, v in verdicts(own, args).items()]
-        lines.append("")
+        speed = machine_speed(own)
+        lines += [f"- {speed}", ""] if speed else [""]
     lines += ["### Each server", ""]
     for key, res in results.items():
         lines += detail(key, res, servers[key], args)
