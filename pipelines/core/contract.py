@@ -224,9 +224,15 @@ def _as_timestamp(values: ArrayLike, source: str, col: str, role: str) -> pd.arr
 def text_values(values: ExtensionArray) -> np.ndarray:
     """Category values as text in an object array, None when missing; numbers such as browser
     codes become their digits (a float column of whole numbers too: 3.0 -> '3')."""
+    return _text_and_kind(values)[0]
+
+
+def _text_and_kind(values: ExtensionArray) -> tuple[np.ndarray, str]:
+    """`text_values`, and what pandas infers the values to be."""
     objects = values.to_numpy(dtype=object)
     missing = pd.isna(objects)
-    if pd.api.types.infer_dtype(objects, skipna=True) in ("string", "empty"):
+    kind = pd.api.types.infer_dtype(objects, skipna=True)
+    if kind in ("string", "empty"):
         out = objects.copy()
     elif pd.api.types.is_integer_dtype(values.dtype) and not missing.any():
         out = values.to_numpy().astype(str).astype(object)
@@ -240,7 +246,7 @@ def text_values(values: ExtensionArray) -> np.ndarray:
     else:
         out = np.array([str(v) for v in objects], dtype=object)
     out[missing] = None
-    return out
+    return out, kind
 
 
 # a cell holding these is not one value: its text would be read as an unknown category
@@ -252,15 +258,9 @@ def _text_or_rejected(
 ) -> np.ndarray:
     """`text_values`, with each cell holding a list, a mapping or an array missing and its row
     recorded in `bad_rows` (JSON and parquet inputs can hold them)."""
-    out = text_values(values)
-    objects = (
-        np.asarray(values, dtype=object) if pd.api.types.is_object_dtype(values.dtype) else None
-    )
-    if objects is not None and pd.api.types.infer_dtype(objects, skipna=True) in (
-        "mixed",
-        "mixed-integer",
-    ):
-        for i, v in enumerate(objects):
+    out, kind = _text_and_kind(values)
+    if kind in ("mixed", "mixed-integer"):  # only an object column can hold them
+        for i, v in enumerate(values):
             if isinstance(v, NOT_ONE_VALUE) and getattr(v, "ndim", 1) != 0:  # 0-d: one value
                 out[i] = None
                 shown = repr(v if not isinstance(v, np.ndarray) else v.tolist())

@@ -148,13 +148,6 @@ class ScoringServer:
             merge=merge_keys,
             own_slowdown=lambda: follower.loading,
         )
-        self._reading: tuple[Served, Reading] | None = None
-
-    def reading(self, served: Served) -> Reading:
-        """What `served` reads (worked out once per model)."""
-        if self._reading is None or self._reading[0] is not served:
-            self._reading = (served, Reading.of(served.model.spec))
-        return self._reading[1]
 
     def run_batch(self, items: list[tuple[Sessions, Reading]]) -> list[Answer]:
         """One predict call for the batch (in the prediction thread), on one model. Requests read
@@ -163,7 +156,7 @@ class ScoringServer:
         requests = [r for r, _ in items]
         explain = requests[0].explain
         predict = lambda f: served.predict(f, explain)  # noqa: E731
-        if len(items) > 1 and any(reading != self.reading(served) for _, reading in items):
+        if len(items) > 1 and any(reading != served.reading for _, reading in items):
             outcomes = [score_together(predict, [r])[0] for r in requests]
         else:
             outcomes = score_together(predict, requests)
@@ -199,7 +192,7 @@ class ScoringServer:
             self.batcher.admit()  # shed before reading: a refusal must cost next to nothing
         except Overloaded as err:
             return self.busy(err)
-        reading = self.reading(served)
+        reading = served.reading
         try:
             kind = content_kind(request.headers.get("content-type"))
             body = await read_body(request, self.settings.max_body_bytes)

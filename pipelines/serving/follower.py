@@ -12,6 +12,7 @@ let go): the batcher does not shed load for the slowdown this causes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from pipelines.core.scorer import IntentModel
+from pipelines.serving.sessions import Reading
 from pipelines.tracking.registry import alias_of, alias_version, load_scorer
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,15 @@ class Served:
             explain=explain,
         )
 
+    @functools.cached_property
+    def reading(self) -> Reading:
+        """What the model reads, as requests are sorted into batches by it."""
+        return Reading.of(self.model.spec)
+
     def warm(self) -> None:
-        """One prediction of a session with every mapped column empty, so that the first request
-        pays for no lazy set-up."""
+        """One prediction of a session with every mapped column empty, and `reading` worked out,
+        so that the first request pays for no lazy set-up."""
+        self.reading  # noqa: B018
         spec = self.model.spec
         cols = [c for c in spec.role_columns().values() if c] + list(spec.page_counts.values())
         row = dict.fromkeys(cols + list(spec.extra_numeric) + list(spec.extra_categorical))
