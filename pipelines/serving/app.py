@@ -10,9 +10,14 @@ per session, with the model's name and version in every record and in the `X-Mod
 Errors are one line of JSON (`{"error_code": ..., "message": ...}`, MLflow's shape) naming the
 problem: 400 for a body that cannot be read or sessions the contract refuses (the column and its
 values), 413 for a body over `max_body_bytes` (refused while it is read, never held whole), 415
-for a content type other than JSON, CSV or parquet, 503 with `Retry-After` when the work ahead
-of the request would take longer than `max_delay_ms` (refused before the body is read), the queue is full, the deadline
-passed or no model is loaded yet. Bad input never gets a 500.
+for a content type other than JSON, CSV or parquet, 503 with `Retry-After` when no model is loaded
+yet, the work ahead of the request would take longer than `max_delay_ms`, the queue is full or
+the deadline passed. Bad input never gets a 500.
+
+A request the server cannot take now is refused by `Doorman`, a plain ASGI layer in front of the
+routes, before its body is read and before a `Request` or `Response` object exists: under
+overload most requests are refused, and what each refusal costs the event loop is taken from
+the requests it accepted.
 
 `GET /health` answers while the process is up; `GET /ready` once a model is loaded (503 before),
 with the model's name, version and alias and the batching counters.
@@ -27,9 +32,11 @@ import logging
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.config.schema import ServeBlock
 from pipelines.core.contract import ContractError
@@ -172,9 +179,7 @@ class ScoringServer:
             self.follower.stop()
             await self.batcher.stop()
 
-    def response(
-        self, status: int, body: bytes, served: Served | None = None, retry: bool = False
-    ) -> Response:
+    def headers(self, served: Served | None = None, retry: bool = False) -> dict[str, str]:
         headers = {}
         served = served or self.follower.current
         if served is not None:
@@ -182,16 +187,26 @@ class ScoringServer:
             headers["X-Model-Version"] = str(served.version)
         if retry:
             headers["Retry-After"] = str(self.settings.retry_after_s)
-        return Response(body, status, headers=headers, media_type=JSON)
+        return headers
+
+    def response(
+        self, status: int, body: bytes, served: Served | None = None, retry: bool = False
+    ) -> Response:
+        return Response(body, status, headers=self.headers(served, retry), media_type=JSON)
+
+    def refusal(self) -> bytes | None:
+        """The 503 body for a request that cannot be taken now (no model yet, or the batcher
+        sheds it: `Batcher.admit`), None when it may come in."""
+        if self.follower.current is None:
+            return error_body("NOT_READY", "no model loaded yet")
+        try:
+            self.batcher.admit()
+        except Overloaded as err:
+            return self.busy_body(err)
+        return None
 
     async def invocations(self, request: Request) -> Response:
-        served = self.follower.current
-        if served is None:
-            return self.response(503, error_body("NOT_READY", "no model loaded yet"), retry=True)
-        try:
-            self.batcher.admit()  # shed before reading: a refusal must cost next to nothing
-        except Overloaded as err:
-            return self.busy(err)
+        served = self.follower.current  # loaded: `Doorman` let the request in
         reading = served.reading
         try:
             kind = content_kind(request.headers.get("content-type"))
@@ -216,9 +231,12 @@ class ScoringServer:
             return self.busy(err)
         return self.response(done.status, done.body, done.served)
 
-    def busy(self, why: Exception) -> Response:
+    def busy_body(self, why: Exception) -> bytes:
         message = f"server busy ({why}); retry after {self.settings.retry_after_s} s"
-        return self.response(503, error_body("TEMPORARILY_UNAVAILABLE", message), retry=True)
+        return error_body("TEMPORARILY_UNAVAILABLE", message)
+
+    def busy(self, why: Exception) -> Response:
+        return self.response(503, self.busy_body(why), retry=True)
 
     async def health(self, request: Request) -> Response:
         return self.response(200, b'{"status": "ok"}')
@@ -233,6 +251,31 @@ class ScoringServer:
         return self.response(200, json.dumps(state).encode(), served)
 
 
+class Doorman:
+    """ASGI middleware answering a `POST /invocations` the server cannot take now with its 503
+    (`ScoringServer.refusal`), written straight to the connection: no routing, no `Request`, no
+    `Response`, and the body is never read. Everything else goes on to the routes."""
+
+    def __init__(self, app: ASGIApp, server: ScoringServer):
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/invocations"
+            and scope["method"] == "POST"
+            and (body := self.server.refusal()) is not None
+        ):
+            headers = self.server.headers(retry=True)
+            raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            raw += [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 503, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ServeBlock, follower: Follower) -> Starlette:
     """The ASGI app; its lifespan starts the batcher and the follower (which loads the model)."""
     server = ScoringServer(settings, follower)
@@ -242,6 +285,8 @@ def create_app(settings: ServeBlock, follower: Follower) -> Starlette:
         Route("/ping", server.health, methods=["GET"]),  # `mlflow models serve`'s name for it
         Route("/ready", server.ready, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=server.lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(Doorman, server=server)], lifespan=server.lifespan
+    )
     app.state.server = server
     return app

@@ -13,6 +13,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+    body_read: bool = False  # whether the app asked for any of the request's body
 
     def json(self):
         return json.loads(self.body)
@@ -86,9 +87,10 @@ class AsgiClient:
         }
         pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
         answered = asyncio.Event()
-        sent = {"status": None, "headers": {}, "body": []}
+        sent = {"status": None, "headers": {}, "body": [], "read": False}
 
         async def receive():
+            sent["read"] = True
             if pieces:
                 piece = pieces.pop(0)
                 return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
@@ -105,4 +107,4 @@ class AsgiClient:
                     answered.set()
 
         await self.app(scope, receive, send)
-        return Reply(sent["status"], sent["headers"], b"".join(sent["body"]))
+        return Reply(sent["status"], sent["headers"], b"".join(sent["body"]), sent["read"])

@@ -159,6 +159,13 @@ def test_beyond_the_queue_a_request_gets_an_immediate_503_with_retry_after(model
     assert statuses == sorted(statuses, reverse=True) and set(statuses) == {200, 503}
     refused = [r for r in in_order if r.status == 503]
     assert all(r.headers["retry-after"] == "7" and "busy" in r.json()["message"] for r in refused)
+    # refused at the door: the body was never read, and the answer still names the model
+    assert not any(r.body_read for r in refused)
+    assert all(r.body_read for r in in_order if r.status == 200)
+    assert {(r.headers["x-model-version"], r.headers["content-type"]) for r in refused} == {
+        ("1", "application/json")
+    }
+    assert all(int(r.headers["content-length"]) == len(r.body) for r in refused)
 
 
 def test_a_request_past_its_deadline_gets_a_503_not_a_hang(model):
@@ -321,7 +328,8 @@ def test_health_answers_at_once_and_ready_only_once_a_model_is_loaded(model):
         "x-model-version" not in health.headers and health_after.headers["x-model-version"] == "4"
     )
     assert not_ready.status == 503 and not_ready.json()["status"] == "loading"
-    assert early.status == 503 and early.headers["retry-after"] == "3"
+    assert early.status == 503 and early.headers["retry-after"] == "3" and not early.body_read
+    assert early.json()["error_code"] == "NOT_READY" and "x-model-version" not in early.headers
     assert (ready["model_name"], ready["model_version"], ready["alias"]) == (
         "hand_model",
         "4",
