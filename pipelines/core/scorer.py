@@ -186,6 +186,24 @@ class IntentModel:
         With `explain` = k > 0, each scored row also gets its top-k reasons (`core.explain`):
         `reason_1`..`reason_k` in words with their contribution, and `reasons` as JSON.
         """
+        columns = self.predict_columns(raw, source, extra, row_numbers, explain)
+        as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _plain_text)
+        # one frame built at once: adding columns one by one costs more than scoring a session
+        return pd.DataFrame(
+            {n: as_float(v) if v.dtype.kind == "f" else as_text(v) for n, v in columns.items()}
+        )
+
+    def predict_columns(
+        self,
+        raw: pd.DataFrame,
+        source: str = "<input>",
+        extra: dict | None = None,
+        row_numbers: np.ndarray | None = None,
+        explain: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """`predict`'s columns before a frame is made of them: the probabilities, confidence and
+        margin as float arrays (NaN for a rejected row), every other column as an object array
+        (None when missing). For a caller that needs no frame (`column_records`)."""
         explain = check_explain(explain)
         result = to_contract(
             raw,
@@ -213,18 +231,17 @@ class IntentModel:
         for row, reason in result.reasons.items():
             reasons[row] = reason
         per_row = reasons_of.reason_columns(explained, explain) if explain else {}
-        return self._frame(ids, proba, reasons, per_row, extra or {}, nullable)
+        return self._columns(ids, proba, reasons, per_row, extra or {})
 
-    def _frame(
+    def _columns(
         self,
         ids: np.ndarray,
         proba: np.ndarray,
         rejected: np.ndarray,
         per_row: dict[str, list],
         extra: dict,
-        nullable: bool,
-    ) -> pd.DataFrame:
-        """The output frame: ids, probabilities, intent, confidence and margin, the `per_row`
+    ) -> dict[str, np.ndarray]:
+        """The output columns: ids, probabilities, intent, confidence and margin, the `per_row`
         columns (reason codes), `reject_reason`, then the constant `extra` columns (the model's
         name and version)."""
         n = len(ids)
@@ -233,23 +250,15 @@ class IntentModel:
         second = np.take_along_axis(proba, top[:, 1:2], axis=1)[:, 0]
         intent = np.asarray(self.classes, dtype=object)[top[:, 0]]
         intent[np.isnan(best)] = None
-        # one frame built at once: adding columns one by one costs more than scoring a session
-        as_float, as_text = (_nullable_float, _nullable_text) if nullable else (_same, _plain_text)
-        columns = {"session_id": as_text(_id_text(ids))}
-        columns.update({f"p_{c}": as_float(proba[:, j]) for j, c in enumerate(self.classes)})
-        columns.update(
-            {
-                "intent": as_text(intent),
-                "confidence": as_float(best),
-                "margin": as_float(best - second),
-            }
-        )
+        columns = {"session_id": _id_text(ids)}
+        columns.update({f"p_{c}": proba[:, j] for j, c in enumerate(self.classes)})
+        columns.update({"intent": intent, "confidence": best, "margin": best - second})
         for name, values in per_row.items():
-            columns[name] = as_text(np.asarray(values, dtype=object))
-        columns[REJECT_REASON] = as_text(rejected)
+            columns[name] = np.asarray(values, dtype=object)
+        columns[REJECT_REASON] = rejected
         for name, value in extra.items():
-            columns[name] = as_text(np.full(n, value, dtype=object))
-        return pd.DataFrame(columns)
+            columns[name] = np.full(n, value, dtype=object)
+        return columns
 
     def describe(self) -> dict:
         """What the model expects and returns, for logging and the model README."""
@@ -286,6 +295,24 @@ def check_explain(explain) -> int:
     if k != explain or not 0 <= k <= MAX_EXPLAIN:
         raise ValueError(f"explain must be a whole number from 0 to {MAX_EXPLAIN}, got {explain!r}")
     return k
+
+
+def column_records(columns: dict[str, np.ndarray]) -> list[dict]:
+    """One dict per row of `predict_columns`, missing values None and text as `str`: the records
+    of the frame `predict(nullable=True)` gives, without building the frame."""
+    names = list(columns)
+    values = [_json_values(v) for v in columns.values()]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+
+def _json_values(values: np.ndarray) -> list:
+    if values.dtype.kind == "f":
+        return [None if v != v else v for v in values.tolist()]  # NaN is not equal to itself
+    missing = pd.isna(values).tolist()
+    return [
+        None if m else v if isinstance(v, str) else str(v)
+        for v, m in zip(values.tolist(), missing, strict=True)
+    ]
 
 
 def _same(values: np.ndarray) -> np.ndarray:

@@ -162,7 +162,7 @@ class ScoringServer:
         served = self.follower.current
         requests = [r for r, _ in items]
         explain = requests[0].explain
-        predict = lambda f: served.predict(f, explain)  # noqa: E731
+        predict = lambda f: served.records(f, explain)  # noqa: E731
         if len(items) > 1 and any(reading != served.reading for _, reading in items):
             outcomes = [score_together(predict, [r])[0] for r in requests]
         else:

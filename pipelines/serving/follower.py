@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from pipelines.core.scorer import IntentModel
+from pipelines.core.scorer import IntentModel, column_records
 from pipelines.serving.sessions import Reading
 from pipelines.tracking.registry import alias_of, alias_version, load_scorer
 
@@ -45,13 +45,16 @@ class Served:
 
     def predict(self, frame: pd.DataFrame, explain: int = 0) -> pd.DataFrame:
         """What the registered pyfunc returns for `frame` (`IntentPyfunc.predict`)."""
-        return self.model.predict(
-            frame,
-            source="request",
-            extra={"model_name": self.name, "model_version": self.version},
-            nullable=True,
-            explain=explain,
-        )
+        return self.model.predict(frame, nullable=True, explain=explain, **self._labels)
+
+    def records(self, frame: pd.DataFrame, explain: int = 0) -> list[dict]:
+        """The rows of `predict(frame)` as JSON-ready records (None when missing), made
+        without building its frame: what an answer is written from."""
+        return column_records(self.model.predict_columns(frame, explain=explain, **self._labels))
+
+    @property
+    def _labels(self) -> dict:
+        return {"source": "request", "extra": {"model_name": self.name, "model_version": self.version}}
 
     @functools.cached_property
     def reading(self) -> Reading:
@@ -66,7 +69,7 @@ class Served:
         cols = [c for c in spec.role_columns().values() if c] + list(spec.page_counts.values())
         row = dict.fromkeys(cols + list(spec.extra_numeric) + list(spec.extra_categorical))
         row[spec.columns.get("session_id") or "session_id"] = "warm-up"
-        self.predict(pd.DataFrame([row]))
+        self.records(pd.DataFrame([row]))
 
     def describe(self) -> dict:
         return {

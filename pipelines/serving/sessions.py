@@ -278,14 +278,14 @@ def stack(requests: Sequence[Sessions]) -> pd.DataFrame:
 
 
 def score_together(
-    predict: Callable[[pd.DataFrame], pd.DataFrame], requests: Sequence[Sessions]
+    predict: Callable[[pd.DataFrame], list[dict]], requests: Sequence[Sessions]
 ) -> list[list[dict] | Exception]:
-    """Each request's prediction records from one `predict` call over them all, or the error in
-    its place. When the call fails, each request is predicted alone, so a bad request gets its
-    own error and the others their answers."""
+    """Each request's prediction records from one `predict` call (a frame in, one record per
+    row out) over them all, or the error in its place. When the call fails, each request is
+    predicted alone, so a bad request gets its own error and the others their answers."""
     if len(requests) > 1:
         try:
-            records = prediction_records(predict(stack(requests)))
+            records = predict(stack(requests))
         except Exception:
             pass  # each alone below
         else:
@@ -297,18 +297,11 @@ def score_together(
     return [_alone(predict, r) for r in requests]
 
 
-def _alone(predict: Callable[[pd.DataFrame], pd.DataFrame], request: Sessions):
+def _alone(predict: Callable[[pd.DataFrame], list[dict]], request: Sessions):
     try:
-        return prediction_records(predict(request.to_frame()))
+        return predict(request.to_frame())
     except Exception as err:
         return err
-
-
-def prediction_records(frame: pd.DataFrame) -> list[dict]:
-    """One record per row as `mlflow models serve` answers it (missing values null)."""
-    names = [str(c) for c in frame.columns]
-    cols = [frame[c].to_numpy(dtype=object, na_value=None) for c in frame.columns]
-    return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
 
 
 def predictions_json(records: list[dict]) -> bytes:

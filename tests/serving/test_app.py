@@ -14,9 +14,10 @@ import pytest
 from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served
-from pipelines.serving.sessions import prediction_records, predictions_json
+from pipelines.serving.sessions import predictions_json
 from tests.fixtures import hand_built_model, hand_built_sessions
 from tests.serving.asgi import AsgiClient
+from tests.serving.reference import prediction_records
 
 SESSIONS = hand_built_sessions(12).drop(columns=["intent"])
 
@@ -31,9 +32,9 @@ class SlowServed(Served):
 
     delay = 0.0
 
-    def predict(self, frame, explain=0):
+    def records(self, frame, explain=0):
         time.sleep(self.delay)
-        return super().predict(frame, explain)
+        return super().records(frame, explain)
 
 
 def make_app(model, version="1", load=None, **settings):

@@ -20,13 +20,13 @@ from pipelines.serving.sessions import (
     column_kind,
     json_columns,
     merge_keys,
-    prediction_records,
     request_ids,
     request_key,
     score_together,
     sessions_of,
 )
 from tests.fixtures import hand_built_model, hand_built_sessions
+from tests.serving.reference import prediction_records
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_one_call_for_the_requests_split_back_and_a_bad_request_fails_alone():
         calls.append(len(frame))
         if (frame["x"] < 0).any():
             raise ValueError(f"x must be >= 0, got {frame['x'].min()}")
-        return frame.assign(y=frame["x"] * 2)
+        return prediction_records(frame.assign(y=frame["x"] * 2))
 
     reading = Reading(frozenset({"x"}), frozenset(), ())
 
@@ -190,9 +190,11 @@ def test_requests_scored_together_answer_exactly_as_each_does_alone(model):
 
     def outcome(frame: pd.DataFrame) -> list[dict] | str:
         try:
-            return prediction_records(served.predict(frame))
+            records = served.records(frame)
         except ValueError as err:  # the contract refusing a column (text in a number column)
             return f"{type(err).__name__}: {err}"
+        assert records == prediction_records(served.predict(frame))  # the frame's, without it
+        return records
 
     # alone: as MLflow's scoring server builds the table
     alone = [outcome(pd.DataFrame(r)) for r in requests]
@@ -214,7 +216,7 @@ def test_requests_scored_together_answer_exactly_as_each_does_alone(model):
 
     def predict(frame):
         calls.append(len(frame))
-        return served.predict(frame)
+        return served.records(frame)
 
     for members, _, _ in groups:
         calls.clear()
@@ -230,3 +232,23 @@ def test_requests_scored_together_answer_exactly_as_each_does_alone(model):
         m for m, _, _ in groups if len({str(parsed[i].key) for i in m}) > 1 and len(m) > 1
     ]
     assert len(mixed_group) >= 3
+
+
+@pytest.mark.parametrize("explain", [0, 2])
+def test_an_answers_records_are_the_pyfunc_frames_without_building_it(model, explain):
+    """Rejected rows (NaN probabilities, a reason), ids written as numbers or missing, reasons
+    asked for: the records equal those of the frame, value for value and type for type."""
+    served = Served(model, "hand_model", 7, "hand")  # a version that is not text
+    frame = hand_built_sessions(6).drop(columns=["intent"]).reset_index(drop=True)
+    frame.loc[1, "dwell"] = -3.0  # rejected by the contract
+    frame["id"] = frame["id"].astype(object)
+    frame.loc[2, "id"], frame.loc[3, "id"] = 12, None
+    ours = served.records(frame, explain)
+    theirs = prediction_records(served.predict(frame, explain))
+    assert ours == theirs
+    assert [[type(v) for v in r.values()] for r in ours] == [
+        [type(v) for v in r.values()] for r in theirs
+    ]
+    assert ours[1]["reject_reason"] and ours[1]["p_" + model.classes[0]] is None
+    assert ours[2]["session_id"] == "12" and ours[0]["model_version"] == "7"
+    assert json.loads(json.dumps(ours)) == ours
