@@ -15,7 +15,7 @@ open-loop load generator on the same machine (asyncio + aiohttp, loopback only):
 
       python3.11 -m venv /tmp/mlsv2 && /tmp/mlsv2/bin/pip install mlserver mlserver-mlflow
       git archive HEAD | (mkdir /tmp/mm_src && tar -x -C /tmp/mm_src)
-      grep -viE "^(fastapi|starlette|protobuf|pydantic|pydantic_core|annotated-doc)==" \
+      grep -viE "^(fastapi|starlette|protobuf|pydantic|pydantic_core|annotated-doc|uvloop)==" \
           constraints.txt > /tmp/mlsv_cons.txt
       /tmp/mlsv2/bin/pip install -c /tmp/mlsv_cons.txt /tmp/mm_src "uvloop<0.22"
 
@@ -31,7 +31,7 @@ phases the generator waits until the server answers a lone request within 50 ms 
 
 For each server: one-session requests at --rate for --duration; the highest rate that holds
 (every request answered 200, p99 <= 50 ms) for one-session and for 20-session requests, by a
-ladder of short steps and one bisection; overload at twice the one-session capacity (share of
+ladder of short steps and one bisection, counted only when a later window holds it again; overload at twice the one-session capacity (share of
 fast 503s with Retry-After, p99 of accepted requests, the time until p99 is back under 50 ms once
 the overload stops); a soak at half capacity (resident memory of the server's processes at its
 start and end); bad requests (status code of each, and whether the server still answers).
@@ -537,7 +537,10 @@ class Driver:
         return max(self.args.step_seconds, self.args.step_requests / rate)
 
     async def search(self, kind: str) -> dict:
-        """The highest rate that holds: a ladder from --search-start, then one bisection."""
+        """The highest rate that holds: a ladder from --search-start, then one bisection, then a
+        confirmation. The rate found must hold again in a later window, else the next lower rate
+        that held is tried: the machine's speed changes by up to 2x within minutes, and one fast
+        window must not set the rates the overload, the soak and the switch run at."""
         a, steps = self.args, []
         rate, best, worst = a.search_start, 0.0, None
         while rate <= a.search_max:
@@ -548,15 +551,22 @@ class Driver:
         if best and worst:
             mid = math.sqrt(best * worst)
             best = mid if await self.step(kind, mid, steps) else best
-        return {"capacity": best, "steps": steps, "ceiling": worst is None}
+        found, capacity = best, 0.0
+        for rate in sorted({s["rate"] for s in steps if holds(s) and s["rate"] <= best})[::-1]:
+            if await self.step(kind, rate, steps, confirm=True):
+                capacity = rate
+                break
+        return {"capacity": capacity, "found": found, "steps": steps, "ceiling": worst is None}
 
-    async def step(self, kind: str, rate: float, steps: list[dict]) -> bool:
+    async def step(self, kind: str, rate: float, steps: list[dict], confirm: bool = False) -> bool:
         """Whether `rate` holds; a failing step is run once more (the cores are shared with other
         jobs, and one stall of theirs must not end the search), and holds if the second does."""
         for attempt in range(2):
             s = summarize(await self.phase(kind, rate, self.step_seconds(rate)))
+            s["confirm"] = confirm
             steps.append(s)
-            print(f"    {kind}{' (again)' if attempt else ''}: {fmt_rate(s)}", flush=True)
+            label = f"{kind}{' confirm' if confirm else ''}{' (again)' if attempt else ''}"
+            print(f"    {label}: {fmt_rate(s)}", flush=True)
             await self.settle()
             if holds(s):
                 return True
@@ -791,7 +801,11 @@ def summary_table(results: dict, servers: dict[str, Server], args) -> list[str]:
 def cap(search: dict) -> str:
     if not search["capacity"]:
         return "< " + format(search["steps"][0]["rate"], ".0f")
-    return f"{search['capacity']:.0f}" + (" (ladder top)" if search["ceiling"] else "")
+    text = f"{search['capacity']:.0f}" + (" (ladder top)" if search["ceiling"] else "")
+    found = search.get("found", search["capacity"])
+    if found > search["capacity"]:  # the ladder's best did not hold again
+        text += f" (held once at {found:.0f})"
+    return text
 
 
 def detail(key: str, res: dict, server: Server, args) -> list[str]:
@@ -824,13 +838,15 @@ def detail(key: str, res: dict, server: Server, args) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = [("fixed", res["fixed"])]
-    rows += [
-        (f"1-session step{' holds' if holds(s) else ''}", s) for s in res["search_one"]["steps"]
-    ]
-    rows += [
-        (f"{BIG_SESSIONS}-session step{' holds' if holds(s) else ''}", s)
-        for s in res["search_big"]["steps"]
-    ]
+    for sessions, search in ((1, res["search_one"]), (BIG_SESSIONS, res["search_big"])):
+        rows += [
+            (
+                f"{sessions}-session {'confirm' if s.get('confirm') else 'step'}"
+                + (" holds" if holds(s) else ""),
+                s,
+            )
+            for s in search["steps"]
+        ]
     rows += [
         ("overload (2x)", res["overload"]["high"]),
         ("after overload (0.5x)", res["overload"]["after"]),
