@@ -390,6 +390,7 @@ class ScoreBlock:
     output: str = "scores/latest"
     chunk_rows: int = 250000
     explain: int = 0  # the top-k reasons of each prediction (0: none; costs more than scoring)
+    max_rejected_share: float = 0.5  # a run rejecting more of its rows fails, writing nothing
 
 
 @dataclass
@@ -497,6 +498,7 @@ class ServeBlock:
     max_wait_ms: float = 2.0  # how long a batch waits for more requests to join it
     max_queue: int = 64  # requests waiting at most; beyond it an immediate 503
     max_delay_ms: float = 25.0  # longer to wait for the work ahead: an immediate 503 (0: never)
+    standing_ms: float = 100.0  # queue over max_delay_ms this long: overload, not a burst
     timeout_ms: float = 1000.0  # a request not answered by then gets a 503
     retry_after_s: int = 1  # the Retry-After of a 503
     max_body_bytes: int = 1_048_576  # a larger body gets a 413, refused while it is read

@@ -152,6 +152,7 @@ class ScoringServer:
             max_queue=settings.max_queue,
             timeout_ms=settings.timeout_ms,
             max_delay_ms=settings.max_delay_ms,
+            standing_ms=settings.standing_ms,
             merge=merge_keys,
             own_slowdown=lambda: follower.loading,
         )

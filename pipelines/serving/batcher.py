@@ -4,12 +4,16 @@ A request waits in a queue until the one prediction thread takes it into a batch
 `max_batch_rows` rows, gathered for at most `max_wait_ms`. While a batch is predicted the next
 one gathers, so batches grow with the load.
 
-Load is shed at the door: a request that would wait longer than `max_delay_ms` for the work ahead
-of it gets `Overloaded` at once, as does one finding `max_queue` requests waiting, or arriving
-while the event loop runs more than half of `max_delay_ms` late (requests come in faster than
-they are read, so each waits that long to be read and again for its answer to be written). The wait is estimated from the batches run so far (`BatchCost`: seconds = a + b x rows,
-fitted as they finish). A request still unanswered `timeout_ms` after arriving gets `TimedOut`,
-never a hang.
+Load is shed at the door, telling a burst from overload as CoDel does: by whether the queue
+stands. A request that would wait longer than `max_delay_ms` for the work ahead of it gets
+`Overloaded` at once while the queue stands, that is, while every batch for `standing_ms` has
+started on a request that waited longer than `max_delay_ms`; a burst, which the next batches
+clear, is refused only beyond twice `max_delay_ms`. A request finding `max_queue` requests
+waiting is refused too, and one arriving while the event loop runs more than half of
+`max_delay_ms` late (requests come in faster than they are read, so each waits that long to be
+read and again for its answer to be written). The wait is estimated from the batches run so far
+(`BatchCost`: seconds = a + b x rows, fitted as they finish). A request still unanswered
+`timeout_ms` after arriving gets `TimedOut`, never a hang.
 
 While the server slows itself down (`own_slowdown()`: a new model loading beside serving, whose
 thread takes the interpreter in turns), the slower batches and the late loop are not the
@@ -94,6 +98,7 @@ class Job:
     ids: frozenset
     future: asyncio.Future
     taken: bool = False
+    arrived: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -107,6 +112,7 @@ class Batcher:
     max_queue: int
     timeout_ms: float
     max_delay_ms: float = 0.0  # 0: no shedding by expected wait
+    standing_ms: float = 100.0  # 0: shed at max_delay_ms from the first such request
     merge: Callable[[Hashable, Hashable], Hashable | None] = same_key
     own_slowdown: Callable[[], bool] = field(default=lambda: False)
     cost: BatchCost = field(default_factory=BatchCost)
@@ -124,6 +130,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self.loop_lag = 0.0  # seconds the event loop answered its last tick late
+        self._over_since: float | None = None  # since when every batch began late
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="micromoment-predict")
 
     @property
@@ -161,20 +168,31 @@ class Batcher:
             delay += self.cost.seconds(self._waiting_rows, batches)
         return delay
 
+    @property
+    def standing(self) -> bool:
+        """Whether the queue stands: every batch begun for `standing_ms` began on a request that
+        had waited longer than `max_delay_ms` (always, with `standing_ms` 0)."""
+        since = self._over_since
+        if not self.standing_ms:
+            return True
+        return since is not None and time.monotonic() - since >= self.standing_ms / 1000
+
     def admit(self) -> None:
         """`Overloaded` when `max_queue` requests wait already, or (unless the server slows
         itself down) a request would wait longer than `max_delay_ms` for the work ahead of it
-        (`expected_delay`) or the event loop runs late."""
+        (`expected_delay`) while the queue stands (twice as long when it does not), or the event
+        loop runs late."""
         if len(self._waiting) >= self.max_queue:
             self.stats["refused"] += 1
             raise Overloaded(f"{len(self._waiting)} requests are waiting already")
         if self.max_delay_ms > 0 and not self.own_slowdown():
             delay = self.expected_delay() * 1000
-            if delay > self.max_delay_ms:
+            limit = self.max_delay_ms if self.standing else 2 * self.max_delay_ms
+            if delay > limit:
                 self.stats["refused"] += 1
                 raise Overloaded(
-                    f"about {delay:.0f} ms of work is ahead of this request, over "
-                    f"{self.max_delay_ms:g} ms"
+                    f"about {delay:.0f} ms of work is ahead of this request, over {limit:g} ms"
+                    + (" (the queue stands)" if limit == self.max_delay_ms else "")
                 )
             # requests reach the server faster than it reads them: each waits about this long
             # to be read and as long again for its answer to be written
@@ -231,6 +249,11 @@ class Batcher:
         first = self._waiting.popleft()
         self._waiting_rows -= first.rows
         first.taken = True
+        began = time.monotonic()
+        if began - first.arrived <= self.max_delay_ms / 1000:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = began
         jobs, ids, key = [first], set(first.ids), first.key
         deadline = loop.time() + self.max_wait_ms / 1000
         while True:

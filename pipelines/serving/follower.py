@@ -54,7 +54,10 @@ class Served:
 
     @property
     def _labels(self) -> dict:
-        return {"source": "request", "extra": {"model_name": self.name, "model_version": self.version}}
+        return {
+            "source": "request",
+            "extra": {"model_name": self.name, "model_version": self.version},
+        }
 
     @functools.cached_property
     def reading(self) -> Reading:

@@ -125,7 +125,8 @@ def test_the_batch_cost_is_fitted_to_the_batches_run():
 
 def test_a_request_that_would_wait_too_long_is_refused_at_once():
     calls = []
-    batcher = recording_batcher(calls, delay=0.2, max_wait_ms=0, max_delay_ms=100)
+    # standing_ms 0: refused at max_delay_ms without waiting to see whether the queue stands
+    batcher = recording_batcher(calls, delay=0.2, max_wait_ms=0, max_delay_ms=100, standing_ms=0)
     batcher.cost = BatchCost(a=0.2, b=0.0)  # each batch takes 200 ms, as it does here
 
     async def scenario():
@@ -148,11 +149,49 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once():
     assert batcher.stats["refused"] == 1 and calls == [[0], [2]]
 
 
+def test_a_burst_is_taken_within_twice_the_delay_and_a_standing_queue_is_refused_at_it():
+    calls = []
+    batcher = recording_batcher(calls, delay=0.2, max_wait_ms=0, max_delay_ms=100, standing_ms=150)
+    batcher.cost = BatchCost(a=0.2, b=0.0)  # each batch takes 200 ms
+
+    async def scenario():
+        batcher.start()
+        try:
+            tasks = [asyncio.create_task(batcher.submit(0, 1, 0, frozenset()))]
+            await asyncio.sleep(0.02)  # 180 ms of work ahead: over 100 ms, but within 200
+            tasks.append(asyncio.create_task(batcher.submit(1, 1, 1, frozenset())))
+            await asyncio.sleep(0)
+            assert batcher.waiting == 1 and not batcher.standing  # a burst: admitted
+            await asyncio.sleep(0.2)  # request 1's batch began after it waited ~180 ms
+            tasks.append(asyncio.create_task(batcher.submit(2, 1, 2, frozenset())))
+            await asyncio.sleep(0)
+            assert batcher.waiting == 1  # late batches for 20 ms only: not standing yet
+            await asyncio.sleep(0.2)  # request 2's began late too: late for 200 ms now
+            assert batcher.standing
+            with pytest.raises(Overloaded, match=r"over 100 ms \(the queue stands\)"):
+                await batcher.submit(3, 1, 3, frozenset())
+            answers = [await t for t in tasks]
+            # drained: the next batch begins at once, and the queue no longer stands
+            return answers, await batcher.submit(4, 1, 4, frozenset())
+        finally:
+            await batcher.stop()
+
+    answers, last = asyncio.run(scenario())
+    assert answers == ["answer 0", "answer 1", "answer 2"] and last == "answer 4"
+    assert not batcher.standing and batcher.stats["refused"] == 1
+    assert calls == [[0], [1], [2], [4]]
+
+
 def test_while_the_server_slows_itself_no_one_is_refused_for_it_and_nothing_is_learned():
     loading = [True]
     calls = []
     batcher = recording_batcher(
-        calls, delay=0.2, max_wait_ms=0, max_delay_ms=100, own_slowdown=lambda: loading[0]
+        calls,
+        delay=0.2,
+        max_wait_ms=0,
+        max_delay_ms=100,
+        standing_ms=0,
+        own_slowdown=lambda: loading[0],
     )
     batcher.cost = BatchCost(a=0.2, b=0.0)
 

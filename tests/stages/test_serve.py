@@ -56,6 +56,7 @@ def test_an_unset_alias_or_a_missing_folder_is_refused_before_listening(registry
         ({"max_queue": 0}, "serve.max_queue must be at least 1, got 0"),
         ({"port": 70000}, "serve.port must be at most 65535"),
         ({"max_wait_ms": -1}, "serve.max_wait_ms must be at least 0"),
+        ({"standing_ms": -5}, "serve.standing_ms must be at least 0, got -5"),
         ({"max_wait_ms": 50}, "serve.max_delay_ms=25 must exceed serve.max_wait_ms=50"),
         ({"timeout_ms": 2, "max_wait_ms": 5, "max_delay_ms": 0}, "serve.timeout_ms=2 must exceed"),
     ],
