@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ class ScoreOptions:
     explain: int = 0
     compiled: bool = False
     compile_min_rows: int = 0  # smaller inputs use LightGBM unless the model is compiled already
+    # a run rejecting a larger share of its rows fails before its output appears (1: never)
+    max_rejected_share: float = 1.0
 
 
 @dataclass
@@ -149,6 +152,25 @@ def check_accounting(rows_in: int, scored: int, rejected: int) -> None:
         raise RuntimeError(
             f"row accounting broke: {rows_in} in, {scored} scored, {rejected} rejected"
         )
+
+
+def check_rejected_share(
+    counts: Mapping[str, int], limit: float, rejects: Path, source: str
+) -> None:
+    """Refuse (`ContractError`, raised before the run's output appears) a run that rejected more
+    than `limit` of its rows, naming the commonest reasons from `rejects`: a scheduled job would
+    otherwise publish a mostly empty output and end with exit 0."""
+    rows_in, rejected = counts["rows_in"], counts["rows_rejected"]
+    if limit >= 1 or not rows_in or rejected / rows_in <= limit:
+        return
+    reasons = pd.read_parquet(rejects, columns=[REJECT_REASON])[REJECT_REASON]
+    common = reasons.str.split("; ").explode().str.replace(r" \(got .*\)$", "", regex=True)
+    top = ", ".join(f"{reason} ({n:,})" for reason, n in common.value_counts().head(3).items())
+    raise contract.ContractError(
+        f"{source}: {rejected:,} of {rows_in:,} sessions ({rejected / rows_in:.0%}) broke the "
+        f"contract, over max_rejected_share {limit:g}; commonest reasons: {top}. Nothing was "
+        f"written; raise score.max_rejected_share to score the rest"
+    )
 
 
 def score_summary(

@@ -38,6 +38,7 @@ from pipelines.core.scorer import check_explain
 from pipelines.core.scoring import (
     ROW,
     ScoreOptions,
+    check_rejected_share,
     journey_summary,
     report_absent_columns,
     score_chunk,
@@ -121,10 +122,12 @@ def score_dask(
     explain: int = 0,
     compiled: bool = False,
     compile_min_rows: int = 0,
+    max_rejected_share: float = 1.0,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary.
     `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions; with
-    `compiled`, each worker predicts with compiled trees (`core.compiled`) when it can."""
+    `compiled`, each worker predicts with compiled trees (`core.compiled`) when it can. A run
+    rejecting more than `max_rejected_share` of its rows fails and writes nothing."""
     explain = check_explain(explain)
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -152,12 +155,14 @@ def score_dask(
         # a partition whose worker dies is run again elsewhere and rewrites the same part files
         counts = client.compute(scored_parts, retries=2).result()
         _gather_parts(work, list(model.classes))
+        totals = _totals(counts, rows_in)
+        check_rejected_share(totals, max_rejected_share, work / "rejects.parquet", str(input_path))
         # what predicted is what the workers used, whatever this process loaded
         info = {**info, "predictor": ",".join(sorted(set(counts["predictor"].astype(str))))}
         summary = score_summary(
             str(input_path),
             str(out_dir),
-            _totals(counts, rows_in),
+            totals,
             info,
             engine="dask",
             input_fingerprint=fingerprint,
@@ -279,4 +284,5 @@ class DaskEngine:
                 explain=options.explain,
                 compiled=options.compiled,
                 compile_min_rows=options.compile_min_rows,
+                max_rejected_share=options.max_rejected_share,
             )

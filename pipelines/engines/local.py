@@ -35,6 +35,7 @@ from pipelines.core.scorer import IntentModel, check_explain
 from pipelines.core.scoring import (
     ROW,
     ScoreOptions,
+    check_rejected_share,
     journey_summary,
     report_absent_columns,
     score_chunk,
@@ -96,6 +97,7 @@ class LocalEngine:
             chunk_rows=options.chunk_rows,
             model_info=info,
             explain=options.explain,
+            max_rejected_share=options.max_rejected_share,
         )
 
 
@@ -245,9 +247,11 @@ def score_file(
     model_info: Mapping | None = None,
     progress: bool | None = None,
     explain: int = 0,
+    max_rejected_share: float = 1.0,
 ) -> dict:
     """Score every session of `input_path` into `out_dir`; returns the summary (counts, timings).
-    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions."""
+    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions. A run
+    rejecting more than `max_rejected_share` of its rows fails and writes nothing."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive number, got {chunk_rows}")
     explain = check_explain(explain)
@@ -259,6 +263,7 @@ def score_file(
         buckets = route_to_buckets(model.spec, input_path, work / "_buckets", chunk_rows)
         progress = sys.stderr.isatty() if progress is None else progress
         counts = score_buckets(model, buckets, work, str(input_path), info, progress, explain)
+        check_rejected_share(counts, max_rejected_share, work / "rejects.parquet", str(input_path))
         summary = score_summary(
             str(input_path),
             str(out_dir),

@@ -4,7 +4,9 @@ The configured engine does the work (`pipelines.engines`): in this process, stre
 through journey buckets in bounded memory, or on a Dask cluster. Both write the same folder,
 atomically: `predictions/` (one row per scored session), `journeys.parquet` (one row per journey:
 latest intent and the intent sequence), `rejects.parquet` (rows that broke the contract, with the
-reason) and `summary.json`. Rows in = rows scored + rows rejected.
+reason) and `summary.json`. Rows in = rows scored + rows rejected. A run that rejects more than
+`score.max_rejected_share` of its rows fails (exit 3) naming the commonest reasons, and writes
+nothing: a scheduler must not take a mostly empty output for a good one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pipelines.core.scoring import ScoreOptions
 from pipelines.engines import engine_for
 from pipelines.io.outputs import claim_output
 from pipelines.stages import runner
-from pipelines.stages.runner import command
+from pipelines.stages.runner import UserError, command
 from pipelines.tracking import runs
 from pipelines.tracking.registry import needs_tracking
 
@@ -27,6 +29,9 @@ def run_score(cfg: DictConfig) -> dict:
     s = c["score"]
     uri = str(s["model_uri"])
     explain = runner.reasons_asked(s["explain"], "score.explain")
+    share = float(s["max_rejected_share"])
+    if not 0 <= share <= 1:
+        raise UserError(f"score.max_rejected_share must be from 0 to 1, got {share:g}")
     claim_output(s["output"], "score", inputs=(s["input"], uri))
     if needs_tracking(uri):
         runner.check_tracking(runs.resolve_tracking_uri(c["tracking"]["uri"]))
@@ -39,6 +44,7 @@ def run_score(cfg: DictConfig) -> dict:
         explain=explain,
         compiled=bool(c["runtime"]["compiled_trees"]),
         compile_min_rows=int(c["runtime"]["compile_min_rows"]),
+        max_rejected_share=share,
     )
     summary = engine_for(c["engine"]).score(uri, s["input"], s["output"], options)
     missing = summary["missing_columns"]

@@ -17,6 +17,7 @@ from pipelines.core.scorer import IntentModel
 from pipelines.core.scoring import (
     ROW,
     check_accounting,
+    check_rejected_share,
     journey_summary,
     report_absent_columns,
     score_chunk,
@@ -299,3 +300,23 @@ def test_journey_summary_equals_the_per_journey_definition_on_many_shuffled_jour
         assert got["latest_session_id"] == rows["session_id"].iloc[-1]
         assert got["p_buy"] == rows["p_buy"].iloc[-1]
         assert got["intent_sequence"] == ">".join(rows["intent"])
+
+
+def test_a_rejected_share_over_the_limit_is_refused_naming_the_commonest_reasons(tmp_path):
+    reasons = ["device not a single value (got ['a'])"] * 3 + [
+        "dwell_time_s negative value (got -1.0); latitude out of range (got 99.0)",
+        "latitude out of range (got 91.0)",
+    ]
+    path = tmp_path / "rejects.parquet"
+    pd.DataFrame({REJECT_REASON: reasons}).to_parquet(path)
+    counts = {"rows_in": 8, "rows_scored": 3, "rows_rejected": 5}
+    with pytest.raises(ContractError) as err:
+        check_rejected_share(counts, 0.5, path, "in.parquet")
+    assert str(err.value).startswith("in.parquet: 5 of 8 sessions (62%) broke the contract")
+    assert (
+        "device not a single value (3), latitude out of range (2), dwell_time_s negative value (1)"
+        in str(err.value)
+    )
+    check_rejected_share(counts, 0.625, path, "in.parquet")  # at the limit: not over it
+    check_rejected_share(counts, 1.0, path / "not read", "in.parquet")  # 1: never checked
+    check_rejected_share({**counts, "rows_in": 0, "rows_rejected": 0}, 0.0, path, "x")

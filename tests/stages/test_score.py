@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from pipelines.core.contract import ContractError
+from pipelines.stages.runner import UserError, exit_code_for
 from pipelines.stages.score import run_score
 from tests.conftest import compose_config
 
@@ -48,6 +50,43 @@ def test_the_champion_scores_every_row_or_rejects_it_and_says_so(
         f"scored 59 of 60 sessions (1 rejected) in {summary['journeys']} journeys with "
         "micro_moment_intent version 2 ->"
     )
+
+
+def test_a_run_rejecting_most_rows_fails_and_leaves_the_last_output_as_it_was(
+    registry_store, small_sessions, tmp_path
+):
+    raw = small_sessions.head(60).drop(columns="intent").reset_index(drop=True)
+    raw.to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    assert run_score(cfg)["rows_scored"] == 60  # yesterday's good run
+    before = (tmp_path / "scores" / "summary.json").read_text()
+    raw.loc[:39, "dwell_time_s"] = -1.0  # today's export: 40 of 60 rows broken
+    raw.loc[:4, "latitude"] = 123.0
+    raw.to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ContractError) as err:
+        run_score(cfg)
+    message = str(err.value)
+    assert "40 of 60 sessions (67%)" in message and "max_rejected_share 0.5" in message
+    assert "dwell_time_s" in message and "(40)" in message and "(got" not in message
+    assert (tmp_path / "scores" / "summary.json").read_text() == before
+    assert exit_code_for(err.value)[0] == 3
+    cfg.score.max_rejected_share = 1.0  # scored anyway when asked
+    summary = run_score(cfg)
+    assert (summary["rows_scored"], summary["rows_rejected"]) == (20, 40)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_rejected_share_outside_0_and_1_is_refused_before_any_work(
+    registry_store, tmp_path, share
+):
+    pd.DataFrame({"session_id": ["a"]}).to_parquet(tmp_path / "in.parquet")
+    cfg = score_config(registry_store["uri"], tmp_path, "models:/micro_moment_intent@champion")
+    cfg.score.max_rejected_share = share
+    with pytest.raises(
+        UserError, match=f"score.max_rejected_share must be from 0 to 1, got {share:g}"
+    ):
+        run_score(cfg)
+    assert not (tmp_path / "scores").exists()
 
 
 def test_a_model_folder_that_does_not_exist_is_refused_naming_it(tmp_path):
