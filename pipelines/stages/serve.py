@@ -51,6 +51,7 @@ def check_settings(s: ServeBlock) -> None:
         "max_body_bytes": (s.max_body_bytes, 1),
         "max_wait_ms": (s.max_wait_ms, 0),
         "max_delay_ms": (s.max_delay_ms, 0),
+        "standing_ms": (s.standing_ms, 0),
         "retry_after_s": (s.retry_after_s, 0),
         "follow_interval_s": (s.follow_interval_s, 0),
     }
