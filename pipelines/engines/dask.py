@@ -125,9 +125,7 @@ def score_dask(
     max_rejected_share: float = 1.0,
 ) -> dict:
     """Score `input_path` into `out_dir` on the cluster behind `client`; returns the summary.
-    `explain` = k adds each session's top-k reasons (`core.explain`) to its predictions; with
-    `compiled`, each worker predicts with compiled trees (`core.compiled`) when it can. A run
-    rejecting more than `max_rejected_share` of its rows fails and writes nothing."""
+    `explain`: each session's top-k reasons; `compiled`: workers use compiled trees if they can."""
     explain = check_explain(explain)
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -154,9 +152,8 @@ def score_dask(
         )
         # a partition whose worker dies is run again elsewhere and rewrites the same part files
         counts = client.compute(scored_parts, retries=2).result()
-        _gather_parts(work, list(model.classes))
-        totals = _totals(counts, rows_in)
-        check_rejected_share(totals, max_rejected_share, work / "rejects.parquet", str(input_path))
+        classes = list(model.classes)
+        totals = _gathered(work, classes, counts, rows_in, max_rejected_share, str(input_path))
         # what predicted is what the workers used, whatever this process loaded
         info = {**info, "predictor": ",".join(sorted(set(counts["predictor"].astype(str))))}
         summary = score_summary(
@@ -174,6 +171,22 @@ def score_dask(
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _gathered(
+    work: Path,
+    classes: list[str],
+    counts: pd.DataFrame,
+    rows_in: int,
+    max_rejected_share: float,
+    source: str,
+) -> dict[str, int]:
+    """The partitions' parts gathered in `work` and the run's totals; a run rejecting more than
+    `max_rejected_share` of its rows fails there (`check_rejected_share`), before it appears."""
+    _gather_parts(work, classes)
+    totals = _totals(counts, rows_in)
+    check_rejected_share(totals, max_rejected_share, work / "rejects.parquet", source)
+    return totals
 
 
 def _totals(counts: pd.DataFrame, rows_in: int) -> dict[str, int]:
