@@ -404,6 +404,7 @@ class FeedBlock:
     output: str = "touchpoints/latest"
     chunk_rows: int = 250000
     explain: int = 0  # the top-k reasons of each journey's latest prediction, when scored here
+    max_rejected_share: float = 0.5  # a feed losing more of its sessions fails, writing nothing
     log_to_mlflow: bool = True
 
 

@@ -155,11 +155,15 @@ def check_accounting(rows_in: int, scored: int, rejected: int) -> None:
 
 
 def check_rejected_share(
-    counts: Mapping[str, int], limit: float, rejects: Path, source: str
+    counts: Mapping[str, int],
+    limit: float,
+    rejects: Path,
+    source: str,
+    setting: str = "score.max_rejected_share",
 ) -> None:
     """Refuse (`ContractError`, raised before the run's output appears) a run that rejected more
-    than `limit` of its rows, naming the commonest reasons from `rejects`: a scheduled job would
-    otherwise publish a mostly empty output and end with exit 0."""
+    than `limit` (the config key `setting`) of its rows, naming the commonest reasons from
+    `rejects`: a scheduled job would otherwise publish a mostly empty output and end with exit 0."""
     rows_in, rejected = counts["rows_in"], counts["rows_rejected"]
     if limit >= 1 or not rows_in or rejected / rows_in <= limit:
         return
@@ -168,8 +172,8 @@ def check_rejected_share(
     top = ", ".join(f"{reason} ({n:,})" for reason, n in common.value_counts().head(3).items())
     raise contract.ContractError(
         f"{source}: {rejected:,} of {rows_in:,} sessions ({rejected / rows_in:.0%}) broke the "
-        f"contract, over max_rejected_share {limit:g}; commonest reasons: {top}. Nothing was "
-        f"written; raise score.max_rejected_share to score the rest"
+        f"contract, over {setting} {limit:g}; commonest reasons: {top}. Nothing was "
+        f"written; raise {setting} to use the rest"
     )
 
 

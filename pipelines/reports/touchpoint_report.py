@@ -180,7 +180,9 @@ def conversion_intervals(
         y = np.arange(len(part))
         ok = part["status"].eq("ok").to_numpy()
         rate = part["rate"].to_numpy(dtype=float)
-        err = np.vstack([rate - part["ci_low"], part["ci_high"] - rate])
+        # a cell that never converted, of a touchpoint that never did, has a Beta posterior piled
+        # at 0 whose (tiny) mean lies above its central interval: its bar is drawn from 0
+        err = np.clip(np.vstack([rate - part["ci_low"], part["ci_high"] - rate]), 0, None)
         ax.errorbar(100 * rate[ok], y[ok], xerr=100 * err[:, ok], fmt="o", capsize=3)
         for yi in y[~ok]:
             ax.text(0, yi, " too little data", va="center", fontsize=8, color="grey")

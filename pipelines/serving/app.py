@@ -244,7 +244,10 @@ class ScoringServer:
 
     async def ready(self, request: Request) -> Response:
         served = self.follower.current
-        state = {"batching": dict(self.batcher.stats, waiting=self.batcher.waiting)}
+        batcher = self.batcher
+        state = {
+            "batching": dict(batcher.stats, waiting=batcher.waiting, standing=batcher.standing)
+        }
         if served is None:
             state.update(status="loading", model_uri=self.follower.uri, error=self.follower.error)
             return self.response(503, json.dumps(state).encode(), retry=True)

@@ -80,6 +80,15 @@ def reasons_asked(value, key: str) -> int:
         raise UserError(f"{key}: {err}") from None
 
 
+def share_asked(value, key: str) -> float:
+    """A share setting from 0 to 1 (`score.max_rejected_share`, `feed.max_rejected_share`); any
+    other value is a usage error naming its key."""
+    share = float(value)
+    if not 0 <= share <= 1:
+        raise UserError(f"{key} must be from 0 to 1, got {share:g}")
+    return share
+
+
 def refuse_secrets_in_args(args: list[str], environ: Mapping[str, str] = os.environ) -> None:
     """Refuse a password inside a URI on the command line or in MLFLOW_TRACKING_URI.
 

@@ -19,7 +19,7 @@ from pipelines.core.scoring import ScoreOptions
 from pipelines.engines import engine_for
 from pipelines.io.outputs import claim_output
 from pipelines.stages import runner
-from pipelines.stages.runner import UserError, command
+from pipelines.stages.runner import command
 from pipelines.tracking import runs
 from pipelines.tracking.registry import needs_tracking
 
@@ -29,9 +29,7 @@ def run_score(cfg: DictConfig) -> dict:
     s = c["score"]
     uri = str(s["model_uri"])
     explain = runner.reasons_asked(s["explain"], "score.explain")
-    share = float(s["max_rejected_share"])
-    if not 0 <= share <= 1:
-        raise UserError(f"score.max_rejected_share must be from 0 to 1, got {share:g}")
+    share = runner.share_asked(s["max_rejected_share"], "score.max_rejected_share")
     claim_output(s["output"], "score", inputs=(s["input"], uri))
     if needs_tracking(uri):
         runner.check_tracking(runs.resolve_tracking_uri(c["tracking"]["uri"]))

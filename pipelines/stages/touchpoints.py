@@ -11,7 +11,9 @@ same input), estimates conversion by intent x touchpoint, and writes one folder 
     summary.json                 counts, model, headline numbers
     scores/                      the scoring output, when the input was scored here
 
-Rows in = sessions in the feed's journeys + sessions rejected by the contract, always.
+Rows in = sessions in the feed's journeys + sessions rejected by the contract, always. A feed
+whose input loses more than `feed.max_rejected_share` of its sessions to the contract fails
+(exit 3) naming the commonest reasons, and writes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.contract import DatasetSpec
 from pipelines.core.feed import build
+from pipelines.core.scoring import check_rejected_share
 from pipelines.engines.local import score_file
 from pipelines.io.outputs import atomic_path, claim_output
 from pipelines.io.readers import count_rows, load_stores
@@ -130,6 +133,7 @@ def run_touchpoints(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     f = c["feed"]
     explain = runner.reasons_asked(f["explain"], "feed.explain")
+    share = runner.share_asked(f["max_rejected_share"], "feed.max_rejected_share")
     stores_path = c["data"]["stores_path"]
     out = claim_output(f["output"], "touchpoints", inputs=(f["input"], f["scores"], stores_path))
     experiment_id = runs.setup(c["tracking"])
@@ -139,6 +143,9 @@ def run_touchpoints(cfg: DictConfig) -> dict:
         predictions = read_or_score(c, work, explain)
         spec = DatasetSpec.from_config(c["data"])
         sessions, counts = scored_sessions(f["input"], predictions, spec)
+        scores_dir = Path(f["scores"]) if f["scores"] else work / "scores"
+        rejects = scores_dir / "rejects.parquet"
+        check_rejected_share(counts, share, rejects, str(f["input"]), "feed.max_rejected_share")
         uris = predictions["model_uri"] if "model_uri" in predictions else pd.Series([None])
         model_uri = uris.iloc[0] if len(uris) else None
         result = build(c, sessions, counts, model_uri, stores, f["input"])

@@ -356,6 +356,18 @@ def test_interval_panels_share_one_scale_that_holds_every_interval():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Email", "Search ad"]
 
 
+def test_a_cell_that_never_converted_is_drawn_although_its_mean_is_above_its_interval():
+    from pipelines.core.touchpoints import _shrunk
+
+    cell = _shrunk(0.0, 40.0, 0.0, 20.0, 0.95)  # no conversion in the cell nor anywhere
+    assert cell["ci_high"] < cell["rate"] < 1e-9
+    table = estimates()
+    table.loc[0, ["rate", "ci_low", "ci_high"]] = cell["rate"], cell["ci_low"], cell["ci_high"]
+    fig = conversion_intervals(table, CLASSES)
+    bars = fig.axes[0].collections[0].get_segments()  # the error bars of the first panel
+    assert min(x for segment in bars for x, _ in segment) >= 0
+
+
 def test_uplift_panels_share_one_scale_around_zero_and_name_groups_in_words():
     shuffled = report_measured()["uplift"].sample(frac=1, random_state=5)
     fig = uplift_chart(shuffled, INTENTS, LABELS)

@@ -336,6 +336,7 @@ def test_health_answers_at_once_and_ready_only_once_a_model_is_loaded(model):
         "4",
         "champion",
     )
+    assert ready["batching"]["waiting"] == 0 and ready["batching"]["standing"] is False
 
 
 def test_answers_are_those_of_mlflow_models_serve(registry_store, client):

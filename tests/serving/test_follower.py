@@ -165,7 +165,8 @@ async def _traffic_across_a_move(app, body, move, seconds=20.0):
 def test_responses_switch_version_with_no_failed_request(model):
     registry = Registry(model)
     follower = Follower(URI, registry.load, 0.05, latest=registry.latest)
-    app = create_app(ServeBlock(model_uri=URI, follow_interval_s=0.05, max_delay_ms=0), follower)
+    settings = ServeBlock(model_uri=URI, follow_interval_s=0.05, max_delay_ms=0, timeout_ms=60_000)
+    app = create_app(settings, follower)
     body = _split(hand_built_sessions(2).drop(columns=["intent"]))
 
     def move():
@@ -194,8 +195,9 @@ def test_a_registry_alias_move_switches_the_served_version(registry_copy):
     mlflow.set_registry_uri(registry_copy)
     uri = "models:/micro_moment_intent@champion"
     load = registry_loader(threads=1, compiled=False)
-    # the switch on its own: a busy test machine must not turn answers into 503s
-    settings = ServeBlock(model_uri=uri, follow_interval_s=0.2, max_delay_ms=0)
+    # the switch on its own: a busy test machine (the next version loads from the store beside
+    # the traffic) must not turn answers into 503s, by shedding or by the request timeout
+    settings = ServeBlock(model_uri=uri, follow_interval_s=0.2, max_delay_ms=0, timeout_ms=60_000)
     app = create_app(settings, Follower(uri, load, 0.2))
     sample = signature_inputs(synthetic_sessions(3, seed=9), load(uri).model)
     body = _split(sample)

@@ -137,3 +137,55 @@ def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_
     assert not (tmp_path / "feed").exists()
     summary = feed(b, tmp_path / "scores_b")  # its own input is accepted
     assert summary["rows_in_feed"] + summary["rows_rejected"] == summary["rows_in"]
+
+
+def test_a_feed_losing_most_sessions_to_the_contract_fails_and_writes_nothing(
+    registry_store, synthetic_dir, tmp_path
+):
+    from omegaconf import OmegaConf
+
+    from pipelines.core.contract import ContractError
+    from pipelines.engines.local import score_file
+    from pipelines.stages.runner import UserError
+    from pipelines.stages.touchpoints import run_touchpoints
+    from pipelines.tracking.registry import load_scorer
+
+    sessions = pd.read_parquet(f"{synthetic_dir}/sessions").head(400).reset_index(drop=True)
+    sessions.loc[:299, "dwell_time_s"] = -1.0  # 300 of 400 sessions break the contract
+    path = tmp_path / "broken.parquet"
+    sessions.to_parquet(path)
+
+    def feed(*overrides):
+        cfg = compose_config(
+            "touchpoints",
+            [
+                f"feed.input={path}",
+                f"data.stores_path={synthetic_dir}/stores.csv",
+                f"tracking.uri={registry_store['uri']}",
+                "runtime.threads=1",
+                f"feed.output={tmp_path / 'feed'}",
+                "feed.log_to_mlflow=false",
+                "touchpoints.estimation.min_effective_sessions=10",
+                *overrides,
+            ],
+        )
+        return run_touchpoints(OmegaConf.create(cfg))
+
+    with pytest.raises(ContractError) as err:  # scored here
+        feed()
+    message = str(err.value)
+    assert "300 of 400 sessions (75%)" in message and "feed.max_rejected_share 0.5" in message
+    assert "dwell_time_s must be >= 0" in message and "(300)" in message
+    assert not (tmp_path / "feed").exists()
+    # the same from a scoring output that took every row it could
+    mlflow.set_tracking_uri(registry_store["uri"])
+    mlflow.set_registry_uri(registry_store["uri"])
+    model, info = load_scorer("models:/micro_moment_intent@champion", threads=1)
+    score_file(model, path, tmp_path / "scores", model_info=info, max_rejected_share=1.0)
+    with pytest.raises(ContractError, match="300 of 400 sessions"):
+        feed(f"feed.scores={tmp_path / 'scores'}")
+    assert not (tmp_path / "feed").exists()
+    with pytest.raises(UserError, match="feed.max_rejected_share must be from 0 to 1, got 2"):
+        feed("feed.max_rejected_share=2")
+    summary = feed(f"feed.scores={tmp_path / 'scores'}", "feed.max_rejected_share=1")
+    assert (summary["rows_in_feed"], summary["rows_rejected"]) == (100, 300)
