@@ -21,7 +21,8 @@ open-loop load generator on the same machine (asyncio + aiohttp, loopback only):
 
   (uvloop 0.22+ kills MLServer 1.7.1's inference workers at start);
 - the project's own server, `micromoment serve serve.port=P tracking.uri=...`, when the checkout
-  has that command (it is skipped with a line saying so otherwise), ready on `/ready`.
+  has that command (it is skipped with a line saying so otherwise), ready on `/ready`; once with
+  one process and once with `serve.workers=2` (`micromoment2`), two processes on the one port.
 
 Open loop: request i is due at start + i / rate whatever happened to earlier ones, and its
 latency is measured from that due time, so queueing in the generator or the server counts. Each
@@ -105,7 +106,8 @@ TARGET_SWITCH_S = FOLLOW_INTERVAL_S + 5.0  # the interval, then loading and warm
 DROP_COLUMNS = ("intent", "converted", "touchpoint", "touchpoint_propensity")
 JSON = {"Content-Type": "application/json"}
 WARMUP_TIMEOUT = aiohttp.ClientTimeout(total=30)
-SERVERS = ("mlflow1", "mlflow2", "mlserver", "mlserver-v2", "micromoment")
+SERVERS = ("mlflow1", "mlflow2", "mlserver", "mlserver-v2", "micromoment", "micromoment2")
+OWN = ("micromoment", "micromoment2")  # `micromoment serve` with 1 and 2 worker processes
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -276,16 +278,21 @@ def mlserver_server(key: str, venv: Path, tmp: Path, args: argparse.Namespace) -
     )
 
 
-def project_server(bin_dir: Path, tmp: Path, tracking_uri: str) -> Server | None:
-    """`micromoment serve`, or None when this checkout has no such command."""
+def project_server(bin_dir: Path, tmp: Path, tracking_uri: str, workers: int) -> Server | None:
+    """`micromoment serve` with `workers` processes, or None when this checkout has no such
+    command."""
     if "serve" not in cli.COMMANDS:
         return None
     port = free_port()
     argv = [str(bin_dir / "micromoment"), "serve", f"serve.port={port}"]
     argv += [f"tracking.uri={tracking_uri}", f"serve.follow_interval_s={FOLLOW_INTERVAL_S:g}"]
-    cwd = tmp / "micromoment_serve"
+    key, label = "micromoment", "`micromoment serve`"
+    if workers > 1:
+        argv.append(f"serve.workers={workers}")
+        key, label = f"micromoment{workers}", f"`micromoment serve`, {workers} workers"
+    cwd = tmp / f"{key}_serve"
     cwd.mkdir(exist_ok=True)
-    return Server("micromoment", "`micromoment serve`", argv, "/ready", cwd=cwd, port=port)
+    return Server(key, label, argv, "/ready", cwd=cwd, port=port)
 
 
 def start(server: Server, env: dict, logs: Path, timeout: float) -> float:
@@ -732,10 +739,10 @@ async def measure_server(server: Server, bodies: dict, bad, args) -> dict:
         res["search_big"] = await drv.search("big")
         capacity = res["search_one"]["capacity"] or args.search_start
         res["overload"] = await drv.overload(capacity)
-        soak_s = args.soak_seconds if server.key == "micromoment" else args.soak_others
+        soak_s = args.soak_seconds if server.key in OWN else args.soak_others
         print(f"  soak at {capacity / 2:.0f}/s for {soak_s:g} s ...", flush=True)
         res["soak"] = await drv.soak(capacity / 2, soak_s, server.proc.pid)
-        if server.key == "micromoment":
+        if server.key in OWN:
             print(f"  alias switch at {capacity / 2:.0f}/s for {args.switch_seconds:g} s ...")
             res["switch"] = await drv.switch(capacity / 2, args.switch_seconds)
         await drv.settle()
@@ -971,12 +978,13 @@ def render(results, servers, skipped, setup, args, command, meta) -> str:
         *summary_table(results, servers, args),
         "",
     ]
-    own = results.get("micromoment")
-    if own and "error" not in own:
-        lines += ["Targets of the issue for `micromoment serve`:", ""]
-        lines += [f"- {name}: **{v}**" for name, v in verdicts(own, args).items()]
-        speed = machine_speed(own)
-        lines += [f"- {speed}", ""] if speed else [""]
+    for key in OWN:
+        own = results.get(key)
+        if own and "error" not in own:
+            lines += [f"Targets of the issue for {servers[key].label}:", ""]
+            lines += [f"- {name}: **{v}**" for name, v in verdicts(own, args).items()]
+            speed = machine_speed(own)
+            lines += [f"- {speed}", ""] if speed else [""]
     lines += ["### Each server", ""]
     for key, res in results.items():
         lines += detail(key, res, servers[key], args)
@@ -998,10 +1006,10 @@ def plan_servers(args, bin_dir: Path, tmp: Path, tracking_uri: str) -> tuple[dic
                 )
                 continue
             servers[key] = mlserver_server(key, venv, tmp, args)
-        elif key == "micromoment":
-            server = project_server(bin_dir, tmp, tracking_uri)
+        elif key in OWN:
+            server = project_server(bin_dir, tmp, tracking_uri, 2 if key.endswith("2") else 1)
             if server is None:
-                skipped.append("micromoment: this checkout has no `micromoment serve` command yet")
+                skipped.append(f"{key}: this checkout cannot run it (`micromoment serve`)")
                 continue
             servers[key] = server
     return servers, skipped
@@ -1172,12 +1180,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(benchmark took {(time.perf_counter() - began) / 60:.1f} min)", flush=True)
     path = write_section(args.out, args.section, report)
     print(f"wrote section {args.section!r} of {path}", flush=True)
-    own = results.get("micromoment")
-    if own is None:  # not asked for (--servers): nothing of ours to judge
-        return 0
-    if "error" in own:
+    own = [results[key] for key in OWN if key in results]  # none asked for: nothing to judge
+    if any("error" in res for res in own):
         return 1
-    return 0 if all(v == "PASS" for v in verdicts(own, args).values()) else 1
+    return 0 if all(v == "PASS" for res in own for v in verdicts(res, args).values()) else 1
 
 
 if __name__ == "__main__":

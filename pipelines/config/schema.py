@@ -504,6 +504,7 @@ class ServeBlock:
     retry_after_s: int = 1  # the Retry-After of a 503
     max_body_bytes: int = 1_048_576  # a larger body gets a 413, refused while it is read
     access_log: bool = False  # uvicorn's line per request
+    workers: int = 1  # processes answering on the one port, each with its own model
 
 
 BLOCKS = {

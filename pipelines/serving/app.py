@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -246,7 +247,8 @@ class ScoringServer:
         served = self.follower.current
         batcher = self.batcher
         state = {
-            "batching": dict(batcher.stats, waiting=batcher.waiting, standing=batcher.standing)
+            "pid": os.getpid(),  # which worker process answered
+            "batching": dict(batcher.stats, waiting=batcher.waiting, standing=batcher.standing),
         }
         if served is None:
             state.update(status="loading", model_uri=self.follower.uri, error=self.follower.error)

@@ -1,21 +1,33 @@
-"""`micromoment serve`: the real-time scorer (`pipelines.serving`) under uvicorn, one worker.
+"""`micromoment serve`: the real-time scorer (`pipelines.serving`) under uvicorn.
 
 Before listening it checks what it will serve (the tracking server answers and the alias is
 set, or the model folder exists), so a wrong URI ends the command with one line and an exit
 code; the model itself loads in the background while `/health` already answers.
+
+With `serve.workers` above 1, that many worker processes answer on the one socket, each with its
+own model, batcher and alias follower (uvicorn's supervisor starts them, replaces one that dies
+and stops them all on SIGTERM). A process runs Python on one core at a time: the workers let one
+server use several.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import uvicorn
 from omegaconf import DictConfig, OmegaConf
+from starlette.applications import Starlette
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
@@ -26,6 +38,9 @@ from pipelines.tracking import runs
 from pipelines.tracking.registry import alias_of, alias_version, needs_tracking
 
 log = logging.getLogger(__name__)
+
+# what a worker process builds its app from (`worker_app`), set by the parent before it starts them
+WORKER_ENV = "MICROMOMENT_SERVE_WORKER"
 
 
 def check_model(uri: str, tracking: dict) -> None:
@@ -54,6 +69,7 @@ def check_settings(s: ServeBlock) -> None:
         "standing_ms": (s.standing_ms, 0),
         "retry_after_s": (s.retry_after_s, 0),
         "follow_interval_s": (s.follow_interval_s, 0),
+        "workers": (s.workers, 1),
     }
     for key, (value, low) in at_least.items():
         if not value >= low:
@@ -121,33 +137,77 @@ def run_serve(cfg: DictConfig) -> None:
         serve(settings, c["runtime"], sock)
 
 
+def app_for(settings: ServeBlock, runtime: dict) -> Starlette:
+    """The scoring app, following `settings.model_uri` with the runtime's threads and trees."""
+    load = frozen_after(registry_loader(int(runtime["threads"]), bool(runtime["compiled_trees"])))
+    return create_app(settings, Follower(settings.model_uri, load, settings.follow_interval_s))
+
+
+def worker_app() -> Starlette:
+    """A worker process's app (an app factory for uvicorn), from what the parent set in
+    `WORKER_ENV`: the settings, the runtime, and the MLflow store the parent checked."""
+    given = json.loads(os.environ[WORKER_ENV])
+    logging.basicConfig(level=str(given["runtime"]["log_level"]).upper())
+    if given["tracking_uri"]:  # a model folder needs none
+        mlflow.set_tracking_uri(given["tracking_uri"])
+        mlflow.set_registry_uri(given["registry_uri"])
+    return app_for(ServeBlock(**given["serve"]), given["runtime"])
+
+
 def serve(settings: ServeBlock, runtime: dict, sock: socket.socket) -> None:
     """Load and follow the model in the background, and answer on `sock` until stopped."""
-    load = frozen_after(registry_loader(int(runtime["threads"]), bool(runtime["compiled_trees"])))
-    follower = Follower(settings.model_uri, load, settings.follow_interval_s)
-    app = create_app(settings, follower)
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
     print(
         f"serving {settings.model_uri} on http://{settings.host}:{settings.port} "
-        "(/invocations, /health, /ready)",
+        f"(/invocations, /health, /ready){workers}",
         flush=True,
     )
+    config = dict(
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+        log_level=str(runtime["log_level"]).lower(),
+        timeout_graceful_shutdown=5,
+    )
+    if settings.workers > 1:
+        serve_workers(settings, runtime, sock, config)
+        return
+    app = app_for(settings, runtime)
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it
     # found: this one, so that a stop asked for ends with exit code 0 rather than by the signal
     signal.signal(signal.SIGTERM, stopped)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            workers=1,
-            access_log=settings.access_log,
-            log_level=str(runtime["log_level"]).lower(),
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = uvicorn.Server(uvicorn.Config(app, workers=1, **config))
     server.run(sockets=[sock])
     if not server.started:
         raise RuntimeError("the server did not start: its log above says why")
+
+
+def serve_workers(settings: ServeBlock, runtime: dict, sock: socket.socket, config: dict) -> None:
+    """`settings.workers` processes answering on `sock`, under uvicorn's supervisor, until a
+    SIGTERM or SIGINT stops them all (exit 0); a worker that fails to start stops the server."""
+    tracked = needs_tracking(settings.model_uri)
+    os.environ[WORKER_ENV] = json.dumps(
+        {
+            "serve": dataclasses.asdict(settings),
+            "runtime": runtime,
+            "tracking_uri": mlflow.get_tracking_uri() if tracked else None,
+            "registry_uri": mlflow.get_registry_uri() if tracked else None,
+        }
+    )
+    supervisor = Multiprocess(
+        uvicorn.Config(
+            "pipelines.stages.serve:worker_app",
+            factory=True,
+            workers=settings.workers,
+            # a worker loading (or compiling) a model still answers the supervisor's checks
+            timeout_worker_healthcheck=60,
+            **config,
+        ),
+        sockets=[sock],
+    )
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise RuntimeError("a worker did not start: its log above says why")
 
 
 main = command("serve", tracking=False)(run_serve)

@@ -357,12 +357,16 @@ def test_interval_panels_share_one_scale_that_holds_every_interval():
 
 
 def test_a_cell_that_never_converted_is_drawn_although_its_mean_is_above_its_interval():
-    from pipelines.core.touchpoints import _shrunk
+    from pipelines.core.touchpoints import estimate_conversion
 
-    cell = _shrunk(0.0, 40.0, 0.0, 20.0, 0.95)  # no conversion in the cell nor anywhere
-    assert cell["ci_high"] < cell["rate"] < 1e-9
-    table = estimates()
-    table.loc[0, ["rate", "ci_low", "ci_high"]] = cell["rate"], cell["ci_low"], cell["ci_high"]
+    # 120 sessions shown e-mail, none converted: its posterior is piled at 0
+    logs = pd.DataFrame(
+        {"touchpoint": "email", "touchpoint_propensity": 0.5, "converted": [False] * 120}
+    )
+    weights = np.repeat([[1.0, 0.0]], 120, axis=0)
+    table = estimate_conversion(logs, weights, CLASSES, ["email"], min_effective_sessions=10)
+    know = table.iloc[0]
+    assert know["status"] == "ok" and know["ci_high"] < know["rate"] < 1e-9
     fig = conversion_intervals(table, CLASSES)
     bars = fig.axes[0].collections[0].get_segments()  # the error bars of the first panel
     assert min(x for segment in bars for x, _ in segment) >= 0

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -57,6 +58,7 @@ def test_an_unset_alias_or_a_missing_folder_is_refused_before_listening(registry
         ({"port": 70000}, "serve.port must be at most 65535"),
         ({"max_wait_ms": -1}, "serve.max_wait_ms must be at least 0"),
         ({"standing_ms": -5}, "serve.standing_ms must be at least 0, got -5"),
+        ({"workers": 0}, "serve.workers must be at least 1, got 0"),
         ({"max_wait_ms": 50}, "serve.max_delay_ms=25 must exceed serve.max_wait_ms=50"),
         ({"timeout_ms": 2, "max_wait_ms": 5, "max_delay_ms": 0}, "serve.timeout_ms=2 must exceed"),
     ],
@@ -137,27 +139,32 @@ def _wait_ready(base: str, proc: subprocess.Popen, seconds: float = 120) -> dict
     raise AssertionError("the server never got ready")
 
 
-@pytest.mark.slow
-def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
-    registry_copy, tmp_path, small_sessions
-):
-    port = free_port()
+def _start_serve(registry_copy: str, cwd, port: int, *overrides: str) -> subprocess.Popen:
+    """`micromoment serve` on the registry copy, in its own process, with one model thread."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     args = [
         f"tracking.uri={registry_copy}",
         f"serve.port={port}",
-        "serve.follow_interval_s=0.5",
         "runtime.threads=1",
         "runtime.compiled_trees=false",
+        *overrides,
     ]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", *args],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.mark.slow
+def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
+    registry_copy, tmp_path, small_sessions
+):
+    port = free_port()
+    proc = _start_serve(registry_copy, tmp_path, port, "serve.follow_interval_s=0.5")
     base = f"http://127.0.0.1:{port}"
     try:
         assert _wait_ready(base, proc)["model_version"] == "2"
@@ -197,6 +204,57 @@ def test_micromoment_serve_answers_follows_the_alias_and_stops_on_sigterm(
     assert proc.returncode == 0, err[-3000:]  # a stop asked for is not a failure
     assert "Application shutdown complete" in err
     assert f"on http://127.0.0.1:{port}" in out
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads worker processes from /proc")
+def test_workers_answer_on_one_port_each_with_the_model_and_all_stop_on_sigterm(
+    registry_copy, tmp_path, small_sessions
+):
+    port = free_port()
+    proc = _start_serve(
+        registry_copy, tmp_path, port, "serve.workers=2", "serve.follow_interval_s=0"
+    )
+    base = f"http://127.0.0.1:{port}"
+    sessions = small_sessions.head(3).drop(columns="intent")
+    body = json.dumps(
+        {"dataframe_split": json.loads(sessions.to_json(orient="split", date_format="iso"))}
+    ).encode()
+    try:
+        _wait_ready(base, proc)
+        answered: dict[int, list] = {}  # each worker's pid: its answer
+        end = time.monotonic() + 120
+        while len(answered) < 2 and time.monotonic() < end:
+            status, _, ready = _call(f"{base}/ready")  # a new connection each time
+            if status == 200 and ready["pid"] not in answered:
+                status, headers, answer = _call(f"{base}/invocations", body)
+                assert status == 200 and headers["X-Model-Version"] == "2"
+                answered[ready["pid"]] = answer["predictions"]
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert set(answered) <= workers and len(answered) == 2, (answered.keys(), workers)
+        first, second = answered.values()
+        assert first == second  # the same model in each worker
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"on http://127.0.0.1:{port}" in out and "2 workers" in out
+    # the parent ends after its workers, not before
+    assert not [pid for pid in answered if os.path.exists(f"/proc/{pid}")]
 
 
 def test_a_loaded_model_is_frozen_out_of_the_garbage_collector():

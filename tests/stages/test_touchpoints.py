@@ -98,12 +98,31 @@ def test_input_without_logged_touchpoints_is_refused(registry_store, synthetic_d
     assert not (tmp_path / "feed").exists()
 
 
-def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_path):
+def _quiet_feed(registry_store, synthetic_dir, tmp_path, *overrides) -> dict:
+    """`micromoment touchpoints` into `tmp_path/feed`, logging nothing to MLflow."""
     from omegaconf import OmegaConf
+
+    from pipelines.stages.touchpoints import run_touchpoints
+
+    cfg = compose_config(
+        "touchpoints",
+        [
+            f"data.stores_path={synthetic_dir}/stores.csv",
+            f"tracking.uri={registry_store['uri']}",
+            "runtime.threads=1",
+            f"feed.output={tmp_path / 'feed'}",
+            "feed.log_to_mlflow=false",
+            "touchpoints.estimation.min_effective_sessions=10",
+            *overrides,
+        ],
+    )
+    return run_touchpoints(OmegaConf.create(cfg))
+
+
+def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_path):
 
     from pipelines.core.contract import ContractError
     from pipelines.engines.local import score_file
-    from pipelines.stages.touchpoints import run_touchpoints
     from pipelines.tracking.registry import load_scorer
 
     mlflow.set_tracking_uri(registry_store["uri"])
@@ -117,20 +136,13 @@ def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_
     score_file(model, b, tmp_path / "scores_b", model_info=info)
 
     def feed(input_path, scores):
-        cfg = compose_config(
-            "touchpoints",
-            [
-                f"feed.input={input_path}",
-                f"feed.scores={scores}",
-                f"data.stores_path={synthetic_dir}/stores.csv",
-                f"tracking.uri={registry_store['uri']}",
-                "runtime.threads=1",
-                f"feed.output={tmp_path / 'feed'}",
-                "feed.log_to_mlflow=false",
-                "touchpoints.estimation.min_effective_sessions=10",
-            ],
+        return _quiet_feed(
+            registry_store,
+            synthetic_dir,
+            tmp_path,
+            f"feed.input={input_path}",
+            f"feed.scores={scores}",
         )
-        return run_touchpoints(OmegaConf.create(cfg))
 
     with pytest.raises(ContractError, match="these scores belong to another input"):
         feed(a, tmp_path / "scores_b")
@@ -142,12 +154,10 @@ def test_scores_of_another_input_are_refused(registry_store, synthetic_dir, tmp_
 def test_a_feed_losing_most_sessions_to_the_contract_fails_and_writes_nothing(
     registry_store, synthetic_dir, tmp_path
 ):
-    from omegaconf import OmegaConf
 
     from pipelines.core.contract import ContractError
     from pipelines.engines.local import score_file
     from pipelines.stages.runner import UserError
-    from pipelines.stages.touchpoints import run_touchpoints
     from pipelines.tracking.registry import load_scorer
 
     sessions = pd.read_parquet(f"{synthetic_dir}/sessions").head(400).reset_index(drop=True)
@@ -156,20 +166,9 @@ def test_a_feed_losing_most_sessions_to_the_contract_fails_and_writes_nothing(
     sessions.to_parquet(path)
 
     def feed(*overrides):
-        cfg = compose_config(
-            "touchpoints",
-            [
-                f"feed.input={path}",
-                f"data.stores_path={synthetic_dir}/stores.csv",
-                f"tracking.uri={registry_store['uri']}",
-                "runtime.threads=1",
-                f"feed.output={tmp_path / 'feed'}",
-                "feed.log_to_mlflow=false",
-                "touchpoints.estimation.min_effective_sessions=10",
-                *overrides,
-            ],
+        return _quiet_feed(
+            registry_store, synthetic_dir, tmp_path, f"feed.input={path}", *overrides
         )
-        return run_touchpoints(OmegaConf.create(cfg))
 
     with pytest.raises(ContractError) as err:  # scored here
         feed()
