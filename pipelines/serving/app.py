@@ -20,7 +20,8 @@ overload most requests are refused, and what each refusal costs the event loop i
 the requests it accepted.
 
 `GET /health` answers while the process is up; `GET /ready` once a model is loaded (503 before),
-with the model's name, version and alias and the batching counters.
+with the model's name, version and alias and the batching counters; in a server of several
+worker processes, once every worker has loaded one (`serving.peers`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pipelines.config.schema import ServeBlock
 from pipelines.core.contract import ContractError
 from pipelines.serving.batcher import Batcher, Overloaded, TimedOut
 from pipelines.serving.follower import Follower, Served
+from pipelines.serving.peers import Peers
 from pipelines.serving.sessions import (
     CSV,
     FORMATS,
@@ -143,9 +145,10 @@ def answer(served: Served, outcome: list[dict] | Exception) -> Answer:
 class ScoringServer:
     """The app's state: the settings, the follower that holds the model, the batcher."""
 
-    def __init__(self, settings: ServeBlock, follower: Follower):
+    def __init__(self, settings: ServeBlock, follower: Follower, peers: Peers | None = None):
         self.settings = settings
         self.follower = follower
+        self.peers = peers
         self.batcher = Batcher(
             self.run_batch,
             max_batch_rows=settings.max_batch_rows,
@@ -175,11 +178,20 @@ class ScoringServer:
     async def lifespan(self, app: Starlette):
         self.batcher.start()
         self.follower.start()
+        announcing = asyncio.create_task(self.announce()) if self.peers else None
         try:
             yield
         finally:
+            if announcing is not None:
+                announcing.cancel()
             self.follower.stop()
             await self.batcher.stop()
+
+    async def announce(self, poll_s: float = 0.1) -> None:
+        """Tells the other workers (`peers`) once this one has a model."""
+        while self.follower.current is None:
+            await asyncio.sleep(poll_s)
+        self.peers.announce()
 
     def headers(self, served: Served | None = None, retry: bool = False) -> dict[str, str]:
         headers = {}
@@ -250,7 +262,12 @@ class ScoringServer:
             "pid": os.getpid(),  # which worker process answered
             "batching": dict(batcher.stats, waiting=batcher.waiting, standing=batcher.standing),
         }
-        if served is None:
+        some_loading = False
+        if self.peers is not None:  # a server of several workers is ready when each of them is
+            ready = self.peers.ready()
+            state.update(workers=self.peers.workers, workers_ready=ready)
+            some_loading = ready < self.peers.workers
+        if served is None or some_loading:
             state.update(status="loading", model_uri=self.follower.uri, error=self.follower.error)
             return self.response(503, json.dumps(state).encode(), retry=True)
         state.update(status="ready", **served.describe(), last_error=self.follower.error)
@@ -282,9 +299,10 @@ class Doorman:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: ServeBlock, follower: Follower) -> Starlette:
-    """The ASGI app; its lifespan starts the batcher and the follower (which loads the model)."""
-    server = ScoringServer(settings, follower)
+def create_app(settings: ServeBlock, follower: Follower, peers: Peers | None = None) -> Starlette:
+    """The ASGI app; its lifespan starts the batcher and the follower (which loads the model).
+    With `peers` (one of several worker processes), `/ready` waits for every worker's model."""
+    server = ScoringServer(settings, follower, peers)
     routes = [
         Route("/invocations", server.invocations, methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),

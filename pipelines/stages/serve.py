@@ -7,7 +7,8 @@ code; the model itself loads in the background while `/health` already answers.
 With `serve.workers` above 1, that many worker processes answer on the one socket, each with its
 own model, batcher and alias follower (uvicorn's supervisor starts them, replaces one that dies
 and stops them all on SIGTERM). A process runs Python on one core at a time: the workers let one
-server use several.
+server use several. The server is ready once every worker has loaded its model
+(`serving.peers`): a readiness probe may reach any of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from uvicorn.supervisors import Multiprocess
 from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served, registry_loader
+from pipelines.serving.peers import Peers
 from pipelines.stages import runner
 from pipelines.stages.runner import EXIT_MODEL, UserError, command
 from pipelines.tracking import runs
@@ -137,21 +140,25 @@ def run_serve(cfg: DictConfig) -> None:
         serve(settings, c["runtime"], sock)
 
 
-def app_for(settings: ServeBlock, runtime: dict) -> Starlette:
+def app_for(settings: ServeBlock, runtime: dict, peers: Peers | None = None) -> Starlette:
     """The scoring app, following `settings.model_uri` with the runtime's threads and trees."""
     load = frozen_after(registry_loader(int(runtime["threads"]), bool(runtime["compiled_trees"])))
-    return create_app(settings, Follower(settings.model_uri, load, settings.follow_interval_s))
+    follower = Follower(settings.model_uri, load, settings.follow_interval_s)
+    return create_app(settings, follower, peers)
 
 
 def worker_app() -> Starlette:
     """A worker process's app (an app factory for uvicorn), from what the parent set in
-    `WORKER_ENV`: the settings, the runtime, and the MLflow store the parent checked."""
+    `WORKER_ENV`: the settings, the runtime, the MLflow store the parent checked, and the folder
+    where the workers announce their models to each other (`Peers`)."""
     given = json.loads(os.environ[WORKER_ENV])
     logging.basicConfig(level=str(given["runtime"]["log_level"]).upper())
     if given["tracking_uri"]:  # a model folder needs none
         mlflow.set_tracking_uri(given["tracking_uri"])
         mlflow.set_registry_uri(given["registry_uri"])
-    return app_for(ServeBlock(**given["serve"]), given["runtime"])
+    settings = ServeBlock(**given["serve"])
+    peers = Peers(Path(given["peers"]), settings.workers)
+    return app_for(settings, given["runtime"], peers)
 
 
 def serve(settings: ServeBlock, runtime: dict, sock: socket.socket) -> None:
@@ -186,26 +193,28 @@ def serve_workers(settings: ServeBlock, runtime: dict, sock: socket.socket, conf
     """`settings.workers` processes answering on `sock`, under uvicorn's supervisor, until a
     SIGTERM or SIGINT stops them all (exit 0); a worker that fails to start stops the server."""
     tracked = needs_tracking(settings.model_uri)
-    os.environ[WORKER_ENV] = json.dumps(
-        {
-            "serve": dataclasses.asdict(settings),
-            "runtime": runtime,
-            "tracking_uri": mlflow.get_tracking_uri() if tracked else None,
-            "registry_uri": mlflow.get_registry_uri() if tracked else None,
-        }
-    )
-    supervisor = Multiprocess(
-        uvicorn.Config(
-            "pipelines.stages.serve:worker_app",
-            factory=True,
-            workers=settings.workers,
-            # a worker loading (or compiling) a model still answers the supervisor's checks
-            timeout_worker_healthcheck=60,
-            **config,
-        ),
-        sockets=[sock],
-    )
-    supervisor.run()
+    with tempfile.TemporaryDirectory(prefix="micromoment-workers-") as peers:
+        os.environ[WORKER_ENV] = json.dumps(
+            {
+                "serve": dataclasses.asdict(settings),
+                "runtime": runtime,
+                "tracking_uri": mlflow.get_tracking_uri() if tracked else None,
+                "registry_uri": mlflow.get_registry_uri() if tracked else None,
+                "peers": peers,
+            }
+        )
+        supervisor = Multiprocess(
+            uvicorn.Config(
+                "pipelines.stages.serve:worker_app",
+                factory=True,
+                workers=settings.workers,
+                # a worker loading (or compiling) a model still answers the supervisor's checks
+                timeout_worker_healthcheck=60,
+                **config,
+            ),
+            sockets=[sock],
+        )
+        supervisor.run()
     if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         raise RuntimeError("a worker did not start: its log above says why")
 

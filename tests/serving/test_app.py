@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,6 +16,7 @@ import pytest
 from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served
+from pipelines.serving.peers import Peers
 from pipelines.serving.sessions import predictions_json
 from tests.fixtures import hand_built_model, hand_built_sessions
 from tests.serving.asgi import AsgiClient
@@ -411,3 +414,36 @@ def test_a_list_or_object_in_a_text_cell_is_a_rejected_session_not_a_category(mo
     for record in (as_list, as_object):
         probabilities = [v for k, v in record.items() if k.startswith("p_")]
         assert len(probabilities) == 4 and all(v is None for v in probabilities), record
+
+
+def test_a_worker_is_ready_only_once_every_worker_of_its_server_has_a_model(model, tmp_path):
+    peers = Peers(tmp_path, workers=2)
+    settings = ServeBlock(model_uri="hand", follow_interval_s=0, max_delay_ms=0)
+    follower = Follower("hand", lambda uri: Served(model, "hand_model", "1", uri), 0)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    async def scenario():
+        async with AsgiClient(create_app(settings, follower, peers)) as client:
+            end = time.monotonic() + 20
+            while not peers.ready() and time.monotonic() < end:  # this worker announces itself
+                await asyncio.sleep(0.01)
+            alone = await client.get("/ready")
+            answered = await client.post("/invocations", split_body(SESSIONS.iloc[[0]]))
+            peers.announce(other.pid)  # the other worker has loaded its model
+            both = await client.get("/ready")
+            other.kill()
+            other.wait()
+            return alone, answered, both, await client.get("/ready")
+
+    try:
+        alone, answered, both, after_death = asyncio.run(scenario())
+    finally:
+        other.kill()
+        other.wait()
+    assert alone.status == 503 and alone.headers["retry-after"] == "1"
+    assert alone.json()["status"] == "loading"
+    assert (alone.json()["workers"], alone.json()["workers_ready"]) == (2, 1)
+    assert answered.status == 200  # the worker itself answers requests meanwhile
+    assert both.status == 200 and both.json()["status"] == "ready"
+    assert (both.json()["workers"], both.json()["workers_ready"]) == (2, 2)
+    assert after_death.status == 503 and after_death.json()["workers_ready"] == 1

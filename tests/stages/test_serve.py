@@ -236,20 +236,18 @@ def test_workers_answer_on_one_port_each_with_the_model_and_all_stop_on_sigterm(
         {"dataframe_split": json.loads(sessions.to_json(orient="split", date_format="iso"))}
     ).encode()
     try:
-        _wait_ready(base, proc)
+        # ready once both workers have their model, whichever of them answers the probe
+        assert (_wait_ready(base, proc)["workers_ready"], proc.poll()) == (2, None)
         # each call is a new connection, taken by either worker: /ready says which one answered
         pids, answers = set(), []
         end = time.monotonic() + 120
         while (len(pids) < 2 or len(answers) < 6) and time.monotonic() < end:
             status, _, ready = _call(f"{base}/ready")
-            if status == 200:
-                pids.add(ready["pid"])
+            assert status == 200 and ready["workers"] == 2, ready
+            pids.add(ready["pid"])
             status, headers, answer = _call(f"{base}/invocations", body)
-            if status == 200:
-                assert headers["X-Model-Version"] == "2"
-                answers.append(answer["predictions"])
-            else:  # a worker still loading its model
-                assert status == 503 and answer["error_code"] == "NOT_READY", answer
+            assert status == 200 and headers["X-Model-Version"] == "2", answer
+            answers.append(answer["predictions"])
             time.sleep(0.05)
         workers = _children(proc.pid)
         assert len(pids) == 2 and pids <= workers, (pids, workers)

@@ -1,0 +1,56 @@
+"""Readiness of a server of several worker processes: ready once every worker has its model.
+
+With `serve.workers` above 1, a request (a readiness probe's too) reaches whichever worker takes
+its connection, and each worker loads its own model. So one worker's `/ready` speaks for the
+server only if it knows about the others. The supervisor makes a folder before it starts them;
+a worker with a model in place writes a file named by its process id there (`Peers.announce`),
+and `/ready` counts the files of workers still running (`Peers.ready`): below `workers`, the
+server is still loading. A worker that dies stops counting at once (its file is removed when next
+counted), and the one the supervisor starts in its place counts once it has loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def running(pid: int) -> bool:
+    """Whether a process `pid` exists (a zombie not yet collected by its parent counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The workers of one server: their folder, and how many there are."""
+
+    folder: Path
+    workers: int
+
+    def announce(self, pid: int | None = None) -> None:
+        """Says that process `pid` (this one by default) has a model and answers requests."""
+        pid = os.getpid() if pid is None else pid
+        (self.folder / str(pid)).touch()
+
+    def ready(self) -> int:
+        """How many workers have announced a model and are still running."""
+        count = 0
+        try:
+            paths = list(self.folder.iterdir())
+        except FileNotFoundError:  # removed under the server: no worker can be counted
+            return 0
+        for path in paths:
+            if not path.name.isdigit():
+                continue
+            if running(int(path.name)):
+                count += 1
+            else:  # a worker that died: its replacement announces itself
+                path.unlink(missing_ok=True)
+        return count

@@ -1,0 +1,49 @@
+"""Readiness across worker processes: a worker counts once it announced its model, and only
+while it runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pipelines.serving.peers import Peers, running
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_workers_count_once_announced_and_only_while_they_run(tmp_path):
+    peers = Peers(tmp_path, workers=2)
+    assert peers.ready() == 0
+    peers.announce()  # this process
+    assert peers.ready() == 1
+    other = _sleeper()
+    try:
+        peers.announce(other.pid)
+        assert peers.ready() == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            str(p) for p in (other.pid, os.getpid())
+        )
+    finally:
+        other.kill()
+        other.wait()
+    assert not running(other.pid)
+    # the dead worker no longer counts, and its file goes
+    assert peers.ready() == 1
+    assert not (tmp_path / str(other.pid)).exists()
+
+
+def test_other_files_are_not_workers_and_a_removed_folder_counts_none(tmp_path):
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a worker")
+    peers = Peers(folder, workers=1)
+    assert peers.ready() == 0
+    peers.announce()
+    assert peers.ready() == 1
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    assert peers.ready() == 0
