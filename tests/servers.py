@@ -23,6 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (Linux's /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def _mlflow_executable() -> str:
     exe = Path(sys.executable).with_name("mlflow")
     return str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")

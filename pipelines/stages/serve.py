@@ -6,7 +6,7 @@ code; the model itself loads in the background while `/health` already answers.
 
 With `serve.workers` above 1, that many worker processes answer on the one socket, each with its
 own model, batcher and alias follower (uvicorn's supervisor starts them, replaces one that dies
-and stops them all on SIGTERM). A process runs Python on one core at a time: the workers let one
+and stops them all on SIGTERM; this process becomes that supervisor, `serving.workers`). A process runs Python on one core at a time: the workers let one
 server use several. The server is ready once every worker has loaded its model
 (`serving.peers`): a readiness probe may reach any of them.
 """
@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-import tempfile
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,21 +29,18 @@ import uvicorn
 from omegaconf import DictConfig, OmegaConf
 from starlette.applications import Starlette
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
 from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served, registry_loader
 from pipelines.serving.peers import Peers
+from pipelines.serving.workers import WORKER_ENV, exec_supervisor
 from pipelines.stages import runner
 from pipelines.stages.runner import EXIT_MODEL, UserError, command
 from pipelines.tracking import runs
 from pipelines.tracking.registry import alias_of, alias_version, needs_tracking
 
 log = logging.getLogger(__name__)
-
-# what a worker process builds its app from (`worker_app`), set by the parent before it starts them
-WORKER_ENV = "MICROMOMENT_SERVE_WORKER"
 
 
 def check_model(uri: str, tracking: dict) -> None:
@@ -77,6 +74,8 @@ def check_settings(s: ServeBlock) -> None:
     for key, (value, low) in at_least.items():
         if not value >= low:
             raise UserError(f"serve.{key} must be at least {low}, got {value}")
+    if s.workers > 1 and os.name != "posix":
+        raise UserError(f"serve.workers={s.workers} needs a POSIX system (Linux, macOS); use 1")
     if s.port > 65535:
         raise UserError(f"serve.port must be at most 65535, got {s.port}")
     if not s.timeout_ms > s.max_wait_ms:
@@ -150,15 +149,23 @@ def app_for(settings: ServeBlock, runtime: dict, peers: Peers | None = None) -> 
 def worker_app() -> Starlette:
     """A worker process's app (an app factory for uvicorn), from what the parent set in
     `WORKER_ENV`: the settings, the runtime, the MLflow store the parent checked, and the folder
-    where the workers announce their models to each other (`Peers`)."""
-    given = json.loads(os.environ[WORKER_ENV])
-    logging.basicConfig(level=str(given["runtime"]["log_level"]).upper())
-    if given["tracking_uri"]:  # a model folder needs none
-        mlflow.set_tracking_uri(given["tracking_uri"])
-        mlflow.set_registry_uri(given["registry_uri"])
-    settings = ServeBlock(**given["serve"])
-    peers = Peers(Path(given["peers"]), settings.workers)
-    return app_for(settings, given["runtime"], peers)
+    where the workers announce their models to each other (`Peers`). A worker that cannot build
+    it stops the server (uvicorn's start-up failure) rather than being restarted in a loop."""
+    try:
+        given = json.loads(os.environ[WORKER_ENV])
+        logging.basicConfig(level=str(given["runtime"]["log_level"]).upper())
+        if given["tracking_uri"]:  # a model folder needs none
+            mlflow.set_tracking_uri(given["tracking_uri"])
+            mlflow.set_registry_uri(given["registry_uri"])
+        settings = ServeBlock(**given["serve"])
+        peers = Peers(Path(given["peers"]), settings.workers)
+        return app_for(settings, given["runtime"], peers)
+    except Exception:
+        log.exception("this worker could not build its app")
+        sys.stderr.flush()
+        # at once: threads the imports started would otherwise hold the process up, and the
+        # supervisor would take a worker still running for one still starting
+        os._exit(STARTUP_FAILURE)
 
 
 def serve(settings: ServeBlock, runtime: dict, sock: socket.socket) -> None:
@@ -190,33 +197,19 @@ def serve(settings: ServeBlock, runtime: dict, sock: socket.socket) -> None:
 
 
 def serve_workers(settings: ServeBlock, runtime: dict, sock: socket.socket, config: dict) -> None:
-    """`settings.workers` processes answering on `sock`, under uvicorn's supervisor, until a
-    SIGTERM or SIGINT stops them all (exit 0); a worker that fails to start stops the server."""
+    """`settings.workers` processes answering on `sock`, under a supervisor that replaces this
+    process (`serving.workers`): it runs until a SIGTERM or SIGINT stops them all (exit 0), and a
+    worker that fails to start stops the server (exit 1)."""
     tracked = needs_tracking(settings.model_uri)
-    with tempfile.TemporaryDirectory(prefix="micromoment-workers-") as peers:
-        os.environ[WORKER_ENV] = json.dumps(
-            {
-                "serve": dataclasses.asdict(settings),
-                "runtime": runtime,
-                "tracking_uri": mlflow.get_tracking_uri() if tracked else None,
-                "registry_uri": mlflow.get_registry_uri() if tracked else None,
-                "peers": peers,
-            }
-        )
-        supervisor = Multiprocess(
-            uvicorn.Config(
-                "pipelines.stages.serve:worker_app",
-                factory=True,
-                workers=settings.workers,
-                # a worker loading (or compiling) a model still answers the supervisor's checks
-                timeout_worker_healthcheck=60,
-                **config,
-            ),
-            sockets=[sock],
-        )
-        supervisor.run()
-    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
-        raise RuntimeError("a worker did not start: its log above says why")
+    os.environ[WORKER_ENV] = json.dumps(
+        {
+            "serve": dataclasses.asdict(settings),
+            "runtime": runtime,
+            "tracking_uri": mlflow.get_tracking_uri() if tracked else None,
+            "registry_uri": mlflow.get_registry_uri() if tracked else None,
+        }
+    )
+    exec_supervisor(sock, settings.workers, config)
 
 
 main = command("serve", tracking=False)(run_serve)

@@ -108,3 +108,20 @@ class AsgiClient:
 
         await self.app(scope, receive, send)
         return Reply(sent["status"], sent["headers"], b"".join(sent["body"]), sent["read"])
+
+
+def pid_app():
+    """An app factory for a worker process: each request is answered with the worker's process
+    id and what its supervisor gave it (`WORKER_ENV`)."""
+    import os
+
+    from pipelines.serving.workers import WORKER_ENV
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"pid": os.getpid(), "given": json.loads(os.environ[WORKER_ENV])})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    return app

@@ -30,7 +30,7 @@ from pipelines.stages.serve import (
     run_serve,
 )
 from tests.conftest import compose_config
-from tests.servers import free_port
+from tests.servers import free_port, rss_mib
 
 NAME = "micro_moment_intent"
 
@@ -251,6 +251,8 @@ def test_workers_answer_on_one_port_each_with_the_model_and_all_stop_on_sigterm(
             time.sleep(0.05)
         workers = _children(proc.pid)
         assert len(pids) == 2 and pids <= workers, (pids, workers)
+        # the command became a supervisor that holds none of the model's stack
+        assert rss_mib(proc.pid) < 100
         assert len(answers) >= 6 and all(a == answers[0] for a in answers)  # one model in each
     finally:
         proc.send_signal(signal.SIGTERM)
