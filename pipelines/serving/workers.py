@@ -42,7 +42,9 @@ def exec_supervisor(sock: socket.socket, workers: int, config: dict) -> NoReturn
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-c", START])
+    # the first line is what `ps` shows of the process from now on
+    title = f"# micromoment serve: the supervisor of {workers} workers on {config['host']}:{config['port']}"
+    os.execv(sys.executable, [sys.executable, "-c", f"{title}\n{START}"])
 
 
 # the supervisor's interpreter, from the module path it was given
