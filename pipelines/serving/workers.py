@@ -9,16 +9,20 @@ the process id, so a scheduler's SIGTERM still reaches it, and the socket, which
 uvicorn's supervisor (`Multiprocess`) starts the workers, replaces one that dies and stops them all
 on SIGTERM or SIGINT (exit 0). A worker that fails before serving stops the server (exit 1). The
 workers announce their models in a folder made here and removed at the end (`serving.peers`).
-Each worker builds its app from `WORKER_ENV` (`pipelines.stages.serve.worker_app`).
+Each worker builds its app from `WORKER_ENV` (`pipelines.stages.serve.worker_app`), and stops
+when the supervisor is gone (`stop_with_supervisor`): killed outright, it cannot stop them itself.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from typing import NoReturn
 
 import uvicorn
@@ -30,6 +34,8 @@ WORKER_ENV = "MICROMOMENT_SERVE_WORKER"
 SUPERVISOR_ENV = "MICROMOMENT_SERVE_SUPERVISOR"
 WORKER_APP = "pipelines.stages.serve:worker_app"
 EXIT_WORKER_FAILED = 1
+
+log = logging.getLogger(__name__)
 
 
 def exec_supervisor(sock: socket.socket, workers: int, config: dict) -> NoReturn:
@@ -88,3 +94,19 @@ def supervise(fd: int, workers: int, config: dict, app: str = WORKER_APP) -> int
         )
         return EXIT_WORKER_FAILED
     return 0
+
+
+def stop_with_supervisor(poll_s: float = 1.0) -> threading.Thread:
+    """In a worker: stops it gracefully (SIGTERM to itself) once its supervisor is gone, killed
+    without the chance to stop its workers, rather than serve on as an orphan no one watches."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            threading.Event().wait(poll_s)
+        log.warning("the supervisor (process %d) is gone: this worker stops", supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="micromoment-supervisor-watch", daemon=True)
+    thread.start()
+    return thread

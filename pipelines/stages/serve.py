@@ -34,7 +34,7 @@ from pipelines.config.schema import ServeBlock
 from pipelines.serving.app import create_app
 from pipelines.serving.follower import Follower, Served, registry_loader
 from pipelines.serving.peers import Peers
-from pipelines.serving.workers import WORKER_ENV, exec_supervisor
+from pipelines.serving.workers import WORKER_ENV, exec_supervisor, stop_with_supervisor
 from pipelines.stages import runner
 from pipelines.stages.runner import EXIT_MODEL, UserError, command
 from pipelines.tracking import runs
@@ -159,7 +159,9 @@ def worker_app() -> Starlette:
             mlflow.set_registry_uri(given["registry_uri"])
         settings = ServeBlock(**given["serve"])
         peers = Peers(Path(given["peers"]), settings.workers)
-        return app_for(settings, given["runtime"], peers)
+        app = app_for(settings, given["runtime"], peers)
+        stop_with_supervisor()
+        return app
     except Exception:
         log.exception("this worker could not build its app")
         sys.stderr.flush()

@@ -112,10 +112,12 @@ class AsgiClient:
 
 def pid_app():
     """An app factory for a worker process: each request is answered with the worker's process
-    id and what its supervisor gave it (`WORKER_ENV`)."""
+    id and what its supervisor gave it (`WORKER_ENV`); it stops when its supervisor is gone."""
     import os
 
-    from pipelines.serving.workers import WORKER_ENV
+    from pipelines.serving.workers import WORKER_ENV, stop_with_supervisor
+
+    stop_with_supervisor(poll_s=0.1)
 
     async def app(scope, receive, send):
         if scope["type"] != "http":

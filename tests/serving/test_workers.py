@@ -53,24 +53,39 @@ def _supervisor(sock: socket.socket, tmp_path: Path, app: str, workers: int = 2)
     )
 
 
+def _answering(url: str, proc: subprocess.Popen, workers: int = 2) -> tuple[set[int], dict]:
+    """The process ids of the workers that answered (new connections until each has), and what
+    the supervisor gave them."""
+    pids, given = set(), {}
+    end = time.monotonic() + 60
+    while len(pids) < workers and time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                answer = json.loads(reply.read())
+        except OSError:  # not listening yet
+            time.sleep(0.1)
+            continue
+        pids.add(answer["pid"])
+        given = answer["given"]
+    return pids, given
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie no one collected yet has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_workers_answer_on_the_socket_given_and_stop_on_sigterm(tmp_path):
     sock = _bound()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
     proc = _supervisor(sock, tmp_path, "tests.serving.asgi:pid_app")
     sock.close()  # the supervisor holds its own copy
     try:
-        pids, given = set(), None
-        end = time.monotonic() + 60
-        while len(pids) < 2 and time.monotonic() < end:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            try:
-                with urllib.request.urlopen(url, timeout=5) as reply:
-                    answer = json.loads(reply.read())
-            except OSError:  # not listening yet
-                time.sleep(0.1)
-                continue
-            pids.add(answer["pid"])
-            given = answer["given"]
+        pids, given = _answering(url, proc)
         assert len(pids) == 2 and proc.pid not in pids
         # what the parent gave the workers, and the folder they announce their models in
         assert given["serve"] == {"workers": 2}
@@ -103,3 +118,21 @@ def test_a_worker_that_cannot_start_stops_the_server_with_exit_1(tmp_path, app, 
     assert why in err
     assert "micromoment serve: error: a worker did not start" in err
     assert not list(tmp_path.iterdir())  # the workers' folder is removed
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path):
+    sock = _bound()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    proc = _supervisor(sock, tmp_path, "tests.serving.asgi:pid_app")
+    sock.close()
+    try:
+        pids, _ = _answering(url, proc)
+        assert len(pids) == 2
+    finally:
+        proc.kill()  # SIGKILL: it cannot stop its workers
+        proc.communicate(timeout=30)
+    end = time.monotonic() + 30
+    while not all(_ended(pid) for pid in pids) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert all(_ended(pid) for pid in pids), "the workers serve on without their supervisor"
