@@ -23,6 +23,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from typing import NoReturn
 
 import uvicorn
@@ -103,7 +104,7 @@ def stop_with_supervisor(poll_s: float = 1.0) -> threading.Thread:
 
     def watch() -> None:
         while os.getppid() == supervisor:
-            threading.Event().wait(poll_s)
+            time.sleep(poll_s)
         log.warning("the supervisor (process %d) is gone: this worker stops", supervisor)
         os.kill(os.getpid(), signal.SIGTERM)
 
