@@ -6,11 +6,13 @@ server only if it knows about the others. The supervisor makes a folder before i
 a worker with a model in place writes a file named by its process id there (`Peers.announce`),
 and `/ready` counts the files of workers still running (`Peers.ready`): below `workers`, the
 server is still loading. A worker that dies stops counting at once (its file is removed when next
-counted), and the one the supervisor starts in its place counts once it has loaded.
+counted), and the one the supervisor starts in its place counts once it has loaded. Workers
+whose supervisor was killed outright leave (`Peers.leave`), and the last one removes the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,15 @@ class Peers:
         """Says that process `pid` (this one by default) has a model and answers requests."""
         pid = os.getpid() if pid is None else pid
         (self.folder / str(pid)).touch()
+
+    def leave(self, pid: int | None = None) -> None:
+        """Says that process `pid` (this one by default) no longer answers. The last worker to
+        leave removes the folder: a supervisor killed outright could not."""
+        pid = os.getpid() if pid is None else pid
+        (self.folder / str(pid)).unlink(missing_ok=True)
+        self.ready()  # forgets the workers that died without leaving
+        with contextlib.suppress(OSError):  # others are still in it, or it is gone already
+            self.folder.rmdir()
 
     def ready(self) -> int:
         """How many workers have announced a model and are still running."""

@@ -30,6 +30,8 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from pipelines.serving.peers import Peers
+
 # what a worker builds its app from, and what the supervisor starts them with (set before `exec`)
 WORKER_ENV = "MICROMOMENT_SERVE_WORKER"
 SUPERVISOR_ENV = "MICROMOMENT_SERVE_SUPERVISOR"
@@ -97,15 +99,18 @@ def supervise(fd: int, workers: int, config: dict, app: str = WORKER_APP) -> int
     return 0
 
 
-def stop_with_supervisor(poll_s: float = 1.0) -> threading.Thread:
+def stop_with_supervisor(peers: Peers | None = None, poll_s: float = 1.0) -> threading.Thread:
     """In a worker: stops it gracefully (SIGTERM to itself) once its supervisor is gone, killed
-    without the chance to stop its workers, rather than serve on as an orphan no one watches."""
+    without the chance to stop its workers, rather than serve on as an orphan no one watches.
+    It leaves `peers` first: the last worker to go removes the folder the supervisor made."""
     supervisor = os.getppid()
 
     def watch() -> None:
         while os.getppid() == supervisor:
             time.sleep(poll_s)
         log.warning("the supervisor (process %d) is gone: this worker stops", supervisor)
+        if peers is not None:
+            peers.leave()
         os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=watch, name="micromoment-supervisor-watch", daemon=True)

@@ -153,14 +153,18 @@ def worker_app() -> Starlette:
     it stops the server (uvicorn's start-up failure) rather than being restarted in a loop."""
     try:
         given = json.loads(os.environ[WORKER_ENV])
-        logging.basicConfig(level=str(given["runtime"]["log_level"]).upper())
+        logging.basicConfig(
+            # the single process's (Hydra's) line, naming the worker
+            format="[%(asctime)s][%(name)s][%(levelname)s][worker %(process)d] - %(message)s",
+            level=str(given["runtime"]["log_level"]).upper(),
+        )
         if given["tracking_uri"]:  # a model folder needs none
             mlflow.set_tracking_uri(given["tracking_uri"])
             mlflow.set_registry_uri(given["registry_uri"])
         settings = ServeBlock(**given["serve"])
         peers = Peers(Path(given["peers"]), settings.workers)
         app = app_for(settings, given["runtime"], peers)
-        stop_with_supervisor()
+        stop_with_supervisor(peers)
         return app
     except Exception:
         log.exception("this worker could not build its app")

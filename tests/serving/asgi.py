@@ -114,10 +114,15 @@ def pid_app():
     """An app factory for a worker process: each request is answered with the worker's process
     id and what its supervisor gave it (`WORKER_ENV`); it stops when its supervisor is gone."""
     import os
+    from pathlib import Path
 
+    from pipelines.serving.peers import Peers
     from pipelines.serving.workers import WORKER_ENV, stop_with_supervisor
 
-    stop_with_supervisor(poll_s=0.1)
+    given = json.loads(os.environ[WORKER_ENV])
+    peers = Peers(Path(given["peers"]), given["serve"]["workers"])
+    peers.announce()
+    stop_with_supervisor(peers, poll_s=0.1)
 
     async def app(scope, receive, send):
         if scope["type"] != "http":

@@ -47,3 +47,24 @@ def test_other_files_are_not_workers_and_a_removed_folder_counts_none(tmp_path):
         path.unlink()
     folder.rmdir()
     assert peers.ready() == 0
+
+
+def test_the_last_worker_to_leave_removes_the_folder(tmp_path):
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    peers = Peers(folder, workers=3)
+    other, dead = _sleeper(), _sleeper()
+    try:
+        for pid in (os.getpid(), other.pid, dead.pid):
+            peers.announce(pid)
+        dead.kill()  # died without leaving
+        dead.wait()
+        peers.leave(other.pid)
+        assert peers.ready() == 1  # this process has not left: the folder stays
+        assert folder.is_dir()
+        peers.leave()  # the last one running: the dead worker's file does not keep the folder
+        assert not folder.exists()
+        peers.leave()  # again, or after the supervisor removed it: nothing to do
+    finally:
+        other.kill()
+        other.wait()

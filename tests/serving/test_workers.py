@@ -127,8 +127,10 @@ def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path):
     proc = _supervisor(sock, tmp_path, "tests.serving.asgi:pid_app")
     sock.close()
     try:
-        pids, _ = _answering(url, proc)
+        pids, given = _answering(url, proc)
         assert len(pids) == 2
+        peers = Path(given["peers"])
+        assert sorted(path.name for path in peers.iterdir()) == sorted(map(str, pids))
     finally:
         proc.kill()  # SIGKILL: it cannot stop its workers
         proc.communicate(timeout=30)
@@ -136,3 +138,4 @@ def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path):
     while not all(_ended(pid) for pid in pids) and time.monotonic() < end:
         time.sleep(0.1)
     assert all(_ended(pid) for pid in pids), "the workers serve on without their supervisor"
+    assert not peers.exists(), "the workers' folder outlives them"

@@ -259,6 +259,10 @@ def test_workers_answer_on_one_port_each_with_the_model_and_all_stop_on_sigterm(
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
     assert f"on http://127.0.0.1:{port}" in out and "2 workers" in out
+    for pid in pids:  # each worker's log lines name it, as a single process's would be dated
+        assert re.search(
+            rf"\]\[INFO\]\[worker {pid}\] - serving micro_moment_intent version 2", err
+        )
     # the parent ends after its workers, not before
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
