@@ -19,14 +19,21 @@ from pathlib import Path
 
 
 def running(pid: int) -> bool:
-    """Whether a process `pid` exists (a zombie not yet collected by its parent counts)."""
+    """Whether a process `pid` runs. A worker killed outright stays a zombie until its supervisor
+    collects it, which can take that supervisor a health check's timeout: it does not count."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone meanwhile
+        return False
+    except OSError:  # no /proc here: that it exists is all we know
         return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # the state after the name
 
 
 @dataclass(frozen=True)

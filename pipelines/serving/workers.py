@@ -18,17 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import wait
 from typing import NoReturn
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors import Multiprocess, multiprocess
 
 from pipelines.serving.peers import Peers
 
@@ -70,8 +72,27 @@ def main() -> NoReturn:
     sys.exit(supervise(**given))
 
 
+class Worker(multiprocess.Process):
+    """uvicorn's worker process, whose health check ends as soon as the worker dies.
+
+    uvicorn pings each worker every half second and waits up to `timeout_worker_healthcheck` for
+    the answer (60 s here: a worker loading a model can leave its answering thread no time). A
+    worker killed while asked left that wait running its full length, and the supervisor neither
+    replaced it nor acted on SIGTERM meanwhile; here the wait also ends when the process does."""
+
+    def _healthcheck(self, timeout: float) -> bool | None:
+        try:
+            self.parent_conn.send(b"ping")
+            if self.parent_conn in wait([self.parent_conn, self.process.sentinel], timeout):
+                return self.parent_conn.recv()
+            return None  # no answer in time, or the worker ended
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+
+
 def supervise(fd: int, workers: int, config: dict, app: str = WORKER_APP) -> int:
     """Runs `workers` processes of `app` on the socket `fd` until stopped; the exit code."""
+    multiprocess.Process = Worker  # what uvicorn's supervisor starts (in this interpreter only)
     sock = socket.socket(fileno=fd)
     with tempfile.TemporaryDirectory(prefix="micromoment-workers-") as peers:
         os.environ[WORKER_ENV] = json.dumps(

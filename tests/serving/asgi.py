@@ -132,3 +132,20 @@ def pid_app():
         await send({"type": "http.response.body", "body": body.encode()})
 
     return app
+
+
+def dies_once_while_asked_app():
+    """An app factory whose first worker dies while a health check waits for its answer: it
+    holds the interpreter in C code (as loading a model can), so its answering thread cannot run,
+    and the kernel ends it meanwhile (SIGALRM, not handled). Later workers are `pid_app`s."""
+    import ctypes
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    marker = Path(tempfile.gettempdir()) / "died-once"
+    if not marker.exists():
+        marker.touch()
+        signal.alarm(2)
+        ctypes.PyDLL(None).sleep(30)  # a PyDLL call keeps the GIL
+    return pid_app()

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipelines.serving.peers import Peers, running
 
 
@@ -68,3 +70,20 @@ def test_the_last_worker_to_leave_removes_the_folder(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="process states come from /proc")
+def test_a_worker_killed_but_not_yet_collected_does_not_count(tmp_path):
+    peers = Peers(tmp_path, workers=1)
+    worker = _sleeper()
+    try:
+        peers.announce(worker.pid)
+        assert peers.ready() == 1
+        worker.kill()  # not waited for: a zombie until its parent collects it
+        os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOWAIT)  # dead, still not collected
+        assert os.path.exists(f"/proc/{worker.pid}")
+        assert not running(worker.pid)
+        assert peers.ready() == 0
+    finally:
+        worker.kill()
+        worker.wait()

@@ -139,3 +139,22 @@ def test_workers_stop_when_their_supervisor_is_killed_outright(tmp_path):
         time.sleep(0.1)
     assert all(_ended(pid) for pid in pids), "the workers serve on without their supervisor"
     assert not peers.exists(), "the workers' folder outlives them"
+
+
+def test_a_worker_that_dies_while_asked_is_replaced_at_once(tmp_path):
+    """Not after the health check's whole timeout (60 s), as uvicorn's own check would."""
+    sock = _bound()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    start = time.monotonic()
+    proc = _supervisor(sock, tmp_path, "tests.serving.asgi:dies_once_while_asked_app", workers=1)
+    sock.close()
+    try:
+        pids, _ = _answering(url, proc, workers=1)
+        took = time.monotonic() - start
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    assert (tmp_path / "died-once").exists(), err[-2000:]  # the first worker did die
+    assert len(pids) == 1 and "died" in err, err[-2000:]
+    assert took < 20, f"the replacement answered {took:.0f} s after the start"
+    assert proc.returncode == 0, err[-2000:]
