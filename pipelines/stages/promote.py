@@ -15,7 +15,7 @@ from pipelines.io.readers import read_sessions
 from pipelines.stages.runner import EXIT_MODEL, UserError, command
 from pipelines.tracking import runs
 from pipelines.tracking.promotion import gate, holdout, policy_from
-from pipelines.tracking.registry import resolve_version
+from pipelines.tracking.registry import resolve_version, why_unset
 
 
 def run_promote(cfg: DictConfig) -> Decision:
@@ -26,7 +26,9 @@ def run_promote(cfg: DictConfig) -> Decision:
     challenger = resolve_version(client, name, c["promote"]["challenger"])
     if challenger is None:
         raise UserError(
-            f"{name} has no version with alias '{c['promote']['challenger']}'", EXIT_MODEL
+            f"{name}@{c['promote']['challenger']}: {why_unset(name, c['promote']['challenger'])} "
+            "(registry.model_name, promote.challenger)",
+            EXIT_MODEL,
         )
     spec = DatasetSpec.from_config(c["data"])
     source = str(c["data"]["path"])

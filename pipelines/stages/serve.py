@@ -38,7 +38,7 @@ from pipelines.serving.workers import WORKER_ENV, exec_supervisor, stop_with_sup
 from pipelines.stages import runner
 from pipelines.stages.runner import EXIT_MODEL, UserError, command
 from pipelines.tracking import runs
-from pipelines.tracking.registry import alias_of, alias_version, needs_tracking
+from pipelines.tracking.registry import alias_of, alias_version, needs_tracking, why_unset
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def check_model(uri: str, tracking: dict) -> None:
         runs.setup(tracking)
         alias = alias_of(uri)
         if alias and alias_version(*alias) is None:
-            raise UserError(
-                f"{uri}: the alias {alias[1]!r} is not set (serve.model_uri)", EXIT_MODEL
-            )
+            raise UserError(f"{uri}: {why_unset(*alias)} (serve.model_uri)", EXIT_MODEL)
     elif "://" not in uri and not Path(uri).is_dir():
         raise FileNotFoundError(f"{uri}: no such model folder (serve.model_uri)")
 

@@ -89,6 +89,20 @@ def alias_version(name: str, alias: str) -> str | None:
     return resolve_version(MlflowClient(), name, alias)
 
 
+def why_unset(name: str, alias: str) -> str:
+    """Why `name@alias` names no version: no model of that name is registered (a typo: the
+    names that are), or it has no such alias (the aliases it has)."""
+    client = MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in NOT_SET:
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=20))
+        return f"no model named {name!r} is registered (registered: {names})"
+    return f"the alias {alias!r} is not set (aliases of {name!r}: {sorted(model.aliases)})"
+
+
 def needs_tracking(model_uri: str) -> bool:
     """True for a registry or run URI; False for a model folder, which loads with no server."""
     return model_uri.startswith(("models:/", "runs:/"))

@@ -28,7 +28,10 @@ def test_promoting_an_alias_that_does_not_exist_is_exit_5(tmp_path):
             f"data.path={tmp_path}/unused",
         ],
     )
-    with pytest.raises(runner.UserError, match="has no version with alias 'nosuch'") as err:
+    # an empty store: no model of that name, let alone its alias
+    with pytest.raises(
+        runner.UserError, match=r"@nosuch: no model named '\w+' is registered \(registered: \[\]\)"
+    ) as err:
         run_promote(OmegaConf.create(cfg))
     assert err.value.code == runner.EXIT_MODEL
 

@@ -46,6 +46,13 @@ def test_an_unset_alias_or_a_missing_folder_is_refused_before_listening(registry
     with pytest.raises(UserError, match="'nobody' is not set") as err:
         check_model(f"models:/{NAME}@nobody", tracking)
     assert err.value.code == EXIT_MODEL
+    assert "aliases of 'micro_moment_intent': ['challenger', 'champion']" in str(err.value)
+    # a typo in the model's name is named as such, beside the names that are registered
+    with pytest.raises(
+        UserError, match="no model named 'micro_moment_intnet' is registered"
+    ) as err:
+        check_model("models:/micro_moment_intnet@champion", tracking)
+    assert err.value.code == EXIT_MODEL and f"['{NAME}']" in str(err.value)
     with pytest.raises(FileNotFoundError, match="no such model folder"):
         check_model(str(tmp_path / "nothing"), tracking)
     check_model(f"models:/{NAME}@champion", tracking)
