@@ -15,6 +15,7 @@ than `TOLERANCE`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -72,10 +73,11 @@ class CompiledTrees:
     """A booster compiled by lleaves; `predict` returns class probabilities like
     `modelling.booster_proba`."""
 
-    def __init__(self, model, n_classes: int, binary: Path):
+    def __init__(self, model, n_classes: int, binary: Path, fresh: bool = False):
         self.model = model
         self.n_classes = n_classes
         self.binary = binary
+        self.fresh = fresh  # compiled by this call, rather than found in the cache
 
     def predict(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float64)
@@ -91,8 +93,10 @@ def compile_trees(
     """The booster compiled, from the cache when this model was compiled on this platform before;
     raises (ImportError, OSError, or lleaves' own errors) when it cannot be compiled.
 
-    Two processes compiling the same model at once each write a private file and rename it into
-    place, so a reader never sees half a binary.
+    Processes that need the same model at once (the workers of one server, replicas sharing a
+    cache) take turns on a lock beside its binary: one compiles it, the others wait and load it.
+    The binary is written to a private file and renamed into place, so no reader ever sees half
+    of one, even where the lock cannot be taken (a read-only cache, no `fcntl`).
     """
     import lleaves
 
@@ -105,9 +109,10 @@ def compile_trees(
     binary = folder / f"{key}-{platform_key()}.o"
     digest = binary.with_name(binary.name + ".sha256")
     model = lleaves.Model(model_file=str(model_file))
-    if _intact(binary, digest):
-        model.compile(cache=str(binary))
-    else:
+    with _turn(binary.with_name(binary.name + ".lock")):
+        if _intact(binary, digest):
+            model.compile(cache=str(binary))
+            return CompiledTrees(model, n_classes, binary)
         # LLVM aborts the process on a damaged object file: only a binary whose checksum was
         # written after it compiled is ever loaded; anything else is compiled again
         private = folder / f".{binary.name}.{os.getpid()}.tmp"
@@ -118,7 +123,24 @@ def compile_trees(
             _write_atomically(digest, checksum.encode())
         finally:
             private.unlink(missing_ok=True)
-    return CompiledTrees(model, n_classes, binary)
+    return CompiledTrees(model, n_classes, binary, fresh=True)
+
+
+@contextlib.contextmanager
+def _turn(lock: Path):
+    """Holds an exclusive lock on the file `lock` (waiting for it) while the block runs; the
+    kernel releases it if the process dies. Without `fcntl`, or where the file cannot be opened
+    (a read-only cache), the block runs unlocked."""
+    try:
+        import fcntl
+
+        handle = open(lock, "a+b")  # noqa: SIM115 - held open for the block
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def is_cached(booster_text: str, cache_dir: Path | None = None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -70,27 +71,42 @@ def test_a_model_is_compiled_once_per_platform_and_loaded_from_the_cache(model, 
     assert compiled.compile_trees(other, 4, tmp_path).binary != first.binary
 
 
-def test_two_processes_compiling_one_model_at_once_both_get_it(model, tmp_path):
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock needs fcntl")
+def test_two_processes_needing_one_model_at_once_compile_it_once_and_both_get_it(model, tmp_path):
+    import fcntl
+
+    text = model.booster.model_to_string()
     model_file = tmp_path / "booster.txt"
-    model_file.write_text(model.booster.model_to_string())
+    model_file.write_text(text)
     cache = tmp_path / "cache"
+    cache.mkdir()
     code = (
         "import sys; from pathlib import Path; from pipelines.core import compiled; "
         "t = compiled.compile_trees(Path(sys.argv[1]).read_text(), 4, Path(sys.argv[2])); "
-        "print(t.binary)"
+        "print(t.binary, t.fresh)"
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(model_file), str(cache)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parents[2],
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    lock = cache / f"{compiled.model_key(text)}-{compiled.platform_key()}.o.lock"
+    with open(lock, "a+b") as held:
+        # both start while another process (this test) has the turn: they wait, in either order
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(model_file), str(cache)],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).parents[2],
+            )
+            for _ in range(2)
+        ]
+        time.sleep(3)
+        assert [p.poll() for p in procs] == [None, None], "did not wait for the lock"
+        assert not list(cache.glob("*.o"))
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    assert outs[0] == outs[1] and Path(outs[0]).exists()
+    (first, fresh_first), (second, fresh_second) = outs
+    assert first == second and Path(first).exists()
+    # one compiled it once the turn was free; the other then loaded it
+    assert sorted([fresh_first, fresh_second]) == ["False", "True"]
     assert len(list(cache.glob("*.o"))) == 1 and not list(cache.glob(".*.tmp"))
 
 
